@@ -1,0 +1,250 @@
+"""Command line: parse arguments, call library functions, print. Nothing else lives here.
+
+Training flags are generated from TrainConfig's fields, so the CLI and the library cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import data as data_mod
+from .config import PRESETS, TrainConfig, config_from_dict, make_config
+from .files import InputError, read_json
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("config overrides (fields of TrainConfig in config.py)")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "preset":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(field.type)]
+            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper())
+
+
+def _overrides(args) -> dict:
+    """The config fields given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name != "preset" and getattr(args, f.name, None) is not None}
+
+
+def _config_from_args(args) -> TrainConfig:
+    return make_config(args.preset, **_overrides(args))
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, role: str) -> None:
+    """Where the images come from: a Kaggle CSV, a pair of IDX files (path or URL), or the built-in MNIST."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(f"--{role}", metavar="FILE.csv", help=f"Kaggle-format {role} CSV")
+    source.add_argument("--idx", nargs=2, metavar=("IMAGES", "LABELS"),
+                        help="MNIST IDX files (plain or .gz), paths or URLs")
+    source.add_argument("--dataset", choices=["mnist"], help="the built-in MNIST (default)")
+    parser.add_argument("--sha256", nargs=2, metavar=("IMAGES_SHA", "LABELS_SHA"),
+                        help="pinned sha256 of the two IDX files (required for URLs)")
+
+
+def _load_data(args, role: str, mnist_split: str) -> data_mod.Digits:
+    if getattr(args, role, None):
+        return data_mod.read_kaggle_csv(getattr(args, role), "train")
+    if args.idx:
+        sha = args.sha256 or (None, None)
+        return data_mod.read_idx_pair(args.idx[0], args.idx[1], sha[0], sha[1], args.cache_dir)
+    return data_mod.load_dataset(args.dataset or "mnist", mnist_split, args.cache_dir)
+
+
+def _print_config(cfg: TrainConfig) -> None:
+    print("config: " + json.dumps(cfg.to_dict()))
+
+
+def _default_run_dir(preset: str) -> Path:
+    return Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_data_fetch(args) -> None:
+    path = data_mod.fetch_mnist(args.cache_dir)
+    print(f"MNIST cached at {path}")
+    for split in ("train", "test"):
+        print(data_mod.describe(data_mod.load_mnist(split, args.cache_dir)))
+
+
+def cmd_data_export(args) -> None:
+    for path in data_mod.export_csv(args.split, args.out, args.cache_dir):
+        print(f"wrote {path}")
+
+
+def cmd_data_check(args) -> None:
+    path = Path(args.file)
+    kind = args.kind
+    if kind == "auto":
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        with open(path, encoding="utf-8-sig") as f:
+            kind = "train" if f.readline().split(",")[0].strip() == "label" else "test"
+    print(data_mod.describe(data_mod.read_kaggle_csv(path, kind)))
+
+
+def cmd_train(args) -> None:
+    from .train import fit
+
+    if args.resume and not args.out:
+        raise InputError("--resume needs --out RUN_DIR (the run to continue)")
+    out = Path(args.out) if args.out else _default_run_dir(args.preset)
+    if args.resume:
+        # the saved config, with any flag given now; fit() refuses if that changes anything
+        saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
+        cfg = config_from_dict({**saved, **_overrides(args)}) if saved else _config_from_args(args)
+    else:
+        cfg = _config_from_args(args)
+    _print_config(cfg)
+    digits = _load_data(args, "train", "train")
+    metrics = fit(cfg, digits, out, resume=args.resume, quiet=args.quiet)
+    if "val_accuracy" in metrics:
+        print(f"validation accuracy {100 * metrics['val_accuracy']:.3f}%")
+    print(f"training took {metrics['train_seconds']:.1f} s; run written to {out}")
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_run, format_summary, summarize
+
+    if args.test:
+        if not args.answers:
+            raise InputError("--test needs --answers FILE.csv (the labels to score against)")
+        digits = data_mod.read_kaggle_csv(args.test, "test")
+        from .submit import read_label_file
+
+        answers = read_label_file(args.answers)
+        if len(answers) != len(digits):
+            raise InputError(f"{args.answers}: {len(answers)} rows, but {args.test} has {len(digits)} images")
+        labels = answers.set_index("ImageId")["Label"].reindex(digits.ids)
+        if labels.isna().any():
+            raise InputError(f"{args.answers}: no label for ImageId {int(digits.ids[labels.isna().to_numpy()][0])}")
+        digits = data_mod.Digits(digits.images, labels.to_numpy().astype("int64"), digits.ids, digits.source)
+    elif args.idx:
+        sha = args.sha256 or (None, None)
+        digits = data_mod.read_idx_pair(args.idx[0], args.idx[1], sha[0], sha[1], args.cache_dir)
+    else:
+        digits = data_mod.load_dataset(args.dataset or "mnist", "test", args.cache_dir)
+    preds = evaluate_run(args.run, digits, args.name)
+    print(format_summary(summarize(preds, args.top)))
+    print(f"\npredictions and evaluation written to {args.run}")
+
+
+def cmd_submit(args) -> None:
+    from .evaluate import evaluate_run
+    from .submit import write_submission
+
+    digits = data_mod.read_kaggle_csv(args.test_csv, "test")
+    preds = evaluate_run(args.run, digits, "submission")
+    path = write_submission(preds, args.output)
+    print(f"wrote {path} ({len(preds.ids)} rows)")
+
+
+def cmd_score(args) -> None:
+    from .submit import score
+
+    result = score(args.submission, args.answers)
+    print(f"accuracy {100 * result['accuracy']:.3f}% ({result['correct']} of {result['n']})")
+
+
+def cmd_run(args) -> None:
+    """The main job: fetch MNIST, train, evaluate on the official test set, write a submission."""
+    from .evaluate import evaluate_run, format_summary, summarize
+    from .submit import write_submission
+    from .train import fit
+
+    cfg = _config_from_args(args)
+    _print_config(cfg)
+    out = Path(args.out) if args.out else _default_run_dir(cfg.preset)
+    train = data_mod.load_mnist("train", args.cache_dir)
+    test = data_mod.load_mnist("test", args.cache_dir)
+    print(data_mod.describe(train))
+    metrics = fit(cfg, train, out, quiet=args.quiet)
+    preds = evaluate_run(out, test, "test")
+    summary = summarize(preds)
+    print(format_summary(summary))
+    submission = write_submission(preds, out / "submission.csv")
+    print(f"\ntraining: {metrics['train_seconds']:.1f} s for {cfg.epochs} epochs of preset '{cfg.preset}'")
+    print(f"official MNIST test accuracy: {100 * summary['accuracy']:.2f}% ({summary['errors']} errors in {summary['n']})")
+    print(f"run files: {out}/\nsubmission: {submission}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digitrec", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text, parent=commands):
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--cache-dir", type=Path, default=None,
+                       help="where the built-in MNIST is cached (or set DIGITREC_CACHE)")
+        return p
+
+    data = commands.add_parser("data", help="fetch, export and check data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    command("fetch", cmd_data_fetch, "fetch the built-in MNIST into the cache", data_commands)
+    p = command("export", cmd_data_export, "write MNIST as Kaggle train.csv, test.csv, answers.csv", data_commands)
+    p.add_argument("--split", choices=["official", "kaggle"], default="official")
+    p.add_argument("--out", required=True, type=Path)
+    p = command("check", cmd_data_check, "check a Kaggle CSV and describe it", data_commands)
+    p.add_argument("file")
+    p.add_argument("--kind", choices=["auto", "train", "test"], default="auto")
+
+    for name, func, help_text in (("train", cmd_train, "train a model into a run directory"),
+                                  ("run", cmd_run, "the main job: fetch MNIST, train, evaluate, write a submission")):
+        p = command(name, func, help_text)
+        p.add_argument("--preset", choices=list(PRESETS), default="seed")
+        p.add_argument("--out", help="run directory (default runs/<preset>-<timestamp>)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "train":
+            _add_data_flags(p, "train")
+            p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+        _add_config_flags(p)
+
+    p = command("evaluate", cmd_evaluate, "evaluate a run on a labelled test set")
+    p.add_argument("run", type=Path)
+    _add_data_flags(p, "test")
+    p.add_argument("--answers", metavar="FILE.csv", help="ImageId,Label answer key for --test")
+    p.add_argument("--name", default="test", help="name of the saved predictions (predictions_<name>.npz)")
+    p.add_argument("--top", type=int, default=6, help="how many confident mistakes to list")
+
+    p = command("submit", cmd_submit, "write a Kaggle submission for a test CSV")
+    p.add_argument("run", type=Path)
+    p.add_argument("test_csv")
+    p.add_argument("-o", "--output", default="submission.csv")
+
+    p = command("score", cmd_score, "score a submission against an answer key")
+    p.add_argument("submission")
+    p.add_argument("answers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Training configuration: one frozen dataclass whose defaults are the reference recipe (SPEC 2).
+
+Presets are named sets of overrides on those defaults; CLI flags map 1:1 onto the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+MODELS = ("seed", "fast")
+OPTIMIZERS = ("rmsprop", "sgd", "adamw")
+SCHEDULES = ("plateau", "onecycle", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "seed"
+    model: str = "seed"  # architecture in model.py: "seed" is the reference 5-layer CNN
+    epochs: int = 30  # the reference trained 30 epochs
+    batch_size: int = 86  # images per step; 37,800 // 86 = 439 steps per epoch
+    drop_last: bool = True  # Keras steps_per_epoch = N // batch: the partial batch is skipped
+
+    # optimiser: Keras RMSprop(lr=0.001, rho=0.9, epsilon=1e-08, decay=0.0)
+    optimizer: str = "rmsprop"
+    lr: float = 1e-3  # peak learning rate (for onecycle) or initial one
+    rho: float = 0.9  # RMSprop moving-average factor (PyTorch `alpha`)
+    eps: float = 1e-8
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+
+    # schedule: Keras ReduceLROnPlateau(monitor='val_acc', patience=3, factor=0.5, min_lr=1e-5)
+    schedule: str = "plateau"
+    plateau_patience: int = 3  # epochs without improvement before the rate is cut (Keras counting)
+    plateau_factor: float = 0.5
+    plateau_min_delta: float = 1e-4  # absolute improvement in val accuracy that counts
+    min_lr: float = 1e-5
+
+    # validation hold-out: train_test_split(test_size=0.1, random_state=2)
+    val_fraction: float = 0.1
+    val_seed: int = 2
+    stratify: bool = False
+
+    # augmentation: Keras ImageDataGenerator(rotation_range=10, zoom_range=0.1,
+    # width_shift_range=0.1, height_shift_range=0.1), fill_mode='nearest', no flips
+    augment: bool = True
+    rotation_deg: float = 10.0  # uniform in +-10 degrees
+    zoom: float = 0.1  # x and y scale each uniform in [0.9, 1.1]
+    shift: float = 0.1  # fraction of width / height, uniform in +-10%
+
+    seed: int = 0  # weights, shuffling, augmentation and dropout
+    threads: int = 0  # torch intra-op threads; 0 = number of physical cores
+    eval_batch_size: int = 1000  # inference only: no gradients kept, bigger is faster
+    channels_last: bool = True  # memory format for conv kernels (same numbers, faster on CPU)
+
+    def __post_init__(self):
+        checks = [
+            (self.model in MODELS, f"model must be one of {MODELS}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (not (self.schedule == "plateau" and self.val_fraction == 0),
+             "schedule 'plateau' watches validation accuracy: it needs val_fraction > 0"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (0 < self.plateau_factor < 1, "plateau_factor must be in (0, 1)"),
+            (self.plateau_patience >= 1, "plateau_patience must be at least 1"),
+            (0 <= self.rotation_deg <= 180, "rotation_deg must be in [0, 180]"),
+            (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be in [0, 1)"),
+            (self.threads >= 0 and self.eval_batch_size >= 1, "threads >= 0 and eval_batch_size >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Each preset: overrides on the reference defaults, with the reason in a comment.
+PRESETS: dict[str, dict] = {
+    "seed": {},  # the reference recipe, exactly
+}
+
+
+def make_config(preset: str = "seed", **overrides) -> TrainConfig:
+    """The preset's config with `overrides` applied. Unknown presets or fields are errors."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    return TrainConfig(**values)

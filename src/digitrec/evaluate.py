@@ -1,0 +1,158 @@
+"""Evaluation: one predictions record per data set, and every metric computed from it.
+
+Compute once, render many times: the confusion matrix, the error gallery, the HTML report and
+the submission CSV all read a `Predictions` record (saved as `predictions_<name>.npz`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Digits
+from .checkpoint import load_run_model
+from .files import InputError, atomic_write, write_json
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] (the reference divides by 255)."""
+    x = torch.as_tensor(images)
+    return x.unsqueeze(1).float().div_(255.0)
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 1000,
+                   channels_last: bool = False) -> torch.Tensor:
+    """Logits (N, 10) for uint8 images (N, 28, 28), in large batches with no autograd."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start:start + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x))
+    return torch.cat(out) if out else torch.empty(0, 10)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    name: str  # which data set: "val", "test", ...
+    ids: np.ndarray  # (N,) int64
+    y_true: np.ndarray  # (N,) int64; -1 where the label is unknown (a Kaggle test file)
+    y_pred: np.ndarray  # (N,) int64 = probs.argmax(1)
+    probs: np.ndarray  # (N, 10) float32, rows sum to 1
+    images: np.ndarray  # (N, 28, 28) uint8, kept so galleries need no data re-read
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(len(self.y_true)) and bool((self.y_true >= 0).all())
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_write(path, "wb") as f:
+            np.savez_compressed(f, name=np.array(self.name), ids=self.ids, y_true=self.y_true,
+                                y_pred=self.y_pred, probs=self.probs, images=self.images)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Predictions":
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such predictions file")
+        with np.load(path, allow_pickle=False) as z:
+            return cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"])
+
+
+def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray) -> Predictions:
+    probs = np.asarray(probs, dtype=np.float32)
+    y_true = digits.labels if digits.labels is not None else np.full(len(digits), -1, dtype=np.int64)
+    return Predictions(name, digits.ids, y_true.astype(np.int64), probs.argmax(1).astype(np.int64),
+                       probs, digits.images)
+
+
+def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int = 1000,
+            channels_last: bool = False) -> Predictions:
+    logits = predict_logits(model, digits.images, batch_size, channels_last)
+    return predictions_from_probs(name, digits, F.softmax(logits, dim=1).numpy())
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
+    """(10, 10) counts; rows are the true class, columns the predicted one."""
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def confident_mistakes(preds: Predictions, top: int = 6) -> list[dict]:
+    """The reference's ranking: misclassified images by P(predicted) - P(true), largest first."""
+    wrong = np.flatnonzero(preds.y_pred != preds.y_true)
+    p_pred = preds.probs[wrong, preds.y_pred[wrong]]
+    p_true = preds.probs[wrong, preds.y_true[wrong]]
+    gap = p_pred - p_true
+    order = np.argsort(-gap, kind="stable")[:top]
+    return [{"index": int(wrong[i]), "id": int(preds.ids[wrong[i]]), "true": int(preds.y_true[wrong[i]]),
+             "pred": int(preds.y_pred[wrong[i]]), "p_pred": float(p_pred[i]), "p_true": float(p_true[i]),
+             "gap": float(gap[i])} for i in order]
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% confidence interval of an accuracy (Wilson score; sound near 100%)."""
+    if total == 0:
+        return (0.0, 1.0)
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(preds: Predictions, top_mistakes: int = 6) -> dict:
+    """Every number the reference showed, from one predictions record."""
+    if not preds.has_labels:
+        raise InputError(f"predictions '{preds.name}' have no labels to score against")
+    cm = confusion_matrix(preds.y_true, preds.y_pred)
+    correct = int(np.trace(cm))
+    total = int(cm.sum())
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros(10), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros(10), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(10), where=(precision + recall) > 0)
+    nll = -np.log(np.clip(preds.probs[np.arange(total), preds.y_true], 1e-12, None)).mean()
+    return {
+        "name": preds.name,
+        "n": total,
+        "accuracy": correct / total,
+        "errors": total - correct,
+        "accuracy_ci95": list(wilson_interval(correct, total)),
+        "loss": float(nll),
+        "per_class": [{"class": c, "precision": float(precision[c]), "recall": float(recall[c]),
+                       "f1": float(f1[c]), "support": int(cm[c].sum())} for c in range(10)],
+        "confusion_matrix": cm.tolist(),
+        "confident_mistakes": confident_mistakes(preds, top_mistakes),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as text for the terminal."""
+    low, high = summary["accuracy_ci95"]
+    lines = [f"{summary['name']}: accuracy {100 * summary['accuracy']:.3f}% "
+             f"({summary['errors']} errors in {summary['n']}; 95% CI {100 * low:.2f}-{100 * high:.2f}%)",
+             "", "class  precision  recall     f1  support"]
+    lines += [f"{r['class']:>5}  {r['precision']:>9.4f}  {r['recall']:>6.4f}  {r['f1']:.4f}  {r['support']:>7}"
+              for r in summary["per_class"]]
+    lines += ["", "confusion matrix (rows: true, columns: predicted)", "     " + "".join(f"{c:>6}" for c in range(10))]
+    lines += [f"{t:>5}" + "".join(f"{v:>6}" for v in row) for t, row in enumerate(summary["confusion_matrix"])]
+    lines += ["", "most confident mistakes (P(pred) - P(true)):"]
+    lines += [f"  id {m['id']:>6}: predicted {m['pred']} ({m['p_pred']:.3f}), true {m['true']} ({m['p_true']:.3f})"
+              for m in summary["confident_mistakes"]]
+    return "\n".join(lines)
+
+
+def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test") -> Predictions:
+    """Predict `digits` with a finished run's model and save `predictions_<name>.npz` in the run."""
+    model, cfg, _ = load_run_model(run_dir)
+    preds = predict(model, digits, name, cfg.eval_batch_size)
+    preds.save(Path(run_dir) / f"predictions_{name}.npz")
+    if preds.has_labels:
+        write_json(Path(run_dir) / f"evaluation_{name}.json", summarize(preds))
+    return preds

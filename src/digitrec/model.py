@@ -1,0 +1,50 @@
+"""The networks. Each returns logits (B, 10) for a batch (B, 1, 28, 28) scaled to [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+class SeedNet(nn.Module):
+    """The reference Keras CNN, 887,530 parameters, padding 'same'.
+
+    conv32 5x5 -> conv32 5x5 -> pool -> drop .25 -> conv64 3x3 -> conv64 3x3 -> pool -> drop .25
+    -> dense 256 -> drop .5 -> dense 10.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(),
+            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Dropout(0.25),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Dropout(0.25),  # (B, 64, 7, 7)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),  # (B, 3136)
+            nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(256, 10),
+        )
+        # Keras defaults: Glorot-uniform kernels, zero biases.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    if cfg.model == "seed":
+        return SeedNet()
+    raise ValueError(f"unknown model {cfg.model!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,72 @@
+"""Kaggle submissions: write one from a predictions record, and score one against an answer key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .evaluate import Predictions
+from .files import InputError, atomic_write
+
+SUBMISSION_COLUMNS = ["ImageId", "Label"]
+
+
+def write_submission(preds: Predictions, path: str | os.PathLike) -> Path:
+    """`ImageId,Label`, ImageId in test-file order, one row per image, no index column."""
+    path = Path(path)
+    with atomic_write(path, "w", newline="") as f:
+        f.write("ImageId,Label\n")
+        f.writelines(f"{i},{y}\n" for i, y in zip(preds.ids.tolist(), preds.y_pred.tolist()))
+    return path
+
+
+def read_label_file(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a submission or answer key (`ImageId,Label`), checking every row."""
+    name = str(path)
+    if not Path(path).is_file():
+        raise InputError(f"{name}: no such file")
+    if Path(path).stat().st_size == 0:
+        raise InputError(f"{name}: file is empty")
+    try:
+        frame = pd.read_csv(path, engine="pyarrow")
+    except (pd.errors.ParserError, ValueError) as e:
+        raise InputError(f"{name}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    columns = [str(c).strip() for c in frame.columns]
+    if columns != SUBMISSION_COLUMNS:
+        raise InputError(f"{name}: header must be exactly 'ImageId,Label', found {','.join(columns)!r}")
+    if len(frame) == 0:
+        raise InputError(f"{name}: no rows after the header")
+    frame.columns = columns
+    for column, low, high in (("ImageId", 1, None), ("Label", 0, 9)):
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (values < low)
+                             | ((values > high) if high is not None else False))
+        if len(bad):
+            row = int(bad[0])
+            limits = f"{low}..{high}" if high is not None else f"an integer >= {low}"
+            raise InputError(f"{name}: row {row + 1} (line {row + 2}), column {column}: "
+                             f"{frame[column].iloc[row]!r} is not {limits}")
+        frame[column] = values.astype(np.int64)
+    duplicated = np.flatnonzero(frame["ImageId"].duplicated().to_numpy())
+    if len(duplicated):
+        row = int(duplicated[0])
+        raise InputError(f"{name}: row {row + 1} (line {row + 2}), column ImageId: "
+                         f"ImageId {frame['ImageId'].iloc[row]} appears twice")
+    return frame
+
+
+def score(submission_path: str | os.PathLike, answers_path: str | os.PathLike) -> dict:
+    """Accuracy of a submission against an answer key; ids and row counts must match exactly."""
+    sub, answers = read_label_file(submission_path), read_label_file(answers_path)
+    if len(sub) != len(answers):
+        raise InputError(f"{submission_path}: {len(sub)} rows, but {answers_path} has {len(answers)}")
+    merged = answers.merge(sub, on="ImageId", how="left", suffixes=("_true", "_pred"))
+    missing = merged["Label_pred"].isna().to_numpy()
+    if missing.any():
+        image_id = int(merged["ImageId"].iloc[int(np.argmax(missing))])
+        raise InputError(f"{submission_path}: no row for ImageId {image_id} (it is in {answers_path})")
+    correct = int((merged["Label_true"] == merged["Label_pred"]).sum())
+    return {"accuracy": correct / len(answers), "correct": correct, "n": len(answers)}

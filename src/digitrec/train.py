@@ -1,0 +1,238 @@
+"""The training loop: data held as one uint8 tensor, batches sliced and augmented on the fly.
+
+`fit` writes a run directory as it goes (config.json, history.csv, checkpoint.safetensors each
+epoch; model.safetensors, predictions_val.npz and metrics.json at the end) and can resume a
+killed run from its last checkpoint with identical results on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment import random_affine
+from .checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE, environment, load_checkpoint, save_checkpoint, save_weights
+from .config import TrainConfig, config_from_dict
+from .data import Digits
+from .evaluate import predict, predict_logits, summarize, to_float
+from .files import InputError, atomic_write, read_json, write_json
+from .model import build_model, count_parameters
+
+HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def physical_cores() -> int:
+    """Physical cores (hyper-threads share the FPU, so more threads than this only adds contention)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cores = set()
+            physical = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    physical = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    cores.add((physical, core))
+        if cores:
+            return min(len(cores), len(os.sched_getaffinity(0)))
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def set_threads(cfg: TrainConfig) -> int:
+    threads = cfg.threads or physical_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def split_validation(labels: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): a random `val_fraction` held out with `val_seed`, optionally stratified."""
+    n = len(labels)
+    rng = np.random.default_rng(cfg.val_seed)
+    if cfg.val_fraction == 0:
+        return np.arange(n), np.arange(0)
+    if not cfg.stratify:
+        order = rng.permutation(n)
+        n_val = int(math.ceil(n * cfg.val_fraction))  # sklearn's train_test_split rounds the test part up
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    val = []
+    for c in range(10):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        val.append(members[:int(round(len(members) * cfg.val_fraction))])
+    val = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(n), val), val
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=cfg.lr, alpha=cfg.rho, eps=cfg.eps,
+                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.schedule == "plateau":
+        # Keras reduces once `wait >= patience` (3 bad epochs); PyTorch once `num_bad_epochs >
+        # patience`. So Keras patience 3 is PyTorch patience 2 (tests/test_train.py checks it).
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience - 1,
+            threshold=cfg.plateau_min_delta, threshold_mode="abs", min_lr=cfg.min_lr)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25,
+            cycle_momentum=cfg.optimizer == "sgd")
+    return None
+
+
+def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
+    return n_train // cfg.batch_size if cfg.drop_last else math.ceil(n_train / cfg.batch_size)
+
+
+def train_one_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, cfg: TrainConfig,
+                    generator: torch.Generator, progress: tqdm | None = None) -> dict:
+    """One pass over a fresh shuffle of (x uint8 (N, 28, 28), y int64 (N,)). Returns loss and accuracy."""
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    total_loss = total_correct = seen = 0
+    start = time.perf_counter()
+    for step in range(steps_per_epoch(len(x), cfg)):
+        index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        xb = to_float(x[index])  # (B, 1, 28, 28)
+        yb = y[index]
+        if cfg.augment:
+            xb = random_affine(xb, cfg, generator)
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        loss.backward()
+        optimizer.step()
+        if cfg.schedule == "onecycle":
+            scheduler.step()
+
+        total_loss += loss.item() * len(yb)
+        total_correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(yb)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.4f}",
+                                 img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+    return {"loss": total_loss / max(seen, 1), "acc": total_correct / max(seen, 1),
+            "seconds": time.perf_counter() - start, "images": seen}
+
+
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> dict:
+    """Loss and accuracy on held-out images, no augmentation, no gradients."""
+    if len(x) == 0:
+        return {"loss": float("nan"), "acc": float("nan")}
+    logits = predict_logits(model, x, cfg.eval_batch_size, cfg.channels_last)
+    return {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue())
+
+
+def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool = False,
+        quiet: bool = False) -> dict:
+    """Train `cfg` on labelled `data`, writing the run into `out_dir`. Returns metrics.json's content.
+
+    With `resume`, continue from `out_dir/checkpoint.safetensors` (the config must match).
+    """
+    out_dir = Path(out_dir)
+    if data.labels is None:
+        raise InputError(f"{data.source}: training needs labels")
+    if resume:
+        if not (out_dir / CHECKPOINT_FILE).is_file():
+            raise InputError(f"{out_dir}: nothing to resume (no {CHECKPOINT_FILE})")
+        saved = config_from_dict(read_json(out_dir / "config.json"))
+        if saved != cfg:
+            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+            raise InputError(f"{out_dir}: config differs from the run being resumed ({', '.join(diff)})")
+    elif (out_dir / CHECKPOINT_FILE).exists() or (out_dir / WEIGHTS_FILE).exists():
+        raise InputError(f"{out_dir}: already holds a run; use --resume or another --out")
+
+    threads = set_threads(cfg)
+    torch.manual_seed(cfg.seed)  # weights and dropout
+    generator = torch.Generator().manual_seed(cfg.seed + 1)  # shuffling and augmentation
+    train_idx, val_idx = split_validation(data.labels, cfg)
+    x_train, y_train = torch.from_numpy(data.images[train_idx]), torch.from_numpy(data.labels[train_idx])
+    x_val, y_val = torch.from_numpy(data.images[val_idx]), torch.from_numpy(data.labels[val_idx])
+
+    model = build_model(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    n_steps = steps_per_epoch(len(x_train), cfg)
+    if n_steps == 0:
+        raise InputError(f"{data.source}: {len(x_train)} training images is less than one batch of {cfg.batch_size}")
+    scheduler = build_scheduler(optimizer, cfg, n_steps)
+
+    history: list[dict] = []
+    train_seconds = 0.0
+    if resume:
+        state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, generator)
+        history, train_seconds = state["history"], state["train_seconds"]
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg.to_dict())
+    _write_history(out_dir / "history.csv", history)
+
+    if not quiet:
+        print(f"training {cfg.model} ({count_parameters(model):,} parameters) on {len(x_train):,} images, "
+              f"validating on {len(x_val):,}; {n_steps} steps/epoch, {threads} threads -> {out_dir}")
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        with tqdm(total=n_steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=quiet, leave=True,
+                  dynamic_ncols=True, mininterval=1.0) as progress:
+            lr = optimizer.param_groups[0]["lr"]
+            train = train_one_epoch(model, x_train, y_train, optimizer, scheduler, cfg, generator, progress)
+            val = evaluate(model, x_val, y_val, cfg)
+            progress.set_postfix(loss=f"{train['loss']:.4f}", acc=f"{train['acc']:.4f}",
+                                 val_loss=f"{val['loss']:.4f}", val_acc=f"{val['acc']:.4f}", lr=f"{lr:.2e}")
+        if cfg.schedule == "plateau":
+            scheduler.step(val["acc"])
+        seconds = time.perf_counter() - epoch_start  # training and validation
+        train_seconds += seconds
+        history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                        "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "seconds": round(seconds, 3)})
+        save_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, generator,
+                        {"history": history, "train_seconds": train_seconds})
+        _write_history(out_dir / "history.csv", history)
+
+    metrics = {
+        "preset": cfg.preset, "model": cfg.model, "parameters": count_parameters(model),
+        "data": data.source, "n_train": len(x_train), "n_val": len(x_val), "epochs": cfg.epochs,
+        "train_seconds": round(train_seconds, 2),
+        "images_per_second": round(len(history) * n_steps * cfg.batch_size / max(train_seconds, 1e-9), 1),
+        "environment": environment(),
+    }
+    if len(val_idx):
+        val_preds = predict(model, data.subset(val_idx), "val", cfg.eval_batch_size, cfg.channels_last)
+        val_preds.save(out_dir / "predictions_val.npz")
+        summary = summarize(val_preds)
+        write_json(out_dir / "evaluation_val.json", summary)
+        metrics["val_accuracy"] = summary["accuracy"]
+    save_weights(out_dir / WEIGHTS_FILE, model, cfg, {"metrics": {k: metrics.get(k) for k in ("val_accuracy", "data")}})
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
