@@ -223,6 +223,7 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
     metrics = {
         "preset": cfg.preset, "model": cfg.model, "parameters": count_parameters(model),
         "data": data.source, "n_train": len(x_train), "n_val": len(x_val), "epochs": cfg.epochs,
+        "label_counts": np.bincount(data.labels, minlength=10).tolist(),
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(len(history) * n_steps * cfg.batch_size / max(train_seconds, 1e-9), 1),
         "environment": environment(),
