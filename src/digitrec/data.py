@@ -88,8 +88,11 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
         raise InputError(f"{name}: no such file")
     if path.stat().st_size == 0:
         raise InputError(f"{name}: file is empty")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        header = next(csv.reader(f), [])
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), [])
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text (byte {e.start}): is this a CSV file?") from None
     _check_header(name, [c.strip() for c in header], kind)
 
     try:
@@ -165,7 +168,7 @@ def _integer_column(name: str, series: pd.Series, column: str) -> np.ndarray:
         if len(bad) == 0:
             return values.astype(np.int64)
         row = int(bad[0])
-        what = "empty cell (missing value)" if np.isnan(values[row]) else f"{values[row]!r} is not an integer"
+        what = "empty cell (missing value)" if np.isnan(values[row]) else f"{values[row]:g} is not an integer"
         raise InputError(f"{name}: {_where(row)}, column {column}: {what}")
     # text: find the first cell that is not an integer
     for row, cell in enumerate(series.tolist()):
