@@ -1,0 +1,286 @@
+"""Real images: read them safely and preprocess them the way MNIST was made.
+
+MNIST digits are white ink on black, the ink's bounding box scaled (anti-aliased, aspect ratio
+kept) so its longer side is 20 px, pasted into 28x28 and shifted so the ink's centre of mass is at
+the centre. A photo of a digit on paper is none of that, and a model fed a plain "resize to 28x28"
+of it reads nonsense. `to_mnist` redoes MNIST's preprocessing on any image; `split_digits` does it
+for each digit of a handwritten number.
+
+Nothing here imports torch: the classifier is passed in as a function (see `read_images`), so
+onnxruntime-only deployments use this module too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import InputError, atomic_write
+
+# Only these Pillow decoders are ever tried: fewer parsers, less attack surface.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+# Largest image we decode (width * height). 40 megapixels is more than any phone photo; a
+# "decompression bomb" (a tiny file claiming a huge canvas) is refused before it is decoded.
+MAX_PIXELS = 40_000_000
+
+WORK_SIDE = 1024  # larger images are shrunk (anti-aliased) to this longer side first: the digit ends up 20 px anyway
+
+# MNIST's geometry.
+SIZE = 28  # output side, px
+BOX = 20  # the ink's longer side after scaling, px
+CENTRE = 14.0  # where MNIST puts the ink's centre of mass (row, col); measured on the test set: 13.99, 14.01
+
+# Preprocessing thresholds, on ink intensity in [0, 1] after background removal.
+MIN_CONTRAST = 0.25  # ink must differ from the paper by this much (of full scale), else "no digit"
+INK_THRESHOLD = 0.2  # pixels fainter than this are paper texture, JPEG noise or shadow
+MIN_PART = 0.08  # a blob smaller than this fraction of the largest one is a speck, not a stroke
+MIN_INK_FRACTION = 2e-4  # less ink than this fraction of the image (and < 16 px) is a blank page
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def open_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
+    """Decode an image file (path or bytes) fully, or raise InputError with one clear line.
+
+    Only FORMATS are decoded; images over MAX_PIXELS, truncated or corrupt files, empty files
+    and non-images are refused. `name` is what the message calls the input.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"{name}: no such file")
+        if not path.is_file():
+            raise InputError(f"{name}: not a file")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise InputError(f"{name}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise InputError(f"{name}: file is empty")
+    try:
+        with warnings.catch_warnings():
+            # we enforce our own, lower limit below; Pillow's warning would only be noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            too_big = image.width * image.height > MAX_PIXELS
+            if not too_big:
+                image.load()
+    except Image.DecompressionBombError:
+        too_big = True
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image in a supported format ({', '.join(FORMATS)})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        # Pillow reports truncated and corrupt data as OSError/SyntaxError with its own wording
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{name}: truncated or corrupt {_format_of(data)} ({detail})") from None
+    if too_big:
+        raise InputError(f"{name}: image too large ({_size_of(data)}; the limit is "
+                         f"{MAX_PIXELS / 1e6:g} megapixels)")
+    return image
+
+
+def _format_of(data: bytes) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return f"{Image.open(io.BytesIO(data), formats=FORMATS).format} image"
+        except Exception:
+            return "image"
+
+
+def _size_of(data: bytes) -> str:
+    """'W x H px' from the header alone (no decoding), for the too-large message."""
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # read the header only; nothing is decoded here
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        return f"{image.width} x {image.height} px"
+    except Exception:
+        return "header claims too many pixels"
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def to_grey(image: Image.Image) -> np.ndarray:
+    """(H, W) float32 in [0, 1], 1 = white; EXIF rotation applied, transparency composited on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit and float scans
+        x = np.asarray(image, dtype=np.float32)
+        low, high = float(x.min()), float(x.max())
+        return _shrink((x - low) / (high - low) if high > low else np.zeros_like(x))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return _shrink(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
+
+
+def _shrink(grey: np.ndarray) -> np.ndarray:
+    height, width = grey.shape
+    scale = WORK_SIDE / max(height, width)
+    if scale >= 1:
+        return grey
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(grey, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def ink_map(grey: np.ndarray) -> np.ndarray | None:
+    """Ink intensity (H, W) float32 in [0, 1], bright ink on a zero background; None if blank.
+
+    Polarity is read from the border: MNIST-style images have dark borders, paper has light ones.
+    The paper's level (the border's median) is subtracted and the contrast stretched so the
+    strongest ink is 1, which handles coloured paper, grey scans and faint pencil alike.
+    """
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    background = float(np.median(border))
+    ink = (1.0 - grey) if background > 0.5 else grey
+    background = 1.0 - background if background > 0.5 else background
+    peak = float(np.percentile(ink, 99.9)) if ink.size > 1000 else float(ink.max())
+    if peak - background < MIN_CONTRAST:
+        return None
+    ink = np.clip((ink - background) / (peak - background), 0.0, 1.0)
+    ink[ink < INK_THRESHOLD] = 0.0
+    return ink
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a boolean mask: (labels (H, W) int32, 0 = background, n).
+
+    Runs of True in each row are joined to the overlapping runs of the row above (union-find on
+    runs), so the work grows with the number of runs, not pixels.
+    """
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)  # +1 where a run starts, -1 one past where it ends
+    run_rows, run_starts = np.nonzero(edges == 1)
+    run_ends = np.nonzero(edges == -1)[1]  # exclusive; same order as the starts
+    parent = list(range(len(run_rows)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    row_first = np.searchsorted(run_rows, np.arange(height + 1))  # runs of row r: [first[r], first[r+1])
+    for r in range(1, height):
+        above = range(row_first[r - 1], row_first[r])
+        j0 = above.start
+        for i in range(row_first[r], row_first[r + 1]):
+            # 8-connectivity: runs touch if they overlap with one column of slack
+            for j in range(j0, above.stop):
+                if run_ends[j] < run_starts[i]:
+                    j0 = j + 1
+                    continue
+                if run_starts[j] > run_ends[i]:
+                    break
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    roots = np.array([find(i) for i in range(len(parent))], dtype=np.int64)
+    _, run_label = np.unique(roots, return_inverse=True)
+    labels = np.zeros((height, width), dtype=np.int32)
+    for r, s, e, lab in zip(run_rows, run_starts, run_ends, run_label + 1):
+        labels[r, s:e] = lab
+    return labels, int(roots.size and run_label.max() + 1)
+
+
+def _parts(ink: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Components of the ink and the labels of those big enough to be strokes (not specks)."""
+    labels, n = label_components(ink > 0)
+    if n == 0:
+        return labels, []
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    min_area = max(MIN_PART * areas.max(), 4.0)
+    if areas.max() < max(16, MIN_INK_FRACTION * ink.size):
+        return labels, []
+    return labels, [k + 1 for k in np.flatnonzero(areas >= min_area)]
+
+
+def center_digit(ink: np.ndarray) -> np.ndarray:
+    """MNIST's geometry for one digit's ink map: crop, scale to 20 px, paste at the centre of mass."""
+    rows = np.flatnonzero(ink.any(1))
+    cols = np.flatnonzero(ink.any(0))
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    height, width = crop.shape
+    scale = BOX / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    # Pillow's resampling filters average over the source footprint when shrinking (anti-aliasing)
+    small = Image.fromarray(crop.astype(np.float32), mode="F").resize((new_w, new_h), Image.Resampling.LANCZOS)
+    patch = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+    if patch.max() > 0:
+        patch /= patch.max()  # thin strokes shrink to faint lines; MNIST's ink peaks at full white
+    ys, xs = np.mgrid[:new_h, :new_w]
+    mass = patch.sum()
+    com_y, com_x = (ys * patch).sum() / mass, (xs * patch).sum() / mass
+    top, left = int(round(CENTRE - com_y)), int(round(CENTRE - com_x))
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    # paste, clipping whatever the shift pushes past the edge
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + new_h, SIZE), min(left + new_w, SIZE)
+    out[y0:y1, x0:x1] = patch[y0 - top:y1 - top, x0 - left:x1 - left]
+    return np.round(out * 255.0).astype(np.uint8)
+
+
+def to_mnist(image: Image.Image) -> np.ndarray | None:
+    """(28, 28) uint8, white on black, preprocessed like MNIST; None when there is no digit."""
+    ink = ink_map(to_grey(image))
+    if ink is None:
+        return None
+    labels, keep = _parts(ink)
+    if not keep:
+        return None
+    return center_digit(np.where(np.isin(labels, keep), ink, 0.0))
+
+
+def split_digits(image: Image.Image) -> list[np.ndarray]:
+    """Each digit of a handwritten number, left to right, as (28, 28) uint8 MNIST images.
+
+    Digits are the ink's connected components; components stacked over each other (a 5's flag,
+    a broken 4) are one digit when their column spans overlap by half the narrower one. Touching
+    digits are read as one.
+    """
+    ink = ink_map(to_grey(image))
+    if ink is None:
+        return []
+    labels, keep = _parts(ink)
+    spans = []  # [first col, last col, [labels]]
+    for k in keep:
+        cols = np.flatnonzero((labels == k).any(0))
+        spans.append([int(cols[0]), int(cols[-1]), [k]])
+    spans.sort()
+    groups: list[list] = []
+    for span in spans:
+        if groups:
+            last = groups[-1]
+            overlap = min(last[1], span[1]) - max(last[0], span[0]) + 1
+            narrower = min(last[1] - last[0], span[1] - span[0]) + 1
+            if overlap >= 0.5 * narrower:
+                last[0], last[1], last[2] = min(last[0], span[0]), max(last[1], span[1]), last[2] + span[2]
+                continue
+        groups.append(span)
+    return [center_digit(np.where(np.isin(labels, group[2]), ink, 0.0)) for group in groups]
+
+
+def naive_resize(image: Image.Image) -> np.ndarray:
+    """The baseline people try first: greyscale, resize to 28x28, nothing else. For comparison only."""
+    return np.asarray(image.convert("L").resize((SIZE, SIZE), Image.Resampling.BILINEAR), dtype=np.uint8)
