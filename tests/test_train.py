@@ -1,0 +1,222 @@
+"""The reference recipe's details, determinism, resume, and one short real-data run."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from digitrec.augment import affine_matrices, random_affine, sample_affine_params
+from digitrec.config import make_config
+from digitrec.data import write_kaggle_csv
+from digitrec.evaluate import predict, summarize
+from digitrec.checkpoint import load_run_model
+from digitrec.files import InputError
+from digitrec.model import SeedNet, build_model, count_parameters
+from digitrec.train import build_optimizer, build_scheduler, fit, split_validation, steps_per_epoch
+from tests.conftest import synthetic_digits
+
+
+def test_seed_net_has_887530_parameters_and_keras_shapes():
+    model = build_model(make_config())
+    assert isinstance(model, SeedNet) and count_parameters(model) == 887_530
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (32, (5, 5), (2, 2)), (32, (5, 5), (2, 2)), (64, (3, 3), (1, 1)), (64, (3, 3), (1, 1))]
+    dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.25, 0.25, 0.5]
+    assert model.features(torch.zeros(2, 1, 28, 28)).shape == (2, 64, 7, 7)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_glorot_uniform_weights_and_zero_biases():
+    torch.manual_seed(0)
+    model = build_model(make_config())
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            receptive = m.weight[0, 0].numel() if m.weight.dim() == 4 else 1
+            fan_in, fan_out = m.weight.shape[1] * receptive, m.weight.shape[0] * receptive
+            limit = math.sqrt(6 / (fan_in + fan_out))
+            w = m.weight.detach()
+            assert w.abs().max() <= limit
+            assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1)  # uniform(-a, a) std
+            assert torch.count_nonzero(m.bias) == 0
+
+
+def test_rmsprop_as_keras():
+    optimizer = build_optimizer(build_model(make_config()), make_config())
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert (group["lr"], group["alpha"], group["eps"], group["momentum"], group["weight_decay"]) == \
+        (1e-3, 0.9, 1e-8, 0, 0)
+
+
+def keras_plateau_lrs(val_accs, lr=1e-3, patience=3, factor=0.5, min_lr=1e-5, min_delta=1e-4):
+    """Keras ReduceLROnPlateau(monitor='val_acc', mode='max') as written in keras/callbacks.py."""
+    best, wait, lrs = -np.inf, 0, []
+    for acc in val_accs:
+        if acc - min_delta > best:
+            best, wait = acc, 0
+        else:
+            wait += 1
+            if wait >= patience and lr > min_lr:
+                lr, wait = max(lr * factor, min_lr), 0
+        lrs.append(lr)
+    return lrs
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_plateau_schedule_counts_like_keras(trial):
+    rng = np.random.default_rng(trial)
+    # accuracies that often stall (repeats and gains below min_delta), as in a real run
+    accs = np.round(np.cumsum(rng.choice([0, 0, 0.00005, 0.0002, -0.001, 0.003], size=40)) + 0.98, 6)
+    cfg = make_config()
+    optimizer = build_optimizer(build_model(cfg), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=1)
+    ours = []
+    for acc in accs:
+        scheduler.step(float(acc))
+        ours.append(optimizer.param_groups[0]["lr"])
+    assert ours == pytest.approx(keras_plateau_lrs(accs))
+
+
+def test_plateau_halves_after_three_stalled_epochs_exactly():
+    assert keras_plateau_lrs([0.9, 0.9, 0.9, 0.9]) == [1e-3, 1e-3, 1e-3, 5e-4]
+    cfg = make_config()
+    optimizer = build_optimizer(build_model(cfg), cfg)
+    scheduler = build_scheduler(optimizer, cfg, 1)
+    lrs = []
+    for acc in [0.9, 0.9, 0.90005, 0.9]:  # +5e-5 is below min_delta: still a stalled epoch
+        scheduler.step(acc)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == [1e-3, 1e-3, 1e-3, 5e-4]
+
+
+def test_validation_split_and_steps_per_epoch():
+    labels = np.random.default_rng(0).integers(0, 10, 42_000)
+    cfg = make_config()
+    train, val = split_validation(labels, cfg)
+    assert (len(train), len(val)) == (37_800, 4_200)
+    assert len(np.intersect1d(train, val)) == 0 and len(np.union1d(train, val)) == 42_000
+    assert steps_per_epoch(len(train), cfg) == 439  # floor(37,800 / 86)
+    np.testing.assert_array_equal(val, split_validation(labels, cfg)[1])  # seed 2: same split every time
+    assert not np.array_equal(val, split_validation(labels, make_config(val_seed=3))[1])
+    _, strat_val = split_validation(labels, make_config(stratify=True))
+    expected = np.bincount(labels, minlength=10) * 0.1
+    assert np.abs(np.bincount(labels[strat_val], minlength=10) - expected).max() <= 1
+
+
+def test_augmentation_samples_the_spec_ranges():
+    params = sample_affine_params(20_000, make_config(), torch.Generator().manual_seed(0))
+    for key, (low, high) in {"angle_deg": (-10, 10), "zoom_x": (0.9, 1.1), "zoom_y": (0.9, 1.1),
+                             "shift_x": (-0.1, 0.1), "shift_y": (-0.1, 0.1)}.items():
+        values = params[key]
+        assert low <= values.min() and values.max() <= high, key
+        assert values.min() < low + 0.01 * (high - low) and values.max() > high - 0.01 * (high - low), key
+        assert abs(values.mean().item() - (low + high) / 2) < 0.02 * (high - low), key
+    # a fresh, independent draw per image
+    assert abs(np.corrcoef(params["zoom_x"], params["zoom_y"])[0, 1]) < 0.05
+
+
+def test_affine_geometry_shift_fill_and_no_flip():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10:18, 4:8] = 1.0  # a bar on the left
+    identity = {"angle_deg": torch.zeros(1), "zoom_x": torch.ones(1), "zoom_y": torch.ones(1),
+                "shift_x": torch.zeros(1), "shift_y": torch.zeros(1)}
+    grid = torch.nn.functional.affine_grid(affine_matrices(identity), [1, 1, 28, 28], align_corners=False)
+    assert torch.allclose(torch.nn.functional.grid_sample(x, grid, align_corners=False), x, atol=1e-6)
+
+    # a shift of 0.1 of the width moves content by 2.8 px (sign: output samples from x + shift)
+    shifted = dict(identity, shift_x=torch.tensor([-0.1]))
+    grid = torch.nn.functional.affine_grid(affine_matrices(shifted), [1, 1, 28, 28], align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    cols = torch.arange(28.0)
+    centre = lambda img: (img[0, 0].sum(0) * cols).sum() / img.sum()  # noqa: E731
+    assert centre(out) - centre(x) == pytest.approx(2.8, abs=0.05)
+
+    # edge pixels repeat ("nearest" fill): a constant image stays constant under any transform
+    flat = torch.full((64, 1, 28, 28), 0.7)
+    assert torch.allclose(random_affine(flat, make_config(), torch.Generator().manual_seed(1)), flat, atol=1e-5)
+
+    # no flips: every augmented copy stays closer to the original than to its mirror image
+    xs = x.repeat(200, 1, 1, 1)
+    aug = random_affine(xs, make_config(), torch.Generator().manual_seed(2))
+    to_orig = ((aug - x) ** 2).flatten(1).sum(1)
+    to_mirror = ((aug - x.flip(-1)) ** 2).flatten(1).sum(1)
+    assert bool((to_orig < to_mirror).all())
+
+
+def _tiny_cfg(**kw):
+    return make_config(**{"epochs": 2, "batch_size": 32, "eval_batch_size": 256, "threads": 1, **kw})
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_same_seed_same_weights(tmp_path):
+    digits = synthetic_digits(320, seed=5)
+    fit(_tiny_cfg(seed=7), digits, tmp_path / "a", quiet=True)
+    fit(_tiny_cfg(seed=7), digits, tmp_path / "b", quiet=True)
+    fit(_tiny_cfg(seed=8), digits, tmp_path / "c", quiet=True)
+    a, b, c = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    history = (tmp_path / "a" / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds" and len(history) == 3
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    digits = synthetic_digits(100)
+    fit(_tiny_cfg(epochs=1), digits, tmp_path / "run", quiet=True)
+    with pytest.raises(InputError, match="already holds a run; use --resume or another --out"):
+        fit(_tiny_cfg(epochs=1), digits, tmp_path / "run", quiet=True)
+    with pytest.raises(InputError, match=r"config differs from the run being resumed \(lr\)"):
+        fit(_tiny_cfg(epochs=1, lr=0.01), digits, tmp_path / "run", resume=True, quiet=True)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """Kill a real training process mid-run (SIGKILL), resume it, compare with an uninterrupted run."""
+    write_kaggle_csv(tmp_path / "train.csv", synthetic_digits(1200, seed=3), with_labels=True)
+    flags = ["--train", str(tmp_path / "train.csv"), "--epochs", "4", "--batch-size", "32",
+             "--threads", "1", "--seed", "11", "--quiet"]
+    cli = [sys.executable, "-m", "digitrec.cli", "train"]
+
+    subprocess.run(cli + flags + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli + flags + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        history = killed / "history.csv"
+        if history.exists() and len(history.read_text().splitlines()) >= 2:  # one epoch done
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
+
+    done = subprocess.run(cli + flags + ["--out", str(killed), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = _weights(tmp_path / "full"), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (killed / "history.csv").read_text().count("\n") == 5
+    assert not list(killed.glob(".*.tmp"))  # no temp file left behind
+
+
+def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
+    """Seed recipe, one epoch on 2,700 MNIST images (300 held out): at least 75% on the 10,000 test."""
+    model, cfg, meta = load_run_model(tiny_run)
+    summary = summarize(predict(model, mnist_test, "test"))
+    assert summary["accuracy"] >= 0.75
+    assert meta["config"] == cfg.to_dict()
+    assert {"val_accuracy", "train_seconds", "environment", "label_counts"} <= set(
+        __import__("json").loads((tiny_run / "metrics.json").read_text()))
