@@ -158,6 +158,12 @@ def cmd_score(args) -> None:
     print(f"accuracy {100 * result['accuracy']:.3f}% ({result['correct']} of {result['n']})")
 
 
+def cmd_serve(args) -> None:
+    from .serve import serve
+
+    serve(args.run, args.host, args.port)
+
+
 def cmd_run(args) -> None:
     """The main job: fetch MNIST, train, evaluate on the official test set, write a submission."""
     from .evaluate import evaluate_run, format_summary, summarize
@@ -230,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("score", cmd_score, "score a submission against an answer key")
     p.add_argument("submission")
     p.add_argument("answers")
+
+    p = command("serve", cmd_serve, "the draw-a-digit web page and JSON API for a run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
     return parser
 
 

@@ -1,0 +1,262 @@
+"""The draw-a-digit web app: one page and a small JSON API over a finished run.
+
+`digitrec serve RUN` listens on 127.0.0.1:8000 unless told otherwise. Safe by default on a shared
+network: every request body is capped (413 before it is buffered), every error is JSON with a
+one-line `detail` (bad input is a 400/422, never a 500), uploads are read in memory with the same
+preprocessing as `digitrec predict` and never written to disk, and the page runs under a strict
+Content-Security-Policy (no inline script, nothing from another origin; the API docs are served
+from local copies of Swagger UI, so everything works offline).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastapi import File, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
+
+from .checkpoint import load_run_model
+from .evaluate import predict_logits
+from .files import InputError, read_json
+from .images import open_image, to_mnist
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a drawn PNG is ~20 KB, a scanned digit well under this
+
+# The page loads only its own files; canvas pixels are read with getImageData, so no data: URLs.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'")
+
+
+# ---------------------------------------------------------------------------------------------
+# request and response bodies
+
+
+def pixels_to_image(pixels: list) -> np.ndarray:
+    """784 values or 28 rows of 28, each a number in 0..255 -> (28, 28) uint8 (rounded)."""
+    try:
+        x = np.asarray(pixels)
+    except (ValueError, TypeError, OverflowError):  # ragged rows, nesting too deep
+        raise ValueError("must be 784 numbers or 28 rows of 28 numbers (ragged or nested input)") from None
+    if x.shape not in ((784,), (28, 28)):
+        raise ValueError(f"must be 784 numbers or 28 rows of 28 numbers, got shape {list(x.shape)}")
+    if x.dtype.kind not in "iuf":
+        raise ValueError("must be numbers (not strings, booleans or null)")
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 255:
+        raise ValueError("must be in 0..255")
+    return np.rint(x).astype(np.uint8).reshape(28, 28)
+
+
+class PixelsIn(BaseModel):
+    pixels: Annotated[list[Any], AfterValidator(pixels_to_image)] = Field(
+        description="784 values 0..255 in row-major order, or a 28x28 array: white ink on black, "
+                    "already MNIST-like (taken as given, no cropping or centring)",
+        examples=[[0] * 784])
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="the most probable digit")
+    probabilities: list[float] = Field(description="10 class probabilities (softmax), summing to 1")
+    image: list[list[int]] = Field(description="the 28x28 image the model saw, 0..255, white on black")
+
+
+class Health(BaseModel):
+    status: str
+
+
+# ---------------------------------------------------------------------------------------------
+# middleware
+
+
+class BodyLimit:
+    """Answer 413 to a request body over `max_bytes`, counted as it arrives, before anything buffers it.
+
+    A declared Content-Length over the limit is refused without reading a byte; a chunked body is
+    cut off at the first chunk that crosses it.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.detail = f"request body too large: the limit is {max_bytes} bytes"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # starlette's HTTPException passes through FastAPI's body parsing unchanged
+                raise HTTPException(413, self.detail)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _refuse(self, send):
+        response = JSONResponse({"detail": self.detail}, status_code=413, headers={"Connection": "close"})
+        await response({"type": "http"}, None, send)
+
+
+class SecurityHeaders:
+    """nosniff and no-referrer on every response; the strict CSP on everything but the API docs."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        # Swagger UI's page starts itself with an inline script: it gets the default policy
+        docs = scope["path"] == "/docs" or scope["path"].startswith("/static-offline-docs")
+        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+        if not docs:
+            extra.append((b"content-security-policy", PAGE_CSP.encode()))
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: always JSON with a one-line `detail`
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            parts.append(f"malformed JSON at character {error['loc'][-1]}: {error.get('ctx', {}).get('error', '')}")
+            continue
+        where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _install_error_handlers(app) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(InputError)
+    async def input_error(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request, exc):  # a bug, not bad input: keep the reply JSON and vague
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+def model_info(run_dir: Path, cfg, model: torch.nn.Module) -> dict:
+    """What /api/model reports: the run, its model, and the best accuracy figure the run holds."""
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    test_path = run_dir / "evaluation_test.json"
+    if test_path.is_file():
+        evaluation = read_json(test_path)
+        accuracy, accuracy_on, n = evaluation["accuracy"], "test", evaluation.get("n")
+    elif metrics.get("val_accuracy") is not None:
+        accuracy, accuracy_on, n = metrics["val_accuracy"], "validation", metrics.get("n_val")
+    else:
+        accuracy, accuracy_on, n = None, None, None
+    return {
+        "run": run_dir.resolve().name,
+        "preset": cfg.preset,
+        "model": cfg.model,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "accuracy": accuracy,
+        "accuracy_on": accuracy_on,  # "test" (evaluation_test.json), "validation", or None
+        "accuracy_n": n,
+        "metrics": metrics,
+    }
+
+
+def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    """The FastAPI app serving the run in `run_dir`; raises InputError if the run cannot be loaded."""
+    if max_body_bytes > MultiPartParser.spool_max_size:
+        # above this, the multipart parser would spool an upload to a temporary file on disk
+        raise ValueError(f"max_body_bytes must be at most {MultiPartParser.spool_max_size}")
+    run_dir = Path(run_dir)
+    model, cfg, _ = load_run_model(run_dir)
+    info = {**model_info(run_dir, cfg, model), "max_body_bytes": max_body_bytes}
+
+    def classify(image: np.ndarray) -> Prediction:
+        """One (28, 28) uint8 image -> label, probabilities and the image itself."""
+        probs = F.softmax(predict_logits(model, image[None], batch_size=1), dim=1)[0]  # (10,)
+        return Prediction(label=int(probs.argmax()), probabilities=probs.tolist(), image=image.tolist())
+
+    app = FastAPIOffline(title="digitrec", version="1", redoc_url=None,
+                         description=f"Handwritten-digit recognition with run `{info['run']}`.")
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz", response_model=Health)
+    def healthz():
+        return Health(status="ok")
+
+    @app.get("/api/model", summary="The loaded model: run, preset, parameters, accuracy, metrics.json")
+    def api_model() -> dict:
+        return info
+
+    @app.post("/api/predict", summary="Classify an image file (PNG, JPEG, ...)",
+              responses={400: {"description": "not a readable image, too many pixels, or no digit in it"},
+                         413: {"description": "body over the limit"}})
+    def api_predict(file: Annotated[UploadFile, File(description="the image; any size up to the body limit")]) -> Prediction:
+        # plain def: FastAPI runs it in its thread pool, so torch never blocks the event loop
+        name = Path(file.filename or "upload").name[:100]
+        image = to_mnist(open_image(file.file.read(), name))
+        if image is None:
+            raise InputError(f"{name}: no digit found in the image")
+        return classify(image)
+
+    @app.post("/api/predict/pixels", summary="Classify a 28x28 image given as pixel values")
+    def api_predict_pixels(body: PixelsIn) -> Prediction:
+        return classify(body.pixels)
+
+    return app
+
+
+def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> None:
+    """Run the app under uvicorn until interrupted."""
+    import uvicorn
+
+    # One image per request is too small to share across cores; concurrent requests use them instead.
+    torch.set_num_threads(threads)
+    app = create_app(run_dir)
+    print(f"serving {Path(run_dir)} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
