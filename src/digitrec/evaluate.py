@@ -12,32 +12,43 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .data import Digits
-from .checkpoint import load_run_model
 from .files import InputError, atomic_write, write_json
+
+
+# torch is imported inside the functions that run a model: Predictions, summarize and the rest
+# stay importable without it, so `--onnx` deployments (onnxruntime only) can use them.
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] (the reference divides by 255)."""
+    import torch
+
     x = torch.as_tensor(images)
     return x.unsqueeze(1).float().div_(255.0)
 
 
-@torch.inference_mode()
 def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 1000,
                    channels_last: bool = False) -> torch.Tensor:
     """Logits (N, 10) for uint8 images (N, 28, 28), in large batches with no autograd."""
+    import torch
+
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = to_float(images[start:start + batch_size])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x))
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = to_float(images[start:start + batch_size])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(model(x))
     return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def predict_probs(model: torch.nn.Module, images: np.ndarray, batch_size: int = 1000,
+                  channels_last: bool = False) -> np.ndarray:
+    """Class probabilities (N, 10) float32 for uint8 images (N, 28, 28)."""
+    return predict_logits(model, images, batch_size, channels_last).softmax(1).numpy()
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,7 @@ def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray) -> Pred
 
 def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int = 1000,
             channels_last: bool = False) -> Predictions:
-    logits = predict_logits(model, digits.images, batch_size, channels_last)
-    return predictions_from_probs(name, digits, F.softmax(logits, dim=1).numpy())
+    return predictions_from_probs(name, digits, predict_probs(model, digits.images, batch_size, channels_last))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
@@ -150,6 +160,8 @@ def format_summary(summary: dict) -> str:
 
 def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test") -> Predictions:
     """Predict `digits` with a finished run's model and save `predictions_<name>.npz` in the run."""
+    from .checkpoint import load_run_model
+
     model, cfg, _ = load_run_model(run_dir)
     preds = predict(model, digits, name, cfg.eval_batch_size)
     preds.save(Path(run_dir) / f"predictions_{name}.npz")
