@@ -164,9 +164,22 @@ def cmd_serve(args) -> None:
     serve(args.run, args.host, args.port)
 
 
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run, args.top)}")
+
+
+def cmd_compare(args) -> None:
+    from .report import write_comparison
+
+    print(f"comparison: {write_comparison(args.runs, args.output)}")
+
+
 def cmd_run(args) -> None:
     """The main job: fetch MNIST, train, evaluate on the official test set, write a submission."""
     from .evaluate import evaluate_run, format_summary, summarize
+    from .report import write_report
     from .submit import write_submission
     from .train import fit
 
@@ -184,6 +197,7 @@ def cmd_run(args) -> None:
     print(f"\ntraining: {metrics['train_seconds']:.1f} s for {cfg.epochs} epochs of preset '{cfg.preset}'")
     print(f"official MNIST test accuracy: {100 * summary['accuracy']:.2f}% ({summary['errors']} errors in {summary['n']})")
     print(f"run files: {out}/\nsubmission: {submission}")
+    print(f"report: {write_report(out)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
+
+    p = command("report", cmd_report, "write RUN/report.html and RUN/figures/ from a run's saved files")
+    p.add_argument("run", type=Path)
+    p.add_argument("--top", type=int, default=24, help="how many confident mistakes to show")
+
+    p = command("compare", cmd_compare, "one HTML page comparing the curves and scores of several runs")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN")
+    p.add_argument("-o", "--output", type=Path, default=Path("compare.html"))
     return parser
 
 

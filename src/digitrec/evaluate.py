@@ -142,6 +142,25 @@ def summarize(preds: Predictions, top_mistakes: int = 6) -> dict:
     }
 
 
+def calibration(preds: Predictions, n_bins: int = 15) -> dict:
+    """Reliability of the top probability: `n_bins` equal-width confidence bins and the expected
+    calibration error, ECE = sum over bins of (share of images) * |accuracy - mean confidence|."""
+    if not preds.has_labels:
+        raise InputError(f"predictions '{preds.name}' have no labels to score against")
+    confidence = preds.probs.max(1).astype(np.float64)
+    correct = (preds.y_pred == preds.y_true).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.digitize(confidence, edges[1:-1], right=True)  # bin i holds (edges[i], edges[i + 1]]
+    count = np.bincount(which, minlength=n_bins)
+    mean_conf = np.bincount(which, confidence, minlength=n_bins) / np.maximum(count, 1)
+    accuracy = np.bincount(which, correct, minlength=n_bins) / np.maximum(count, 1)
+    ece = float((count * np.abs(accuracy - mean_conf)).sum() / max(len(confidence), 1))
+    return {"n_bins": n_bins, "ece": ece,
+            "bins": [{"low": float(edges[i]), "high": float(edges[i + 1]), "count": int(count[i]),
+                      "confidence": float(mean_conf[i]) if count[i] else None,
+                      "accuracy": float(accuracy[i]) if count[i] else None} for i in range(n_bins)]}
+
+
 def format_summary(summary: dict) -> str:
     """The summary as text for the terminal."""
     low, high = summary["accuracy_ci95"]

@@ -1,0 +1,597 @@
+"""The run report: every figure and table of a run in one self-contained HTML file.
+
+Compute once, render many times: the numbers come from the run's saved files (config.json,
+metrics.json, history.csv and one predictions record through `summarize` and `calibration`);
+nothing is re-trained or re-predicted. Each figure is also written as a PNG in RUN/figures/.
+The page embeds its images as data URIs and loads nothing else (a CSP meta tag enforces it).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from cycler import cycler  # noqa: E402
+
+from .augment import random_affine  # noqa: E402
+from .config import config_from_dict  # noqa: E402
+from .evaluate import Predictions, calibration, summarize, to_float  # noqa: E402
+from .files import InputError, atomic_write, read_json  # noqa: E402
+
+# Okabe-Ito: distinguishable with every common colour-vision deficiency.
+BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, YELLOW, BLACK = (
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+PALETTE = [BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, BLACK, YELLOW]
+GREY = "#9a9a9a"
+STYLE = {
+    "axes.prop_cycle": cycler(color=PALETTE),
+    "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.color": "#e6e6e6", "grid.linewidth": 0.8, "axes.axisbelow": True,
+    "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "legend.frameon": False,
+    "figure.facecolor": "white", "savefig.facecolor": "white", "savefig.dpi": 110, "savefig.bbox": "tight",
+    "image.cmap": "gray",
+}
+SAMPLE_IMAGES = 32  # sample grid: 4 rows of 8
+AUGMENTED_ROWS, AUGMENTED_COPIES = 4, 7  # each row: an original and 7 augmented draws
+AUGMENT_SEED = 0  # the augmented grid is a fixed rendering, the same every time
+CONFUSED_PAIRS = 10
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run directory holds, read once; None (or empty) where a file is missing."""
+    run_dir: Path
+    config: dict
+    metrics: dict | None
+    history: list[dict]
+    preds: Predictions | None
+    preds_file: str | None  # "predictions_test.npz" or "predictions_val.npz"
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def read_run(run_dir: str | os.PathLike) -> RunFiles:
+    """Read a run's files; missing ones are None. A directory without config.json is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run directory")
+    if not (run_dir / "config.json").is_file():
+        raise InputError(f"{run_dir}: not a digitrec run (no config.json)")
+    preds_file = next((f for f in ("predictions_test.npz", "predictions_val.npz") if (run_dir / f).is_file()), None)
+    return RunFiles(run_dir, _read_json(run_dir / "config.json"), _read_json(run_dir / "metrics.json"),
+                    read_history(run_dir / "history.csv"),
+                    Predictions.load(run_dir / preds_file) if preds_file else None, preds_file)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_history(path: Path) -> list[dict]:
+    """history.csv as a list of per-epoch dicts of floats (NaN where a cell is empty)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in rows]
+    except ValueError as e:
+        raise InputError(f"{path}: not a history file ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# figures: each function takes plain numbers and returns a matplotlib Figure
+
+
+def label_distribution_figure(counts: list[int]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    bars = ax.bar(range(10), counts, color=BLUE)
+    ax.bar_label(bars, fontsize=8, padding=2)
+    ax.set(xticks=range(10), xlabel="digit", ylabel="training images (count)",
+           title=f"Label distribution ({sum(counts):,} training images)")
+    ax.grid(axis="x", visible=False)
+    return fig
+
+
+def image_grid_figure(images: np.ndarray, titles: list[str], ncols: int, title: str) -> plt.Figure:
+    """Images (N, 28, 28), uint8 or float in [0, 1], white ink on black, each with a caption above.
+
+    Drawn as one mosaic in one axes (one axes per image is several times slower to render).
+    """
+    images = np.asarray(images, dtype=np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    nrows = math.ceil(len(images) / ncols)
+    cell_w, cell_h = 28 + 4, 28 + 12  # room between images and for a caption above each
+    mosaic = np.ones((nrows * cell_h, ncols * cell_w), dtype=np.float32)  # white paper
+    fig, ax = plt.subplots(figsize=(ncols * 0.95, nrows * 1.2 + 0.3))
+    for k, (image, caption) in enumerate(zip(images, titles)):
+        row, col = divmod(k, ncols)
+        top, left = row * cell_h + 10, col * cell_w + 2
+        mosaic[top:top + 28, left:left + 28] = image
+        ax.text(left + 14, top - 2, caption, ha="center", va="bottom", fontsize=8)
+    ax.imshow(mosaic, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title)
+    return fig
+
+
+def training_curves_figure(history: list[dict]) -> plt.Figure:
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(12, 3.4))
+    marker = "o" if len(epochs) < 40 else None
+    for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
+        for split, color in (("train", BLUE), ("val", VERMILLION)):
+            values = [row[f"{split}_{key}"] * scale for row in history]
+            if not all(math.isnan(v) for v in values):
+                ax.plot(epochs, values, marker=marker, color=color,
+                        label="train (augmented batches)" if split == "train" else "validation")
+        ax.legend()
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy (nats per image)")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    ax_lr.plot(epochs, [row["lr"] for row in history], marker=marker, color=GREEN, drawstyle="steps-post")
+    ax_lr.set(title="Learning rate", xlabel="epoch", ylabel="learning rate (log scale)", yscale="log")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, normalise: bool) -> plt.Figure:
+    """Rows: true class; columns: predicted class. Counts, or each row as % of the true class."""
+    values = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalise else cm
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    shown = ax.imshow(values, cmap="Blues", vmin=0)
+    ax.grid(False)
+    high = values.max() / 2
+    for t in range(10):
+        for p in range(10):
+            text = f"{values[t, p]:.1f}" if normalise else f"{int(values[t, p])}"
+            if normalise and values[t, p] == 0:
+                text = "0"
+            ax.text(p, t, text, ha="center", va="center", fontsize=7 if normalise else 8,
+                    color="white" if values[t, p] > high else "black")
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit",
+           title="Confusion matrix, % of each true digit" if normalise else "Confusion matrix (image counts)")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="% of row" if normalise else "images")
+    return fig
+
+
+def mistakes_figure(preds: Predictions, mistakes: list[dict], ncols: int = 4) -> plt.Figure:
+    """Each mistake: its image and, below it, the probabilities of all 10 digits as bars
+    (the predicted digit vermillion, the true one blue). One axes, units of image pixels."""
+    cell_w, cell_h = 44, 76
+    bar_top, bar_height = 12 + 28 + 4, 22  # caption, image, gap; bars for p = 0..1
+    nrows = math.ceil(len(mistakes) / ncols)
+    mosaic = np.ones((nrows * cell_h, ncols * cell_w), dtype=np.float32)
+    fig, ax = plt.subplots(figsize=(ncols * 2.4, nrows * 2.4 * cell_h / cell_w))
+    xs = np.arange(10) * 3.8 + 4  # bar centres within a cell
+    for k, m in enumerate(mistakes):
+        row, col = divmod(k, ncols)
+        top, left = row * cell_h, col * cell_w
+        mosaic[top + 12:top + 40, left + 8:left + 36] = preds.images[m["index"]] / 255.0
+        ax.text(left + 22, top + 10, f"id {m['id']}: predicted {m['pred']}, true {m['true']}",
+                ha="center", va="bottom", fontsize=8)
+        base = top + bar_top + bar_height
+        colors = [GREY] * 10
+        colors[m["pred"]], colors[m["true"]] = VERMILLION, BLUE
+        ax.add_patch(plt.Rectangle((left + 1.5, base - bar_height), 41, bar_height, color="#f2f2f2", lw=0))
+        ax.bar(left + xs, -bar_height * preds.probs[m["index"]], bottom=base, width=2.9, color=colors)
+        for digit, x in enumerate(xs):
+            ax.text(left + x, base + 1, str(digit), ha="center", va="top", fontsize=6.5)
+        ax.text(left + 1, base - bar_height, "1", ha="right", va="center", fontsize=6, color="#666")
+        ax.text(left + 1, base, "0", ha="right", va="center", fontsize=6, color="#666")
+    ax.imshow(mosaic, vmin=0, vmax=1, interpolation="nearest", extent=(0, mosaic.shape[1], mosaic.shape[0], 0))
+    ax.set(xlim=(0, mosaic.shape[1]), ylim=(mosaic.shape[0], 0))
+    ax.axis("off")
+    ax.set_title("Probability of each digit (0 to 1): predicted vermillion, true blue")
+    return fig
+
+
+def reliability_figure(calib: dict) -> plt.Figure:
+    bins = calib["bins"]
+    width = bins[0]["high"] - bins[0]["low"]
+    lows = [b["low"] for b in bins]
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.6, 5.6), sharex=True, height_ratios=[3, 1.3])
+    ax.plot([0, 1], [0, 100], color=GREY, linestyle="--", label="perfect calibration")
+    ax.bar(lows, [100 * (b["accuracy"] or 0) for b in bins], width=width, align="edge", color=BLUE,
+           edgecolor="white", label="accuracy in bin")
+    filled = [b for b in bins if b["count"]]
+    ax.plot([b["confidence"] for b in filled], [100 * b["confidence"] for b in filled], "D", color=VERMILLION,
+            markersize=4, label="mean confidence in bin")
+    ax.set(ylabel="accuracy (%)", ylim=(0, 100), xlim=(0, 1),
+           title=f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}%")
+    ax.legend(loc="upper left")
+    ax_count.bar(lows, [b["count"] for b in bins], width=width, align="edge", color=GREY, edgecolor="white")
+    ax_count.set(yscale="log", xlabel="confidence (top-class probability)", ylabel="images (log)")
+    fig.tight_layout()
+    return fig
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _render(make_figure, *args, **kwargs) -> bytes:
+    with plt.rc_context(STYLE):
+        return _png(make_figure(*args, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces; every string from a file or a run goes through html.escape
+
+CSS = """
+:root { color-scheme: light; }
+body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
+       margin: 0 auto; max-width: 72rem; padding: 1rem; }
+h1 { font-size: 1.6rem; margin: .2rem 0; } h2 { font-size: 1.25rem; margin-top: 2.2rem;
+     border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+img { max-width: 100%; height: auto; display: block; margin: .6rem 0; }
+.figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 24rem), 1fr)); gap: 1rem; }
+.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }
+table { border-collapse: collapse; font-size: .92rem; font-variant-numeric: tabular-nums; }
+th, td { padding: .25rem .6rem; border-bottom: 1px solid #e6e6e6; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+.kv td:last-child { text-align: left; white-space: normal; overflow-wrap: anywhere; }
+.headline { font-size: 1.15rem; }
+.missing { color: #8a4b00; background: #fff5e6; border-left: 4px solid #e69f00; padding: .4rem .7rem; }
+.muted { color: #666; font-size: .9rem; }
+details summary { cursor: pointer; margin: .8rem 0 .3rem; font-weight: 600; }
+@media (max-width: 40rem) { body { padding: .6rem; } th, td { padding: .2rem .4rem; } }
+"""
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">\n"
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def _section(section_id: str, title: str, parts: list[str]) -> str:
+    return f"<section id=\"{section_id}\">\n<h2>{_e(title)}</h2>\n" + "\n".join(parts) + "\n</section>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"<img src=\"data:image/png;base64,{base64.b64encode(png).decode('ascii')}\" alt=\"{_e(alt)}\">"
+
+
+def _table(header: list[str], rows: list[list], css_class: str = "") -> str:
+    head = "".join(f"<th scope=\"col\">{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>\n" for row in rows)
+    class_attr = f" class=\"{css_class}\"" if css_class else ""
+    return f"<div class=\"scroll\"><table{class_attr}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></div>"
+
+
+def _kv_table(pairs: list[tuple[str, object]]) -> str:
+    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>\n" for k, v in pairs)
+    return f"<div class=\"scroll\"><table class=\"kv\"><tbody>\n{rows}</tbody></table></div>"
+
+
+def _p(text: str, css_class: str = "") -> str:
+    class_attr = f" class=\"{css_class}\"" if css_class else ""
+    return f"<p{class_attr}>{_e(text)}</p>"
+
+
+def _missing(text: str) -> str:
+    return _p(text, "missing")
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
+
+
+def evaluated_on(run: RunFiles) -> str:
+    """Which images the scored sections describe, in words."""
+    if run.preds is None:
+        return "no predictions"
+    n = f"{len(run.preds.ids):,} images"
+    if run.preds_file == "predictions_test.npz":
+        return f"test set ({n}, {run.preds_file})"
+    return f"validation hold-out ({n}, {run.preds_file}; no test predictions in this run)"
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+class _Figures:
+    """Collects (name, png) pairs: each is written to figures/<name>.png and embedded in the page."""
+
+    def __init__(self):
+        self.pngs: dict[str, bytes] = {}
+
+    def add(self, name: str, alt: str, make_figure, *args, **kwargs) -> str:
+        png = _render(make_figure, *args, **kwargs)
+        self.pngs[name] = png
+        return _img(png, alt)
+
+
+def write_report(run_dir: str | os.PathLike, top_mistakes: int = 24) -> Path:
+    """Write RUN/report.html and RUN/figures/*.png from the run's saved files. Returns the page's path."""
+    if top_mistakes < 1:
+        raise InputError(f"top mistakes must be at least 1, not {top_mistakes}")
+    run = read_run(run_dir)
+    summary = summarize(run.preds, top_mistakes) if run.preds is not None and run.preds.has_labels else None
+    calib = calibration(run.preds) if summary is not None else None
+    figures = _Figures()
+    sections = [
+        _summary_section(run, summary, calib),
+        _data_section(run, figures),
+        _curves_section(run, figures),
+        _confusion_section(summary, figures),
+        _per_class_section(summary),
+        _mistakes_section(run, summary, top_mistakes, figures),
+        _calibration_section(summary, calib, figures),
+    ]
+    title = f"digitrec run {run.name}"
+    body = (f"<header><h1>{_e(title)}</h1>"
+            f"{_p(f'{run.run_dir.resolve()}', 'muted')}</header>\n" + "\n".join(sections))
+    figures_dir = run.run_dir / "figures"
+    for name, png in figures.pngs.items():
+        with atomic_write(figures_dir / f"{name}.png", "wb") as f:
+            f.write(png)
+    path = run.run_dir / "report.html"
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write(_page(title, body))
+    return path
+
+
+def _summary_section(run: RunFiles, summary: dict | None, calib: dict | None) -> str:
+    parts = []
+    metrics = run.metrics or {}
+    env = metrics.get("environment") or {}
+    if summary is not None:
+        low, high = summary["accuracy_ci95"]
+        headline = (f"{_pct(summary['accuracy'], 3)} accuracy on the {evaluated_on(run)}: {summary['errors']} errors "
+                    f"in {summary['n']:,} images; 95% confidence interval {_pct(low)} to {_pct(high)} (Wilson); "
+                    f"mean loss {summary['loss']:.4f} nats; ECE {_pct(calib['ece'])}.")
+        parts.append(_p(headline, "headline"))
+    elif run.preds is not None:
+        parts.append(_missing(f"The predictions in {run.preds_file} have no labels: no accuracy, confusion "
+                              "matrix, per-class scores, mistakes or calibration can be computed."))
+    else:
+        parts.append(_missing("No predictions yet (neither predictions_test.npz nor predictions_val.npz): "
+                              "no accuracy, confusion matrix, per-class scores, mistakes or calibration."))
+    if run.metrics is None:
+        parts.append(_missing("No metrics.json: the run has not finished, so parameters, training time, "
+                              "machine and versions are unknown."))
+    cfg = run.config
+    epochs_done = len(run.history)
+    pairs = [
+        ("training data", metrics.get("data", "unknown")),
+        ("split", f"{metrics['n_train']:,} train / {metrics['n_val']:,} validation images "
+                  f"(val_fraction {cfg.get('val_fraction')}, seed {cfg.get('val_seed')}"
+                  f"{', stratified' if cfg.get('stratify') else ''})" if "n_train" in metrics else "unknown"),
+        ("scored on", evaluated_on(run)),
+        ("preset", cfg.get("preset", "unknown")),
+        ("model", f"{cfg.get('model', 'unknown')}"
+                  + (f", {metrics['parameters']:,} parameters" if "parameters" in metrics else "")),
+        ("epochs", f"{epochs_done} of {cfg.get('epochs', '?')} done"),
+        ("training time", f"{_seconds(metrics['train_seconds'])}, {metrics.get('images_per_second', 0):,.0f} "
+                          "images/s (training and validation)" if "train_seconds" in metrics else "unknown"),
+        ("machine", f"{env.get('cpu', 'unknown')}, {env.get('cpu_count', '?')} CPUs, "
+                    f"{env.get('torch_threads', '?')} torch threads; {env.get('platform', '')}" if env else "unknown"),
+        ("versions", ", ".join(f"{k} {env[k]}" for k in ("digitrec", "torch", "numpy", "python") if env.get(k))
+         or "unknown"),
+        ("git commit", env.get("git_commit") or "unknown"),
+    ]
+    parts.append(_kv_table(pairs))
+    parts.append(f"<details><summary>Resolved config ({len(cfg)} fields, from config.json)</summary>\n"
+                 f"{_kv_table(sorted(cfg.items()))}</details>")
+    return _section("summary", "Summary", parts)
+
+
+def _data_section(run: RunFiles, figures: _Figures) -> str:
+    parts = []
+    counts = (run.metrics or {}).get("label_counts")
+    if counts:
+        parts.append(figures.add("label_distribution", "bar chart of training images per digit",
+                                 label_distribution_figure, counts))
+    else:
+        parts.append(_missing("No label counts (metrics.json is missing or predates them)."))
+    if run.preds is None or len(run.preds.ids) == 0:
+        parts.append(_missing("No predictions record, so no sample images."))
+        return _section("data", "Data", parts)
+    images = run.preds.images[:SAMPLE_IMAGES]
+    labels = run.preds.y_true[:SAMPLE_IMAGES]
+    titles = [f"id {i}: {y}" if y >= 0 else f"id {i}: ?" for i, y in zip(run.preds.ids, labels)]
+    parts.append(figures.add("samples", "grid of sample images with their labels", image_grid_figure,
+                             images, titles, 8, f"Sample images from the {run.preds_file} record, with labels"))
+    cfg = config_from_dict(run.config)
+    if not cfg.augment:
+        parts.append(_p("This run trains without augmentation (augment = false), so no augmented samples."))
+        return _section("data", "Data", parts)
+    originals = images[:AUGMENTED_ROWS]
+    x = to_float(originals).repeat_interleave(AUGMENTED_COPIES, dim=0)  # (R * C, 1, 28, 28)
+    augmented = random_affine(x, cfg, torch.Generator().manual_seed(AUGMENT_SEED)).squeeze(1).numpy()
+    augmented = augmented.reshape(len(originals), AUGMENTED_COPIES, 28, 28)
+    grid = np.concatenate([to_float(originals).numpy(), augmented], axis=1).reshape(-1, 28, 28)
+    titles = [("original" if k == 0 else f"draw {k}") for _ in originals for k in range(AUGMENTED_COPIES + 1)]
+    parts.append(figures.add(
+        "augmented", "grid of augmented samples: each row an original and random draws", image_grid_figure,
+        grid, titles, AUGMENTED_COPIES + 1,
+        f"Augmentation: rotation ±{cfg.rotation_deg:g}°, zoom ±{100 * cfg.zoom:g}%, shift ±{100 * cfg.shift:g}%"))
+    parts.append(_p("Each row: an original and random draws of the run's augmentation (fixed seed "
+                    f"{AUGMENT_SEED}; a rendering, not the draws seen in training).", "muted"))
+    return _section("data", "Data", parts)
+
+
+def _curves_section(run: RunFiles, figures: _Figures) -> str:
+    if not run.history:
+        return _section("curves", "Training curves", [_missing("No finished epoch yet (history.csv is empty or missing).")])
+    parts = [figures.add("training_curves", "training curves: loss, accuracy and learning rate per epoch",
+                         training_curves_figure, run.history)]
+    rows = [[int(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["train_acc"]), f"{r['val_loss']:.4f}",
+             _pct(r["val_acc"]), f"{r['lr']:.2e}", f"{r['seconds']:.1f}"] for r in run.history]
+    parts.append(_table(["epoch", "train loss", "train acc", "val loss", "val acc", "learning rate", "seconds"], rows))
+    return _section("curves", "Training curves", parts)
+
+
+def most_confused_pairs(cm: np.ndarray, top: int = CONFUSED_PAIRS) -> list[tuple[int, int, int]]:
+    """(true, predicted, count) of the largest off-diagonal cells, largest first."""
+    off = np.array(cm, dtype=np.int64)
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:top]
+    return [(int(i // 10), int(i % 10), int(off.flat[i])) for i in order if off.flat[i] > 0]
+
+
+def _confusion_section(summary: dict | None, figures: _Figures) -> str:
+    if summary is None:
+        return _section("confusion", "Confusion matrix", [_missing("Needs labelled predictions.")])
+    cm = np.array(summary["confusion_matrix"])
+    parts = ["<div class=\"figs\">",
+             figures.add("confusion_counts", "confusion matrix, image counts", confusion_figure, cm, False),
+             figures.add("confusion_normalised", "confusion matrix, percent of each true digit",
+                         confusion_figure, cm, True),
+             "</div>", "<h3>Most-confused pairs</h3>"]
+    pairs = most_confused_pairs(cm)
+    if pairs:
+        support = cm.sum(1)
+        parts.append(_table(["true", "predicted as", "images", "% of true digit"],
+                            [[t, p, n, _pct(n / support[t])] for t, p, n in pairs]))
+    else:
+        parts.append(_p("No mistakes."))
+    return _section("confusion", "Confusion matrix", parts)
+
+
+def _per_class_section(summary: dict | None) -> str:
+    if summary is None:
+        return _section("per-class", "Per-class scores", [_missing("Needs labelled predictions.")])
+    rows = [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", f"{r['support']:,}"]
+            for r in summary["per_class"]]
+    return _section("per-class", "Per-class scores", [_table(["digit", "precision", "recall", "F1", "support"], rows)])
+
+
+def _mistakes_section(run: RunFiles, summary: dict | None, top: int, figures: _Figures) -> str:
+    title = "Most confident mistakes"
+    if summary is None:
+        return _section("mistakes", title, [_missing("Needs labelled predictions.")])
+    mistakes = summary["confident_mistakes"]
+    if not mistakes:
+        return _section("mistakes", title, [_p("No mistakes.")])
+    parts = [_p(f"The {len(mistakes)} misclassified images with the largest P(predicted) - P(true) "
+                f"(of {summary['errors']} errors, top {top} asked). Bars: the probability of each digit; "
+                "vermillion is the predicted digit, blue the true one.", "muted"),
+             figures.add("mistakes", "gallery of the most confident mistakes with class probabilities",
+                         mistakes_figure, run.preds, mistakes),
+             _table(["id", "true", "predicted", "P(predicted)", "P(true)", "gap"],
+                    [[m["id"], m["true"], m["pred"], f"{m['p_pred']:.4f}", f"{m['p_true']:.4f}", f"{m['gap']:.4f}"]
+                     for m in mistakes])]
+    return _section("mistakes", title, parts)
+
+
+def _calibration_section(summary: dict | None, calib: dict | None, figures: _Figures) -> str:
+    if summary is None:
+        return _section("calibration", "Calibration", [_missing("Needs labelled predictions.")])
+    parts = [_p(f"Expected calibration error: {_pct(calib['ece'])} ({calib['n_bins']} equal-width bins on the "
+                "top-class probability; 0 means the stated confidence matches the accuracy).", "headline"),
+             figures.add("reliability", "reliability diagram: accuracy against confidence per bin",
+                         reliability_figure, calib)]
+    return _section("calibration", "Calibration", parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# several runs side by side
+
+
+def comparison_figure(runs: list[RunFiles], labels: list[str]) -> plt.Figure:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    panels = [("val_acc", 100, "Validation accuracy", "accuracy (%)"),
+              ("val_loss", 1, "Validation loss", "cross-entropy (nats per image)"),
+              ("train_loss", 1, "Training loss (augmented batches)", "cross-entropy (nats per image)"),
+              ("lr", 1, "Learning rate", "learning rate (log scale)")]
+    styles = ["-", "--", ":", "-."]
+    for ax, (key, scale, title, ylabel) in zip(axes.flat, panels):
+        for k, (run, label) in enumerate(zip(runs, labels)):
+            if run.history:
+                ax.plot([r["epoch"] for r in run.history], [r[key] * scale for r in run.history],
+                        color=PALETTE[k % len(PALETTE)], linestyle=styles[(k // len(PALETTE)) % len(styles)],
+                        marker="o" if len(run.history) < 40 else None, markersize=3, label=label)
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        if key == "lr":
+            ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncols=min(len(names), 4), bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
+    return fig
+
+
+def _run_labels(runs: list[RunFiles]) -> list[str]:
+    names = [run.name for run in runs]
+    return [run.name if names.count(run.name) == 1 else str(run.run_dir) for run in runs]
+
+
+def write_comparison(run_dirs: list[str | os.PathLike], out_path: str | os.PathLike) -> Path:
+    """One page overlaying the curves of several runs and tabulating accuracy, time and parameters."""
+    if not run_dirs:
+        raise InputError("compare needs at least one run directory")
+    runs = [read_run(d) for d in run_dirs]
+    labels = _run_labels(runs)
+    rows = []
+    for run, label in zip(runs, labels):
+        metrics = run.metrics or {}
+        summary = summarize(run.preds) if run.preds is not None and run.preds.has_labels else None
+        ci = summary["accuracy_ci95"] if summary else None
+        rows.append([
+            label, run.config.get("preset", "?"), run.config.get("model", "?"),
+            f"{metrics['parameters']:,}" if "parameters" in metrics else "?",
+            f"{len(run.history)} / {run.config.get('epochs', '?')}",
+            _seconds(metrics["train_seconds"]) if "train_seconds" in metrics else "?",
+            f"{metrics['images_per_second']:,.0f}" if "images_per_second" in metrics else "?",
+            evaluated_on(run) if summary else "no labelled predictions",
+            _pct(summary["accuracy"], 3) if summary else "?",
+            f"{_pct(ci[0])} to {_pct(ci[1])}" if summary else "?",
+            summary["errors"] if summary else "?",
+        ])
+    parts = [_p(f"{len(runs)} runs. Accuracy is on each run's test predictions where it has them, else on "
+                "its validation hold-out (the 'scored on' column says which); the 95% interval is Wilson's.",
+                "muted"),
+             _table(["run", "preset", "model", "parameters", "epochs", "training time", "images/s",
+                     "scored on", "accuracy", "95% CI", "errors"], rows)]
+    if any(run.history for run in runs):
+        parts.append(_img(_render(comparison_figure, runs, labels),
+                          "curves of all runs overlaid: validation accuracy and loss, training loss, learning rate"))
+    else:
+        parts.append(_missing("None of these runs has a finished epoch: no curves."))
+    missing = [label for run, label in zip(runs, labels) if not run.history]
+    if missing and len(missing) < len(runs):
+        parts.append(_missing(f"No finished epoch yet in: {', '.join(missing)}."))
+    title = "digitrec: " + " vs ".join(labels)
+    body = f"<header><h1>Comparison of {len(runs)} runs</h1></header>\n" + _section("runs", "Runs", parts)
+    out_path = Path(out_path)
+    with atomic_write(out_path, encoding="utf-8") as f:
+        f.write(_page(title, body))
+    return out_path
