@@ -48,7 +48,7 @@ def read_label_file(path: str | os.PathLike) -> pd.DataFrame:
             row = int(bad[0])
             limits = f"{low}..{high}" if high is not None else f"an integer >= {low}"
             raise InputError(f"{name}: row {row + 1} (line {row + 2}), column {column}: "
-                             f"{frame[column].iloc[row]!r} is not {limits}")
+                             f"{str(frame[column].iloc[row])!r} is not {limits}")
         frame[column] = values.astype(np.int64)
     duplicated = np.flatnonzero(frame["ImageId"].duplicated().to_numpy())
     if len(duplicated):
