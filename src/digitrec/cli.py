@@ -142,13 +142,63 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_submit(args) -> None:
-    from .evaluate import evaluate_run
     from .submit import write_submission
 
     digits = data_mod.read_kaggle_csv(args.test_csv, "test")
-    preds = evaluate_run(args.run, digits, "submission")
+    if args.onnx:  # onnxruntime only: torch is never imported
+        from .evaluate import predictions_from_probs
+        from .export import OnnxClassifier
+
+        preds = predictions_from_probs("submission", digits, OnnxClassifier(args.run).predict_probs(digits.images))
+    else:
+        from .evaluate import evaluate_run
+
+        preds = evaluate_run(args.run, digits, "submission")
     path = write_submission(preds, args.output)
     print(f"wrote {path} ({len(preds.ids)} rows)")
+
+
+def _classifier(args):
+    """uint8 (N, 28, 28) -> probabilities (N, 10), from an ONNX file (no torch) or a run's weights."""
+    if args.onnx:
+        from .export import OnnxClassifier
+
+        return OnnxClassifier(args.run).predict_probs
+    from .checkpoint import load_run_model
+    from .evaluate import predict_probs
+
+    model, cfg, _ = load_run_model(args.run)
+    return lambda images: predict_probs(model, images, cfg.eval_batch_size)
+
+
+def cmd_predict(args) -> None:
+    from .images import format_readings, read_images, save_preprocessed
+
+    readings = read_images(args.images, _classifier(args), multi=args.multi)
+    if not readings:
+        raise InputError(f"no image files in {', '.join(args.images)}")
+    print(format_readings(readings, args.format))
+    if args.show_preprocessed:
+        print(f"preprocessed images: {len(save_preprocessed(readings, args.show_preprocessed))} "
+              f"written to {args.show_preprocessed}", file=sys.stderr)
+    failed = [r for r in readings if r.error]
+    for r in failed:
+        print(f"error: {r.error}", file=sys.stderr)
+    if failed:
+        raise InputError(f"{len(failed)} of {len(readings)} images could not be read")
+
+
+def cmd_export(args) -> None:
+    from .export import check_onnx, export_onnx
+
+    path = export_onnx(args.run, args.output)
+    test = data_mod.load_mnist("test", args.cache_dir)
+    check = check_onnx(args.run, path, test.images[:args.check_images])
+    print(f"wrote {path}; onnxruntime vs PyTorch on {check['n']} MNIST test images: max |probability "
+          f"difference| {check['max_abs_prob_diff']:.2e}, {check['disagreements']} different predictions")
+    if not check["ok"]:
+        path.unlink()
+        raise ValueError(f"{path}: the ONNX model does not match the PyTorch one; file removed")
 
 
 def cmd_score(args) -> None:
@@ -243,9 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=6, help="how many confident mistakes to list")
 
     p = command("submit", cmd_submit, "write a Kaggle submission for a test CSV")
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="run directory (with --onnx: an exported .onnx file)")
     p.add_argument("test_csv")
     p.add_argument("-o", "--output", default="submission.csv")
+    p.add_argument("--onnx", action="store_true", help="RUN is an ONNX file; run it with onnxruntime, without torch")
+
+    p = command("predict", cmd_predict, "read digits from image files (PNG, JPEG, GIF, BMP, TIFF, WebP)")
+    p.add_argument("run", type=Path, help="run directory (with --onnx: an exported .onnx file)")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files, or folders of them")
+    p.add_argument("--multi", action="store_true", help="each image is a number: read every digit, left to right")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--show-preprocessed", type=Path, metavar="DIR", help="save the 28x28 images the model saw")
+    p.add_argument("--onnx", action="store_true", help="RUN is an ONNX file; run it with onnxruntime, without torch")
+
+    p = command("export", cmd_export, "export a run's model for deployment, checked against PyTorch")
+    p.add_argument("run", type=Path)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("-o", "--output", type=Path, default=Path("model.onnx"))
+    p.add_argument("--check-images", type=int, default=10_000, metavar="N",
+                   help="compare with PyTorch on the first N MNIST test images")
 
     p = command("score", cmd_score, "score a submission against an answer key")
     p.add_argument("submission")

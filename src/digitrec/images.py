@@ -17,7 +17,7 @@ import io
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -284,3 +284,139 @@ def split_digits(image: Image.Image) -> list[np.ndarray]:
 def naive_resize(image: Image.Image) -> np.ndarray:
     """The baseline people try first: greyscale, resize to 28x28, nothing else. For comparison only."""
     return np.asarray(image.convert("L").resize((SIZE, SIZE), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a batch of files with a classifier
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What was read from one image: its digits left to right (none: no digit found), or an error."""
+
+    name: str
+    probs: np.ndarray  # (K, 10) float32, one row per digit found
+    images: np.ndarray  # (K, 28, 28) uint8, what the model saw
+    error: str | None = None
+
+    @property
+    def digits(self) -> list[int]:
+        return self.probs.argmax(1).tolist()
+
+    @property
+    def number(self) -> str:
+        return "".join(map(str, self.digits))
+
+    def top(self, k: int = 3) -> list[list[tuple[int, float]]]:
+        """Per digit, the k most probable classes with their probabilities."""
+        order = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]
+        return [[(int(c), float(p[c])) for c in row] for row, p in zip(order, self.probs)]
+
+
+def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The given files, and the image files (by suffix) directly inside each given directory."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)  # missing or odd files are reported by open_image
+    return files
+
+
+def read_images(paths: Iterable[str | os.PathLike], classify: Callable[[np.ndarray], np.ndarray],
+                multi: bool = False) -> list[Reading]:
+    """Read every file; `classify` maps uint8 (N, 28, 28) to probabilities (N, 10) (torch or ONNX).
+
+    A file that cannot be read gets a Reading with `error` set; the others are still read.
+    With `multi`, each image is a number and every digit in it is read.
+    """
+    found: list[tuple[str, list[np.ndarray] | None, str | None]] = []
+    for path in image_files(paths):
+        try:
+            image = open_image(path, str(path))
+        except InputError as e:
+            found.append((str(path), None, str(e)))
+            continue
+        if multi:
+            digits = split_digits(image)
+        else:
+            digit = to_mnist(image)
+            digits = [] if digit is None else [digit]
+        found.append((str(path), digits, None))
+    stack = [d for _, digits, _ in found for d in digits or []]
+    all_probs = classify(np.stack(stack)) if stack else np.empty((0, 10), np.float32)
+    readings, start = [], 0
+    for name, digits, error in found:
+        k = len(digits or [])
+        images = np.stack(digits) if k else np.empty((0, SIZE, SIZE), np.uint8)
+        readings.append(Reading(name, np.asarray(all_probs[start:start + k], np.float32), images, error))
+        start += k
+    return readings
+
+
+NO_DIGIT = "no digit found"
+
+
+def readings_to_json(readings: list[Reading]) -> str:
+    rows = [{"file": r.name, "number": None if r.error or not r.digits else r.number,
+             "digits": [{"digit": top[0][0], "confidence": round(top[0][1], 6),
+                         "top3": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+                        for top in r.top(3)],
+             "error": r.error or (NO_DIGIT if not r.digits else None)} for r in readings]
+    return json.dumps(rows, indent=2)
+
+
+CSV_COLUMNS = ["file", "number", "position", "digit", "confidence", "top2", "p2", "top3", "p3", "error"]
+
+
+def readings_to_csv(readings: list[Reading]) -> str:
+    """One row per digit (position 1 = leftmost); a file with no digit or an error has one row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in readings:
+        if r.error or not r.digits:
+            writer.writerow([r.name, "", "", "", "", "", "", "", "", r.error or NO_DIGIT])
+        for position, top in enumerate(r.top(3), 1):
+            (d, p), (c2, p2), (c3, p3) = top
+            writer.writerow([r.name, r.number, position, d, f"{p:.6f}", c2, f"{p2:.6f}", c3, f"{p3:.6f}", ""])
+    return buffer.getvalue()
+
+
+def readings_to_table(readings: list[Reading]) -> str:
+    """Aligned text: file, number, then each digit with its confidence and top-3."""
+    width = max([len("file"), *(len(r.name) for r in readings)])
+    number_width = max([len("number"), *(len(r.number) for r in readings)])
+    lines = [f"{'file':<{width}}  {'number':<{number_width}}  digit  confidence  top-3"]
+    for r in readings:
+        if r.error or not r.digits:
+            # the error itself goes to stderr (see cli.cmd_predict); json and csv carry it in full
+            lines.append(f"{r.name:<{width}}  {'-':<{number_width}}  {'could not be read' if r.error else NO_DIGIT}")
+            continue
+        for position, top in enumerate(r.top(3)):
+            head = f"{r.name:<{width}}  {r.number:<{number_width}}" if position == 0 else " " * (width + 2 + number_width)
+            alternatives = ", ".join(f"{c} {p:.3f}" for c, p in top)
+            lines.append(f"{head}  {top[0][0]:>5}  {top[0][1]:>10.4f}  {alternatives}")
+    return "\n".join(lines)
+
+
+def format_readings(readings: list[Reading], fmt: str = "table") -> str:
+    formats = {"table": readings_to_table, "json": readings_to_json, "csv": readings_to_csv}
+    if fmt not in formats:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(formats)})")
+    return formats[fmt](readings).rstrip("\n")
+
+
+def save_preprocessed(readings: list[Reading], out_dir: str | os.PathLike) -> list[Path]:
+    """Each 28x28 image the model saw, as PNG: `<n>-<file stem>[-<digit position>].png`."""
+    out_dir = Path(out_dir)
+    written = []
+    for n, r in enumerate(readings, 1):
+        for k, digit in enumerate(r.images, 1):
+            suffix = f"-{k}" if len(r.images) > 1 else ""
+            path = out_dir / f"{n:03d}-{Path(r.name).stem}{suffix}.png"
+            with atomic_write(path, "wb") as f:
+                Image.fromarray(digit).save(f, "PNG")
+            written.append(path)
+    return written
