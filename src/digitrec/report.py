@@ -311,11 +311,13 @@ def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
 
 
-def evaluated_on(run: RunFiles) -> str:
+def evaluated_on(run: RunFiles, short: bool = False) -> str:
     """Which images the scored sections describe, in words."""
     if run.preds is None:
         return "no predictions"
     n = f"{len(run.preds.ids):,} images"
+    if short:
+        return f"{'test' if run.preds_file == 'predictions_test.npz' else 'validation'} ({n})"
     if run.preds_file == "predictions_test.npz":
         return f"test set ({n}, {run.preds_file})"
     return f"validation hold-out ({n}, {run.preds_file}; no test predictions in this run)"
@@ -531,13 +533,14 @@ def comparison_figure(runs: list[RunFiles], labels: list[str]) -> plt.Figure:
               ("val_loss", 1, "Validation loss", "cross-entropy (nats per image)"),
               ("train_loss", 1, "Training loss (augmented batches)", "cross-entropy (nats per image)"),
               ("lr", 1, "Learning rate", "learning rate (log scale)")]
-    styles = ["-", "--", ":", "-."]
+    styles, markers = ["-", "--", "-.", ":"], "osD^v<>p"  # runs that coincide stay visible
     for ax, (key, scale, title, ylabel) in zip(axes.flat, panels):
         for k, (run, label) in enumerate(zip(runs, labels)):
             if run.history:
                 ax.plot([r["epoch"] for r in run.history], [r[key] * scale for r in run.history],
-                        color=PALETTE[k % len(PALETTE)], linestyle=styles[(k // len(PALETTE)) % len(styles)],
-                        marker="o" if len(run.history) < 40 else None, markersize=3, label=label)
+                        color=PALETTE[k % len(PALETTE)], linestyle=styles[k % len(styles)],
+                        marker=markers[k % len(markers)] if len(run.history) < 40 else None, markersize=4,
+                        drawstyle="steps-post" if key == "lr" else "default", label=label)
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         if key == "lr":
             ax.set_yscale("log")
@@ -571,7 +574,7 @@ def write_comparison(run_dirs: list[str | os.PathLike], out_path: str | os.PathL
             f"{len(run.history)} / {run.config.get('epochs', '?')}",
             _seconds(metrics["train_seconds"]) if "train_seconds" in metrics else "?",
             f"{metrics['images_per_second']:,.0f}" if "images_per_second" in metrics else "?",
-            evaluated_on(run) if summary else "no labelled predictions",
+            evaluated_on(run, short=True) if summary else "no labelled predictions",
             _pct(summary["accuracy"], 3) if summary else "?",
             f"{_pct(ci[0])} to {_pct(ci[1])}" if summary else "?",
             summary["errors"] if summary else "?",
