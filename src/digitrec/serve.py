@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastapi import File, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -27,9 +26,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from .checkpoint import load_run_model
-from .evaluate import predict_logits
+from .evaluate import predict_probs
 from .files import InputError, read_json
-from .images import open_image, to_mnist
+from .images import NO_DIGIT, open_image, to_mnist
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a drawn PNG is ~20 KB, a scanned digit well under this
@@ -52,6 +51,8 @@ def pixels_to_image(pixels: list) -> np.ndarray:
         raise ValueError("must be 784 numbers or 28 rows of 28 numbers (ragged or nested input)") from None
     if x.shape not in ((784,), (28, 28)):
         raise ValueError(f"must be 784 numbers or 28 rows of 28 numbers, got shape {list(x.shape)}")
+    if x.dtype == object and all(type(v) in (int, float) for v in x.flat):
+        raise ValueError("must be in 0..255")  # numpy keeps numbers as objects only past 64-bit range
     if x.dtype.kind not in "iuf":
         raise ValueError("must be numbers (not strings, booleans or null)")
     if not np.isfinite(x).all() or x.min() < 0 or x.max() > 255:
@@ -211,7 +212,7 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
 
     def classify(image: np.ndarray) -> Prediction:
         """One (28, 28) uint8 image -> label, probabilities and the image itself."""
-        probs = F.softmax(predict_logits(model, image[None], batch_size=1), dim=1)[0]  # (10,)
+        probs = predict_probs(model, image[None], batch_size=1)[0]  # (10,)
         return Prediction(label=int(probs.argmax()), probabilities=probs.tolist(), image=image.tolist())
 
     app = FastAPIOffline(title="digitrec", version="1", redoc_url=None,
@@ -241,7 +242,7 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
         name = Path(file.filename or "upload").name[:100]
         image = to_mnist(open_image(file.file.read(), name))
         if image is None:
-            raise InputError(f"{name}: no digit found in the image")
+            raise InputError(f"{name}: {NO_DIGIT}")
         return classify(image)
 
     @app.post("/api/predict/pixels", summary="Classify a 28x28 image given as pixel values")
