@@ -44,6 +44,9 @@ CENTRE = 14.0  # where MNIST puts the ink's centre of mass (row, col); measured 
 MIN_CONTRAST = 0.25  # ink must differ from the paper by this much (of full scale), else "no digit"
 INK_THRESHOLD = 0.2  # pixels fainter than this are paper texture, JPEG noise or shadow
 MIN_PART = 0.08  # a blob smaller than this fraction of the largest one is a speck, not a stroke
+FRAGMENT_HEIGHT = 0.6  # in a number, a piece shorter than this fraction of the median digit is part of a neighbour
+FRAGMENT_GAP = 0.1  # ... if it is no further from it than this fraction of the median digit height
+MIN_DIGIT_AREA = 0.15  # ... and an isolated piece with less ink than this fraction of the biggest digit is a speck
 MIN_INK_FRACTION = 2e-4  # less ink than this fraction of the image (and < 16 px) is a blank page
 
 
@@ -255,30 +258,54 @@ def to_mnist(image: Image.Image) -> np.ndarray | None:
 def split_digits(image: Image.Image) -> list[np.ndarray]:
     """Each digit of a handwritten number, left to right, as (28, 28) uint8 MNIST images.
 
-    Digits are the ink's connected components; components stacked over each other (a 5's flag,
-    a broken 4) are one digit when their column spans overlap by half the narrower one. Touching
-    digits are read as one.
+    Digits are the ink's connected components, regrouped: components whose column spans overlap
+    by half the narrower one are one digit (a 4 written in two strokes), and a group much shorter
+    than the others (a 5's flag, a broken stroke) joins its neighbour if it (almost) touches it.
+    Touching digits are read as one.
     """
     ink = ink_map(to_grey(image))
     if ink is None:
         return []
     labels, keep = _parts(ink)
-    spans = []  # [first col, last col, [labels]]
+    groups = []  # [first col, last col, first row, last row, [labels]], left to right
     for k in keep:
-        cols = np.flatnonzero((labels == k).any(0))
-        spans.append([int(cols[0]), int(cols[-1]), [k]])
-    spans.sort()
-    groups: list[list] = []
-    for span in spans:
-        if groups:
-            last = groups[-1]
-            overlap = min(last[1], span[1]) - max(last[0], span[0]) + 1
-            narrower = min(last[1] - last[0], span[1] - span[0]) + 1
-            if overlap >= 0.5 * narrower:
-                last[0], last[1], last[2] = min(last[0], span[0]), max(last[1], span[1]), last[2] + span[2]
-                continue
-        groups.append(span)
-    return [center_digit(np.where(np.isin(labels, group[2]), ink, 0.0)) for group in groups]
+        rows, cols = np.flatnonzero((labels == k).any(1)), np.flatnonzero((labels == k).any(0))
+        groups.append([int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1]), [k]])
+    groups.sort()
+    i = 1
+    while i < len(groups):
+        left, right = groups[i - 1], groups[i]
+        overlap = min(left[1], right[1]) - max(left[0], right[0]) + 1
+        if overlap >= 0.5 * (min(left[1] - left[0], right[1] - right[0]) + 1):
+            groups[i - 1:i + 1] = [_merge(left, right)]
+        else:
+            i += 1
+    merged = True
+    while merged and len(groups) > 1:
+        merged = False
+        heights = np.array([g[3] - g[2] + 1 for g in groups])
+        tall = float(np.median(heights))
+        for i in np.argsort(heights, kind="stable"):
+            if heights[i] >= FRAGMENT_HEIGHT * tall:
+                break
+            # its nearest neighbour, if that one is (almost) touching it horizontally
+            gaps = {j: (groups[j][0] - groups[i][1] if j > i else groups[i][0] - groups[j][1])
+                    for j in (i - 1, i + 1) if 0 <= j < len(groups)}
+            j = min(gaps, key=gaps.get)
+            if gaps[j] <= FRAGMENT_GAP * tall:
+                a, b = sorted((int(i), j))
+                groups[a:b + 1] = [_merge(groups[a], groups[b])]
+                merged = True
+                break
+    # what is left that is tiny next to the digits is a speck between them, not a digit
+    areas = np.bincount(labels.ravel())
+    group_areas = np.array([areas[g[4]].sum() for g in groups])
+    groups = [g for g, area in zip(groups, group_areas) if area >= MIN_DIGIT_AREA * group_areas.max()]
+    return [center_digit(np.where(np.isin(labels, g[4]), ink, 0.0)) for g in groups]
+
+
+def _merge(a: list, b: list) -> list:
+    return [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]), a[4] + b[4]]
 
 
 def naive_resize(image: Image.Image) -> np.ndarray:
