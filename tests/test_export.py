@@ -1,0 +1,117 @@
+"""export.py: ONNX export matches PyTorch, carries its metadata, and runs without torch (`--onnx`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitrec.checkpoint import load_run_model
+from digitrec.cli import main
+from digitrec.data import write_kaggle_csv
+from digitrec.evaluate import predict_probs
+from digitrec.export import MAX_PROB_DIFF, OnnxClassifier, check_onnx, export_onnx
+from digitrec.files import InputError, read_json
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tiny_run, tmp_path_factory):
+    return export_onnx(tiny_run, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_onnx_matches_pytorch_on_the_test_set(tiny_run, onnx_path, mnist_test):
+    images = mnist_test.images[:1000]
+    check = check_onnx(tiny_run, onnx_path, images)
+    assert check["n"] == 1000 and check["disagreements"] == 0
+    assert check["max_abs_prob_diff"] < MAX_PROB_DIFF == 1e-4
+    assert check["ok"]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_batch_axis_is_dynamic(onnx_path, tiny_run, mnist_test, batch):
+    model, _, _ = load_run_model(tiny_run)
+    images = mnist_test.images[:batch]
+    probs = OnnxClassifier(onnx_path).predict_probs(images, batch_size=batch)
+    assert probs.shape == (batch, 10) and probs.dtype == np.float32
+    assert np.abs(probs - predict_probs(model, images)).max() < MAX_PROB_DIFF
+
+
+def test_metadata_describes_the_model(onnx_path, tiny_run):
+    meta = OnnxClassifier(onnx_path).metadata
+    metrics = read_json(tiny_run / "metrics.json")
+    assert meta["preset"] == "seed" and meta["model"] == "seed"
+    assert float(meta["val_accuracy"]) == metrics["val_accuracy"]
+    assert meta["normalisation"].startswith("float32 (N, 1, 28, 28) = uint8 pixels / 255, white ink on black")
+    assert meta["classes"] == "0,1,2,3,4,5,6,7,8,9"
+    assert read_json_text(meta["config"])["epochs"] == 1
+
+
+def read_json_text(text: str) -> dict:
+    import json
+
+    return json.loads(text)
+
+
+def test_bad_onnx_files(tmp_path):
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'none.onnx'}: no such ONNX file$"):
+        OnnxClassifier(tmp_path / "none.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf at all")
+    with pytest.raises(InputError, match=rf"^{junk}: not a readable ONNX model \("):
+        OnnxClassifier(junk)
+
+
+def test_export_cli(tiny_run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tiny_run), "--format", "onnx", "-o", str(out), "--check-images", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {out}; onnxruntime vs PyTorch on 500 MNIST test images: max |probability difference| ")
+    assert printed.rstrip().endswith(", 0 different predictions")
+    assert out.is_file()
+    assert main(["export", str(tmp_path / "no-run"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'no-run'}: no such run directory\n"
+
+
+# Runs the CLI in a fresh interpreter and fails if torch was imported along the way.
+NO_TORCH_RUNNER = textwrap.dedent("""
+    import sys
+    from digitrec.cli import main
+    code = main(sys.argv[1:])
+    assert "torch" not in sys.modules, "torch was imported"
+    sys.exit(code)
+""")
+
+
+def run_without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH_RUNNER, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_submit_with_onnx_needs_no_torch_and_matches(tiny_run, onnx_path, mnist_test, tmp_path):
+    test_csv = tmp_path / "test.csv"
+    write_kaggle_csv(test_csv, mnist_test.subset(np.arange(300)), with_labels=False)
+    result = run_without_torch("submit", "--onnx", str(onnx_path), str(test_csv), "-o", str(tmp_path / "onnx.csv"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {tmp_path / 'onnx.csv'} (300 rows)\n"
+    assert main(["submit", str(tiny_run), str(test_csv), "-o", str(tmp_path / "torch.csv")]) == 0
+    assert (tmp_path / "onnx.csv").read_text() == (tmp_path / "torch.csv").read_text()
+
+
+def test_predict_with_onnx_needs_no_torch(onnx_path, tiny_run, mnist_test, tmp_path, capsys):
+    image = tmp_path / "digit.png"
+    Image.fromarray(255 - mnist_test.images[0]).resize((90, 90)).save(image)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = run_without_torch("predict", "--onnx", str(onnx_path), str(image), "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    assert main(["predict", str(tiny_run), str(image), "--format", "csv"]) == 0
+    row_onnx = result.stdout.splitlines()[1].split(",")
+    row_torch = capsys.readouterr().out.splitlines()[1].split(",")
+    assert row_onnx[:4] == [str(image), str(mnist_test.labels[0]), "1", str(mnist_test.labels[0])]
+    assert row_onnx[:4] + row_onnx[5:6] + row_onnx[7:8] == row_torch[:4] + row_torch[5:6] + row_torch[7:8]
+    assert abs(float(row_onnx[4]) - float(row_torch[4])) < MAX_PROB_DIFF
+    result = run_without_torch("predict", "--onnx", str(onnx_path), str(tmp_path / "broken.png"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "error: 1 of 1 images could not be read"
