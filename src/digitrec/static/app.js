@@ -4,7 +4,7 @@
 // `digitrec predict` (crop, scale to 20 px, centre of mass), not a naive downscale.
 "use strict";
 
-const STROKE = 0.075;      // pen width as a fraction of the pad's side: MNIST-like strokes for a digit that fills the pad
+const STROKE = 0.09;       // pen width as a fraction of the pad side: ~2.5 px of MNIST's 20 px box for a digit 3/4 of the pad high
 const DEBOUNCE_MS = 150;   // while drawing, ask at most this often
 
 const pad = document.getElementById("pad");
@@ -16,6 +16,7 @@ const confidenceEl = document.getElementById("confidence");
 const undoButton = document.getElementById("undo");
 const clearButton = document.getElementById("clear");
 const fileInput = document.getElementById("file");
+const resultSection = document.querySelector(".result");
 
 let strokes = [];          // each stroke: [[x, y], ...] in 0..1 pad coordinates
 let current = null;        // the stroke being drawn, or null
@@ -56,11 +57,11 @@ function redraw() {
   ctx.lineWidth = STROKE * pad.width;
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
-  for (const stroke of strokes) drawStroke(stroke, 0);
+  for (const stroke of strokes) drawStroke(stroke);
   undoButton.disabled = clearButton.disabled = strokes.length === 0;
 }
 
-function drawStroke(stroke, from) {
+function drawStroke(stroke) {
   const s = pad.width;
   if (stroke.length === 1) {  // a tap is a dot
     ctx.beginPath();
@@ -69,9 +70,8 @@ function drawStroke(stroke, from) {
     return;
   }
   ctx.beginPath();
-  const start = Math.max(from - 1, 0);
-  ctx.moveTo(stroke[start][0] * s, stroke[start][1] * s);
-  for (let i = start + 1; i < stroke.length; i++) ctx.lineTo(stroke[i][0] * s, stroke[i][1] * s);
+  ctx.moveTo(stroke[0][0] * s, stroke[0][1] * s);
+  for (let i = 1; i < stroke.length; i++) ctx.lineTo(stroke[i][0] * s, stroke[i][1] * s);
   ctx.stroke();
 }
 
@@ -86,17 +86,17 @@ pad.addEventListener("pointerdown", (event) => {
   pad.setPointerCapture(event.pointerId);
   current = [point(event)];
   strokes.push(current);
-  drawStroke(current, 0);
-  undoButton.disabled = clearButton.disabled = false;
+  redraw();
 });
 
 pad.addEventListener("pointermove", (event) => {
   if (!current || !event.isPrimary) return;
-  const from = current.length;
   // coalesced events keep fast strokes smooth on high-rate pens and touch screens
   const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
   for (const e of (events.length ? events : [event])) current.push(point(e));
-  drawStroke(current, from);
+  // redraw everything rather than append a segment: the pixels then never depend on how the
+  // stroke arrived, so undo gives back exactly the earlier drawing (and the earlier answer)
+  redraw();
   schedulePredict(DEBOUNCE_MS);
 });
 
@@ -127,6 +127,7 @@ window.addEventListener("resize", resizePad);
 
 function schedulePredict(delay) {
   clearTimeout(timer);
+  setBusy(true);
   timer = setTimeout(predictDrawing, delay);
 }
 
@@ -143,6 +144,7 @@ async function send(blob, name, ticket) {
     const response = await fetch("/api/predict", { method: "POST", body: form });
     const body = await response.json();
     if (ticket !== latest) return;  // a newer drawing is already on its way
+    setBusy(false);
     if (!response.ok) {
       showError(body.detail || `the server answered ${response.status}`);
       return;
@@ -150,7 +152,9 @@ async function send(blob, name, ticket) {
     show(body);
     setStatus(name === "drawing.png" ? "" : `from ${name}`);
   } catch (error) {
-    if (ticket === latest) showError(`no answer from the server (${error.message})`);
+    if (ticket !== latest) return;
+    setBusy(false);
+    showError(`no answer from the server (${error.message})`);
   }
 }
 
@@ -166,6 +170,7 @@ fileInput.addEventListener("change", () => {
     return;
   }
   setStatus(`reading ${file.name}\u2026`);
+  setBusy(true);
   send(file, file.name, ++latest);
 });
 
@@ -203,6 +208,12 @@ function reset() {
   });
   seen.getContext("2d").clearRect(0, 0, 28, 28);
   setStatus("Draw one digit, large, in the box.");
+  setBusy(false);
+}
+
+function setBusy(busy) {
+  // aria-busy: screen readers wait for the answer; the styles dim a stale one
+  resultSection.setAttribute("aria-busy", String(busy));
 }
 
 function setStatus(text) {
