@@ -67,10 +67,10 @@ def test_every_supported_format_opens_from_bytes_and_path(fmt, tmp_path, mnist_t
     (lambda p: p.write_bytes(encode(Image.new("RGB", (64, 64), "red"), "PNG")[:70]),
      "{p}: truncated or corrupt PNG image (image file is truncated)"),
     (lambda p: p.write_bytes(png_claiming(10_000, 5_000)),
-     "{p}: image too large (10000 x 5000 px; the limit is 40 megapixels)"),
+     "{p}: image too large (50,000,000 pixels; the limit is 40,000,000)"),
     # past twice Pillow's own limit, Pillow raises DecompressionBombError: same message
     (lambda p: p.write_bytes(png_claiming(20_000, 20_000)),
-     "{p}: image too large (20000 x 20000 px; the limit is 40 megapixels)"),
+     "{p}: image too large (400,000,000 pixels; the limit is 40,000,000)"),
 ])
 def test_bad_files_get_one_clear_line(tmp_path, make, message):
     path = tmp_path / "input.png"
@@ -84,6 +84,27 @@ def test_truncated_jpeg_is_refused(mnist_test):
     data = encode(Image.fromarray(mnist_test.images[0]).resize((200, 200)), "JPEG")
     with pytest.raises(InputError, match=r"^cut\.jpg: truncated or corrupt JPEG image \("):
         open_image(data[:len(data) // 2], "cut.jpg")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_damaged_files_raise_only_input_errors(fmt, mnist_test, recwarn):
+    """Random byte flips and cuts (a small fuzz): every outcome is an image or an InputError."""
+    data = encode(Image.fromarray(255 - mnist_test.images[0]).convert("RGB").resize((64, 64)), fmt)
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(100):
+        damaged = bytearray(data)
+        for _ in range(int(rng.integers(1, 6))):
+            damaged[int(rng.integers(len(damaged)))] = int(rng.integers(256))
+        if rng.random() < 0.3:
+            damaged = damaged[:int(rng.integers(1, len(damaged)))]
+        try:
+            to_mnist(open_image(bytes(damaged), "damaged"))
+        except InputError as e:
+            assert str(e).startswith("damaged: ") and "\n" not in str(e)
+            refused += 1
+    assert refused > 0
+    assert not [w for w in recwarn if "PIL" in w.filename]  # Pillow's metadata warnings are kept quiet
 
 
 def test_pixel_limit_is_width_times_height():
