@@ -1,6 +1,6 @@
 """Load test of `digitrec serve`: a real uvicorn server on loopback, a bounded burst of requests.
 
-    python benchmarks/serve_load.py [--run RUN] [--requests 5000] [--concurrency 32]
+    python benchmarks/serve_load.py [--run RUN] [--requests 5000] [--concurrency 32 ...] [--endpoint PATH ...]
 
 Starts `digitrec serve` in a subprocess on a free loopback port, sends `--requests` requests to
 each endpoint from an async httpx client keeping `--concurrency` in flight, and prints throughput,
@@ -61,6 +61,13 @@ def start_server(run_dir: Path, port: int) -> subprocess.Popen:
     raise SystemExit("server did not start in 120 s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): unlike latency, not inflated by
+    other work on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sample_requests() -> dict[str, dict]:
     """One request body per endpoint: a 28x28 digit-like image, as pixels and as a PNG drawing."""
     image = np.zeros((28, 28), dtype=np.uint8)
@@ -106,6 +113,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="run directory to serve (default: untrained seed weights)")
     parser.add_argument("--requests", type=int, default=5000, help="requests per endpoint")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32], help="requests in flight")
+    parser.add_argument("--endpoint", nargs="+", choices=list(sample_requests()), default=list(sample_requests()))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,15 +124,19 @@ def main() -> None:
             print(f"server: digitrec serve {'untrained seed weights' if args.run is None else run_dir} "
                   f"on 127.0.0.1:{port}; {os.cpu_count()} CPUs shared with the client")
             print(f"{'endpoint':<22}{'requests':>9}{'conc':>6}{'seconds':>9}{'req/s':>8}"
-                  f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+                  f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU ms/req':>19}")
             for path, request in sample_requests().items():
+                if path not in args.endpoint:
+                    continue
                 url = f"http://127.0.0.1:{port}{path}"
                 asyncio.run(burst(url, request, 100, 4))  # warm-up: connections, thread pool, caches
                 for concurrency in args.concurrency:
+                    cpu_before = cpu_seconds(server.pid)
                     seconds, latencies, errors = asyncio.run(burst(url, request, args.requests, concurrency))
+                    cpu_ms = (cpu_seconds(server.pid) - cpu_before) / args.requests * 1000
                     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
                     print(f"{path:<22}{args.requests:>9}{concurrency:>6}{seconds:>9.1f}"
-                          f"{args.requests / seconds:>8.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}")
+                          f"{args.requests / seconds:>8.0f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{cpu_ms:>19.2f}")
         finally:
             server.terminate()
             server.wait(10)

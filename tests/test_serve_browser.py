@@ -180,8 +180,10 @@ def test_upload_a_file(browser, server_url, page_errors, tmp_path, mnist_test):
     bad.write_bytes(b"not an image")
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#status.error")
-    assert page.locator("#status").text_content() == (
-        "notes.png: not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WEBP)")
+    refusal = httpx.post(f"{server_url}/api/predict", files={"file": ("notes.png", bad.read_bytes())}, timeout=30)
+    assert refusal.status_code == 400
+    assert page.locator("#status").text_content() == refusal.json()["detail"]
+    assert refusal.json()["detail"].startswith("notes.png: not an image")
     page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
     assert page_errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
 
