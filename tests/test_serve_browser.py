@@ -136,10 +136,18 @@ def test_draw_undo_clear(browser, server_url, page_errors, tmp_path):
     assert "887,530 parameters" in model_line and "on the validation set" in model_line
     box = page.locator("#pad").bounding_box()
 
-    # a "1": one vertical stroke
-    stroke(page, box, [(0.5, 0.15), (0.5, 0.85)])
-    settle(page)
+    # live: pausing half-way through a stroke, pen still down, already brings an answer
+    x = box["x"] + 0.5 * box["width"]
+    page.mouse.move(x, box["y"] + 0.15 * box["height"])
+    page.mouse.down()
+    page.mouse.move(x, box["y"] + 0.5 * box["height"], steps=6)
     wait_for_answer(page)
+    assert page.locator("#label").text_content().isdigit()
+
+    # ... and the stroke goes on to make a "1"
+    page.mouse.move(x, box["y"] + 0.85 * box["height"], steps=6)
+    page.mouse.up()
+    settle(page)
     one = api_answer(server_url, drawing_png(page))
     assert_page_shows(page, one)
     assert all(w.endswith("%") for w in shown(page)["widths"])

@@ -127,13 +127,13 @@ window.addEventListener("resize", resizePad);
 
 function schedulePredict(delay) {
   clearTimeout(timer);
+  const ticket = ++latest;  // from now on, answers about the drawing as it was are stale
   setBusy(true);
-  timer = setTimeout(predictDrawing, delay);
+  timer = setTimeout(() => predictDrawing(ticket), delay);
 }
 
-function predictDrawing() {
+function predictDrawing(ticket) {
   if (!strokes.length) return;
-  const ticket = ++latest;
   pad.toBlob((blob) => send(blob, "drawing.png", ticket), "image/png");
 }
 
@@ -162,6 +162,7 @@ fileInput.addEventListener("change", () => {
   const file = fileInput.files[0];
   fileInput.value = "";  // choosing the same file again still fires `change`
   if (!file) return;
+  clearTimeout(timer);
   strokes = [];
   redraw();
   if (file.size > maxBodyBytes) {
