@@ -40,9 +40,37 @@ class SeedNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+def conv_pool_bn(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
+    """conv -> 2x2 max-pool -> batch norm -> ReLU: normalising after the pool costs 4x less on a CPU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.MaxPool2d(2),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class FastNet(nn.Module):
+    """A compact batch-normalised CNN for the `fast` preset: few FLOPs, downsampling at every stage.
+
+    `width` sets the channels of the three stages (w, 2w, 4w).
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_pool_bn(1, w, 5),  # (B, w, 14, 14)
+            conv_pool_bn(w, 2 * w),  # (B, 2w, 7, 7)
+            conv_pool_bn(2 * w, 4 * w),  # (B, 4w, 3, 3)
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 9, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.model == "seed":
         return SeedNet()
+    if cfg.model == "fast":
+        return FastNet(cfg.width)
     raise ValueError(f"unknown model {cfg.model!r}")
 
 

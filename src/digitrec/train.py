@@ -187,6 +187,7 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
     if n_steps == 0:
         raise InputError(f"{data.source}: {len(x_train)} training images is less than one batch of {cfg.batch_size}")
     scheduler = build_scheduler(optimizer, cfg, n_steps)
+    forward = torch.compile(model) if cfg.compile else model  # shares model's parameters
 
     history: list[dict] = []
     train_seconds = 0.0
@@ -206,7 +207,7 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
         with tqdm(total=n_steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=quiet, leave=True,
                   dynamic_ncols=True, mininterval=1.0) as progress:
             lr = optimizer.param_groups[0]["lr"]
-            train = train_one_epoch(model, x_train, y_train, optimizer, scheduler, cfg, generator, progress)
+            train = train_one_epoch(forward, x_train, y_train, optimizer, scheduler, cfg, generator, progress)
             val = evaluate(model, x_val, y_val, cfg)
             progress.set_postfix(loss=f"{train['loss']:.4f}", acc=f"{train['acc']:.4f}",
                                  val_loss=f"{val['loss']:.4f}", val_acc=f"{val['acc']:.4f}", lr=f"{lr:.2e}")
