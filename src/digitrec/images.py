@@ -48,7 +48,7 @@ MIN_PART = 0.08  # a blob smaller than this fraction of the largest one is a spe
 FRAGMENT_HEIGHT = 0.6  # in a number, a piece shorter than this fraction of the median digit is part of a neighbour
 FRAGMENT_GAP = 0.1  # ... if it is no further from it than this fraction of the median digit height
 MIN_DIGIT_AREA = 0.15  # ... and an isolated piece with less ink than this fraction of the biggest digit is a speck
-MIN_INK_FRACTION = 2e-4  # less ink than this fraction of the image (and < 16 px) is a blank page
+MIN_INK_PIXELS = 12  # a biggest blob smaller than this (in the working image) is not a digit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,18 +138,28 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
 
     Polarity is read from the border: MNIST-style images have dark borders, paper has light ones.
     The paper's level (the border's median) is subtracted and the contrast stretched so the
-    strongest ink is 1, which handles coloured paper, grey scans and faint pencil alike.
+    stroke cores are 1, which handles coloured paper, grey scans and faint pencil alike.
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     background = float(np.median(border))
     ink = (1.0 - grey) if background > 0.5 else grey
     background = 1.0 - background if background > 0.5 else background
-    peak = float(np.percentile(ink, 99.9)) if ink.size > 1000 else float(ink.max())
+    peak = _stroke_peak(ink)
     if peak - background < MIN_CONTRAST:
         return None
-    ink = np.clip((ink - background) / (peak - background), 0.0, 1.0)
+    # full white = the typical stroke core (the median of the strong ink), as in MNIST where a
+    # stroke's middle is saturated and only its edges are grey
+    core = float(np.median(ink[ink >= (background + peak) / 2]))
+    ink = np.clip((ink - background) / (core - background), 0.0, 1.0)
     ink[ink < INK_THRESHOLD] = 0.0
     return ink
+
+
+def _stroke_peak(ink: np.ndarray) -> float:
+    """The strongest ink that has a neighbour at least as strong: a stroke, not a hot pixel."""
+    pairs = [np.minimum(ink[:, :-1], ink[:, 1:]), np.minimum(ink[:-1], ink[1:]),
+             np.minimum(ink[:-1, :-1], ink[1:, 1:]), np.minimum(ink[:-1, 1:], ink[1:, :-1])]
+    return max((float(p.max()) for p in pairs if p.size), default=float(ink.max()))
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -202,7 +212,7 @@ def _parts(ink: np.ndarray) -> tuple[np.ndarray, list[int]]:
         return labels, []
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     min_area = max(MIN_PART * areas.max(), 4.0)
-    if areas.max() < max(16, MIN_INK_FRACTION * ink.size):
+    if areas.max() < MIN_INK_PIXELS:
         return labels, []
     return labels, [k + 1 for k in np.flatnonzero(areas >= min_area)]
 
