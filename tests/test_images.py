@@ -122,6 +122,14 @@ def test_alpha_is_composited_on_white():
     assert to_mnist(Image.new("RGBA", (50, 50), (0, 0, 0, 0))) is None  # empty canvas: nothing drawn
 
 
+def test_exif_orientation_is_applied(mnist_test):
+    upright = Image.fromarray(255 - mnist_test.images[0]).resize((84, 84))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored pixels must be turned 90 degrees clockwise for display
+    photo = open_image(encode(upright.rotate(90, expand=True), "JPEG", exif=exif, quality=95), "phone.jpg")
+    assert np.abs(to_mnist(photo).astype(int) - to_mnist(upright)).mean() < 3
+
+
 def test_sixteen_bit_scans_are_scaled(mnist_test):
     digit = (65535 - mnist_test.images[0].astype(np.int32) * 200).astype(np.uint16)  # dark ink, 16-bit
     out = to_mnist(Image.fromarray(digit))
