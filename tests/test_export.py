@@ -59,6 +59,8 @@ def read_json_text(text: str) -> dict:
 def test_bad_onnx_files(tmp_path):
     with pytest.raises(InputError, match=rf"^{tmp_path / 'none.onnx'}: no such ONNX file$"):
         OnnxClassifier(tmp_path / "none.onnx")
+    with pytest.raises(InputError, match=r"a directory, not an ONNX file \(make one with `digitrec export RUN`\)$"):
+        OnnxClassifier(tmp_path)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all")
     with pytest.raises(InputError, match=rf"^{junk}: not a readable ONNX model \("):

@@ -100,6 +100,8 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path}: a directory, not an ONNX file (make one with `digitrec export RUN`)")
         if not path.is_file():
             raise InputError(f"{path}: no such ONNX file")
         options = ort.SessionOptions()
