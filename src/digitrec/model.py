@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -64,6 +66,23 @@ class FastNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class Ensemble(nn.Module):
+    """Trained networks voting by averaged probabilities.
+
+    Returns log(mean_k softmax(member_k(x))), a valid logits tensor (B, 10): its softmax is the
+    members' mean probability. Averaging probabilities, not logits, keeps one over-confident
+    member from outvoting the rest.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)  # state_dict keys "members.<i>.<name>"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([member(x).log_softmax(1) for member in self.members])  # (K, B, 10)
+        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
