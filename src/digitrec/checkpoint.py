@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from .config import TrainConfig, config_from_dict
 from .files import InputError, atomic_write
-from .model import build_model
+from .model import Ensemble, build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -84,7 +84,10 @@ def load_weights(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
     if "config" not in meta:
         raise InputError(f"{path}: no config in its metadata; not a digitrec weights file")
     cfg = config_from_dict(meta["config"])
-    model = build_model(cfg)
+    if "members" in meta:  # an ensemble run (train.combine_runs): one member config each
+        model = Ensemble([build_model(config_from_dict(member)) for member in meta["members"]])
+    else:
+        model = build_model(cfg)
     model.load_state_dict(tensors)
     return model.eval(), cfg, meta
 
