@@ -3,11 +3,13 @@
 `fit` writes a run directory as it goes (config.json, history.csv, checkpoint.safetensors each
 epoch; model.safetensors, predictions_val.npz and metrics.json at the end) and can resume a
 killed run from its last checkpoint with identical results on CPU.
+`train_ensemble` trains several members and `combine_runs` makes them one ensemble run.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -20,12 +22,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import random_affine
-from .checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE, environment, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import (CHECKPOINT_FILE, WEIGHTS_FILE, environment, load_checkpoint, load_run_model, save_checkpoint,
+                         save_weights)
 from .config import TrainConfig, config_from_dict
 from .data import Digits
 from .evaluate import predict, predict_logits, summarize, to_float
 from .files import InputError, atomic_write, read_json, write_json
-from .model import build_model, count_parameters
+from .model import Ensemble, build_model, count_parameters
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
@@ -238,3 +241,115 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
     save_weights(out_dir / WEIGHTS_FILE, model, cfg, {"metrics": {k: metrics.get(k) for k in ("val_accuracy", "data")}})
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# ensembles: several finished runs voting by averaged probabilities (model.Ensemble)
+
+DEFAULT_ENSEMBLE_SIZE = 5  # members of `digitrec train --ensemble` given no number
+
+
+def member_config(cfg: TrainConfig, index: int) -> TrainConfig:
+    """Member `index` of an ensemble of `cfg`: its own seed and its own validation split."""
+    return dataclasses.replace(cfg, seed=cfg.seed + index, val_seed=cfg.val_seed + index)
+
+
+def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict:
+    """Write an ensemble of finished runs into `out_dir`; returns its metrics.json content.
+
+    `model.safetensors` holds every member's weights (keys `members.<i>.`) and the member configs;
+    `config.json` is the first member's, so the recipe's fields read as for any run. There is no
+    ensemble validation accuracy: each member held out its own images, which the others saw.
+    """
+    run_dirs, out_dir = [Path(r) for r in run_dirs], Path(out_dir)
+    if len(run_dirs) < 2:
+        raise InputError(f"an ensemble needs at least 2 runs, got {len(run_dirs)}")
+    if (out_dir / WEIGHTS_FILE).exists() or (out_dir / CHECKPOINT_FILE).exists():
+        raise InputError(f"{out_dir}: already holds a run; choose another output directory")
+    members, configs, member_metrics, seen = [], [], [], set()
+    for run_dir in run_dirs:
+        if run_dir.resolve() in seen:
+            raise InputError(f"{run_dir}: given twice")
+        seen.add(run_dir.resolve())
+        model, cfg, meta = load_run_model(run_dir)
+        if "members" in meta:
+            raise InputError(f"{run_dir}: is an ensemble already; combine its members instead")
+        if not (run_dir / "metrics.json").is_file():
+            raise InputError(f"{run_dir}: no metrics.json (is the run finished?)")
+        members.append(model)
+        configs.append(cfg)
+        member_metrics.append(read_json(run_dir / "metrics.json"))
+    for run_dir, metrics in zip(run_dirs, member_metrics):
+        if metrics.get("data") != member_metrics[0].get("data"):
+            raise InputError(f"the runs were trained on different data: {run_dirs[0]} on "
+                             f"{member_metrics[0].get('data')}, {run_dir} on {metrics.get('data')}")
+
+    ensemble = Ensemble(members)
+    seconds = sum(m["train_seconds"] for m in member_metrics)
+    images = sum(m["train_seconds"] * m["images_per_second"] for m in member_metrics)
+    models = sorted({cfg.model for cfg in configs})
+    metrics = {
+        "preset": configs[0].preset, "model": f"ensemble of {len(members)} ({', '.join(models)})",
+        "parameters": count_parameters(ensemble), "data": member_metrics[0]["data"],
+        "label_counts": member_metrics[0].get("label_counts"),
+        "train_seconds": round(seconds, 2),  # all members, one after another
+        "images_per_second": round(images / max(seconds, 1e-9), 1),
+        "environment": environment(),
+        "members": [{"run": os.path.relpath(run_dir.resolve(), out_dir.resolve()), "preset": cfg.preset,
+                     "model": cfg.model, "seed": cfg.seed, "val_seed": cfg.val_seed, "epochs": cfg.epochs,
+                     "n_train": m.get("n_train"), "n_val": m.get("n_val"), "val_accuracy": m.get("val_accuracy"),
+                     "train_seconds": m["train_seconds"]}
+                    for run_dir, cfg, m in zip(run_dirs, configs, member_metrics)],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", configs[0].to_dict())
+    write_json(out_dir / "metrics.json", metrics)
+    # the weights last: a run counts as finished once they exist
+    save_weights(out_dir / WEIGHTS_FILE, ensemble, configs[0],
+                 {"members": [cfg.to_dict() for cfg in configs],
+                  "metrics": {"data": metrics["data"], "member_val_accuracies": [r["val_accuracy"] for r in metrics["members"]]}})
+    return metrics
+
+
+def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, size: int = DEFAULT_ENSEMBLE_SIZE,
+                   resume: bool = False, quiet: bool = False) -> dict:
+    """Train `size` members of `cfg` (see member_config) into `out_dir/member-<i>/`, then combine
+    them into `out_dir`. Returns the ensemble's metrics.json content.
+
+    With `resume`, a finished member is kept and a member with a checkpoint continues from it.
+    """
+    out_dir = Path(out_dir)
+    if size < 2:
+        raise InputError(f"an ensemble needs at least 2 members, got {size}")
+    if resume:
+        if not (out_dir / "config.json").is_file():
+            raise InputError(f"{out_dir}: nothing to resume (no config.json)")
+        saved = config_from_dict(read_json(out_dir / "config.json"))
+        if saved != cfg:
+            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+            raise InputError(f"{out_dir}: config differs from the run being resumed ({', '.join(diff)})")
+        if (out_dir / WEIGHTS_FILE).is_file():
+            metrics = read_json(out_dir / "metrics.json")
+            if len(metrics["members"]) != size:
+                raise InputError(f"{out_dir}: holds a finished ensemble of {len(metrics['members'])}, not {size}")
+            return metrics
+    elif (out_dir / "config.json").exists() or (out_dir / WEIGHTS_FILE).exists():
+        raise InputError(f"{out_dir}: already holds a run; use --resume or another --out")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "config.json", cfg.to_dict())
+
+    member_dirs = [out_dir / f"member-{i}" for i in range(size)]
+    for i, member_dir in enumerate(member_dirs):
+        member_cfg = member_config(cfg, i)
+        if (member_dir / WEIGHTS_FILE).is_file() and (member_dir / "metrics.json").is_file():
+            saved = config_from_dict(read_json(member_dir / "config.json"))
+            if saved != member_cfg:
+                raise InputError(f"{member_dir}: finished with another config than member {i} of this ensemble")
+            if not quiet:
+                print(f"member {i + 1}/{size}: finished already ({member_dir})")
+            continue
+        if not quiet:
+            print(f"member {i + 1}/{size}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}")
+        fit(member_cfg, data, member_dir, resume=resume and (member_dir / CHECKPOINT_FILE).is_file(), quiet=quiet)
+    return combine_runs(member_dirs, out_dir)
