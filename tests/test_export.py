@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitrec.checkpoint import load_run_model
+from digitrec.checkpoint import load_run_model, save_weights
 from digitrec.cli import main
+from digitrec.config import MODELS, make_config
 from digitrec.data import write_kaggle_csv
 from digitrec.evaluate import predict_probs
 from digitrec.export import MAX_PROB_DIFF, OnnxClassifier, check_onnx, export_onnx
 from digitrec.files import InputError, read_json
+from digitrec.model import build_model
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,12 @@ def test_predict_with_onnx_needs_no_torch(onnx_path, tiny_run, mnist_test, tmp_p
     result = run_without_torch("predict", "--onnx", str(onnx_path), str(tmp_path / "broken.png"))
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == "error: 1 of 1 images could not be read"
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_every_architecture_exports(model_name, tmp_path, mnist_test):
+    """Untrained weights are enough: the ops and the batch axis are what could break."""
+    cfg = make_config("seed", model=model_name)
+    save_weights(tmp_path / "model.safetensors", build_model(cfg), cfg)
+    check = check_onnx(tmp_path, export_onnx(tmp_path, tmp_path / "m.onnx"), mnist_test.images[:300])
+    assert check["ok"] and check["disagreements"] == 0
