@@ -51,6 +51,55 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray, batch_size: int = 
     return predict_logits(model, images, batch_size, channels_last).softmax(1).numpy()
 
 
+# Test-time augmentation views: (shift right, shift down) in pixels, rotation in degrees. Small
+# enough that every view is still the same digit; the identity view comes first.
+TTA_VIEWS: tuple[tuple[float, float, float], ...] = (
+    (0, 0, 0),
+    (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0),
+    (0, 0, 5), (0, 0, -5),
+)
+
+
+def view_images(x: torch.Tensor, view: tuple[float, float, float]) -> torch.Tensor:
+    """A float batch (B, 1, 28, 28) moved by `view` = (dx, dy, degrees), sampled as in augment.py."""
+    import torch
+    import torch.nn.functional as F
+
+    from .augment import affine_matrices
+
+    dx, dy, degrees = view
+    if (dx, dy, degrees) == (0, 0, 0):
+        return x
+    n, _, height, width = x.shape
+    full = torch.full((n,), 1.0)
+    # affine_matrices maps output to input coordinates: moving the digit right samples from the left
+    params = {"angle_deg": full * degrees, "zoom_x": full, "zoom_y": full,
+              "shift_x": full * (-dx / width), "shift_y": full * (-dy / height)}
+    theta = affine_matrices(params).to(x.dtype)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def tta_probs(model: torch.nn.Module, images: np.ndarray, views=TTA_VIEWS, batch_size: int = 1000,
+              channels_last: bool = False) -> np.ndarray:
+    """Class probabilities (N, 10) averaged over `views` of each uint8 image (N, 28, 28)."""
+    import torch
+
+    model.eval()
+    out = [np.empty((0, 10), dtype=np.float32)]
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = to_float(images[start:start + batch_size])  # (B, 1, 28, 28)
+            probs = 0
+            for view in views:
+                xv = view_images(x, view)
+                if channels_last:
+                    xv = xv.contiguous(memory_format=torch.channels_last)
+                probs = probs + model(xv).softmax(1)
+            out.append((probs / len(views)).numpy())
+    return np.concatenate(out)
+
+
 @dataclass(frozen=True)
 class Predictions:
     name: str  # which data set: "val", "test", ...
@@ -177,12 +226,19 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test") -> Predictions:
-    """Predict `digits` with a finished run's model and save `predictions_<name>.npz` in the run."""
+def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test", tta: bool = False) -> Predictions:
+    """Predict `digits` with a finished run's model and save `predictions_<name>.npz` in the run.
+
+    With `tta`, probabilities are averaged over TTA_VIEWS and the name gets a "-tta" suffix.
+    """
     from .checkpoint import load_run_model
 
     model, cfg, _ = load_run_model(run_dir)
-    preds = predict(model, digits, name, cfg.eval_batch_size)
+    if tta:
+        name = f"{name}-tta"
+        preds = predictions_from_probs(name, digits, tta_probs(model, digits.images, batch_size=cfg.eval_batch_size))
+    else:
+        preds = predict(model, digits, name, cfg.eval_batch_size)
     preds.save(Path(run_dir) / f"predictions_{name}.npz")
     if preds.has_labels:
         write_json(Path(run_dir) / f"evaluation_{name}.json", summarize(preds))
