@@ -96,7 +96,7 @@ def cmd_data_check(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import fit
+    from .train import DEFAULT_ENSEMBLE_SIZE, fit, train_ensemble
 
     if args.resume and not args.out:
         raise InputError("--resume needs --out RUN_DIR (the run to continue)")
@@ -109,9 +109,16 @@ def cmd_train(args) -> None:
         cfg = _config_from_args(args)
     _print_config(cfg)
     digits = _load_data(args, "train", "train")
-    metrics = fit(cfg, digits, out, resume=args.resume, quiet=args.quiet)
+    if args.ensemble is not None:
+        size = DEFAULT_ENSEMBLE_SIZE if args.ensemble == "default" else args.ensemble
+        metrics = train_ensemble(cfg, digits, out, size, resume=args.resume, quiet=args.quiet)
+    else:
+        metrics = fit(cfg, digits, out, resume=args.resume, quiet=args.quiet)
     if "val_accuracy" in metrics:
         print(f"validation accuracy {100 * metrics['val_accuracy']:.3f}%")
+    if "members" in metrics:
+        print("members' validation accuracy: " + ", ".join(
+            f"{100 * m['val_accuracy']:.3f}%" for m in metrics["members"] if m["val_accuracy"] is not None))
     print(f"training took {metrics['train_seconds']:.1f} s; run written to {out}")
 
 
@@ -136,7 +143,7 @@ def cmd_evaluate(args) -> None:
         digits = data_mod.read_idx_pair(args.idx[0], args.idx[1], sha[0], sha[1], args.cache_dir)
     else:
         digits = data_mod.load_dataset(args.dataset or "mnist", "test", args.cache_dir)
-    preds = evaluate_run(args.run, digits, args.name)
+    preds = evaluate_run(args.run, digits, args.name, tta=args.tta)
     print(format_summary(summarize(preds, args.top)))
     print(f"\npredictions and evaluation written to {args.run}")
 
@@ -144,6 +151,8 @@ def cmd_evaluate(args) -> None:
 def cmd_submit(args) -> None:
     from .submit import write_submission
 
+    if args.onnx and args.tta:
+        raise InputError("--tta needs the run's PyTorch model; it cannot be combined with --onnx")
     digits = data_mod.read_kaggle_csv(args.test_csv, "test")
     if args.onnx:  # onnxruntime only: torch is never imported
         from .evaluate import predictions_from_probs
@@ -153,7 +162,7 @@ def cmd_submit(args) -> None:
     else:
         from .evaluate import evaluate_run
 
-        preds = evaluate_run(args.run, digits, "submission")
+        preds = evaluate_run(args.run, digits, "submission", tta=args.tta)
     path = write_submission(preds, args.output)
     print(f"wrote {path} ({len(preds.ids)} rows)")
 
@@ -199,6 +208,14 @@ def cmd_export(args) -> None:
     if not check["ok"]:
         path.unlink()
         raise ValueError(f"{path}: the ONNX model does not match the PyTorch one; file removed")
+
+
+def cmd_ensemble(args) -> None:
+    from .train import combine_runs
+
+    metrics = combine_runs(args.runs, args.output)
+    print(f"{metrics['model']}, {metrics['parameters']:,} parameters, trained on {metrics['data']}: "
+          f"written to {args.output}")
 
 
 def cmd_score(args) -> None:
@@ -283,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             _add_data_flags(p, "train")
             p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+            p.add_argument("--ensemble", nargs="?", type=int, const="default", metavar="K",
+                           help="train K members (seed and val_seed + 0..K-1) into OUT/member-<i>/ and combine "
+                                "them into OUT; without K, train.DEFAULT_ENSEMBLE_SIZE members")
         _add_config_flags(p)
 
     p = command("evaluate", cmd_evaluate, "evaluate a run on a labelled test set")
@@ -291,12 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answers", metavar="FILE.csv", help="ImageId,Label answer key for --test")
     p.add_argument("--name", default="test", help="name of the saved predictions (predictions_<name>.npz)")
     p.add_argument("--top", type=int, default=6, help="how many confident mistakes to list")
+    p.add_argument("--tta", action="store_true",
+                   help="average over small shifts and rotations (evaluate.TTA_VIEWS); saved as <name>-tta")
 
     p = command("submit", cmd_submit, "write a Kaggle submission for a test CSV")
     p.add_argument("run", type=Path, help="run directory (with --onnx: an exported .onnx file)")
     p.add_argument("test_csv")
     p.add_argument("-o", "--output", default="submission.csv")
     p.add_argument("--onnx", action="store_true", help="RUN is an ONNX file; run it with onnxruntime, without torch")
+    p.add_argument("--tta", action="store_true", help="average over small shifts and rotations (evaluate.TTA_VIEWS)")
 
     p = command("predict", cmd_predict, "read digits from image files (PNG, JPEG, GIF, BMP, TIFF, WebP)")
     p.add_argument("run", type=Path, help="run directory (with --onnx: an exported .onnx file)")
@@ -312,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("model.onnx"))
     p.add_argument("--check-images", type=int, default=10_000, metavar="N",
                    help="compare with PyTorch on the first N MNIST test images")
+
+    p = command("ensemble", cmd_ensemble, "combine finished runs into one run that averages their probabilities")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the ensemble's run directory")
 
     p = command("score", cmd_score, "score a submission against an answer key")
     p.add_argument("submission")
