@@ -116,9 +116,9 @@ def cmd_train(args) -> None:
         metrics = fit(cfg, digits, out, resume=args.resume, quiet=args.quiet)
     if "val_accuracy" in metrics:
         print(f"validation accuracy {100 * metrics['val_accuracy']:.3f}%")
-    if "members" in metrics:
-        print("members' validation accuracy: " + ", ".join(
-            f"{100 * m['val_accuracy']:.3f}%" for m in metrics["members"] if m["val_accuracy"] is not None))
+    member_accuracies = [m["val_accuracy"] for m in metrics.get("members", []) if m["val_accuracy"] is not None]
+    if member_accuracies:
+        print("members' validation accuracy: " + ", ".join(f"{100 * a:.3f}%" for a in member_accuracies))
     print(f"training took {metrics['train_seconds']:.1f} s; run written to {out}")
 
 
