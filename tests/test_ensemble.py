@@ -205,7 +205,8 @@ def test_train_ensemble_cli(tmp_path, capsys, train_500):
     assert len(load_run_model(out)[0].members) == 2
     assert [m["val_seed"] for m in read_json(out / "metrics.json")["members"]] == [2, 3]
     assert_one_line_error(capsys, ["train", "--train", tmp_path / "train.csv", "--ensemble", "2", "--epochs", "1",
-                                   "--quiet", "--out", out], f"{out}: already holds a run; use --resume or another --out")
+                                   "--quiet", "--out", out],
+                          f"{out}: already holds a run; use --resume or another --out")
     code, stdout, err = run_cli(capsys, "train", "--train", tmp_path / "train.csv", "--ensemble", "2",
                                 "--quiet", "--out", out, "--resume")
     assert code == 0, err  # finished: the saved config is reused and nothing is trained
@@ -266,12 +267,14 @@ def test_combine_errors(ens_run, tmp_path, capsys):
     m0, m1 = ens_run / "member-0", ens_run / "member-1"
     out = tmp_path / "out"
     assert_one_line_error(capsys, ["ensemble", m0, "-o", out], "an ensemble needs at least 2 runs, got 1")
-    assert_one_line_error(capsys, ["ensemble", m0, tmp_path / "nope", "-o", out], f"{tmp_path / 'nope'}: no such run directory")
+    assert_one_line_error(capsys, ["ensemble", m0, tmp_path / "nope", "-o", out],
+                          f"{tmp_path / 'nope'}: no such run directory")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(capsys, ["ensemble", m0, tmp_path / "empty", "-o", out],
                           f"{tmp_path / 'empty'}: no model.safetensors (is the run finished?)")
     assert_one_line_error(capsys, ["ensemble", m0, m0, "-o", out], f"{m0}: given twice")
-    assert_one_line_error(capsys, ["ensemble", m0, ens_run, "-o", out], f"{ens_run}: is an ensemble already; combine its members instead")
+    assert_one_line_error(capsys, ["ensemble", m0, ens_run, "-o", out],
+                          f"{ens_run}: is an ensemble already; combine its members instead")
     assert_one_line_error(capsys, ["ensemble", m0, m1, "-o", ens_run],
                           f"{ens_run}: already holds a run; choose another output directory")
     other = shutil.copytree(m1, tmp_path / "other")

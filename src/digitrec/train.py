@@ -305,9 +305,10 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
     write_json(out_dir / "config.json", configs[0].to_dict())
     write_json(out_dir / "metrics.json", metrics)
     # the weights last: a run counts as finished once they exist
+    member_val_accuracies = [row["val_accuracy"] for row in metrics["members"]]
     save_weights(out_dir / WEIGHTS_FILE, ensemble, configs[0],
                  {"members": [cfg.to_dict() for cfg in configs],
-                  "metrics": {"data": metrics["data"], "member_val_accuracies": [r["val_accuracy"] for r in metrics["members"]]}})
+                  "metrics": {"data": metrics["data"], "member_val_accuracies": member_val_accuracies}})
     return metrics
 
 
