@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/digitrec run --preset $(or $(PRESET),seed) --epochs $(or $(EPOCHS),2)
+	$(VENV)/bin/digitrec run --preset $(or $(PRESET),fast)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -85,6 +85,17 @@ class TrainConfig:
 # Each preset: overrides on the reference defaults, with the reason in a comment.
 PRESETS: dict[str, dict] = {
     "seed": {},  # the reference recipe, exactly
+    # ~2 minutes on 2 CPU cores. Chosen on a 10% validation split of the official 60k (val_seed 7):
+    # width 24 / 32 tie at 3 epochs (99.32 / 99.33%), so epochs are the lever: 5 -> 99.45%,
+    # 6 -> 99.43% in 95 s; batch 256 x 7 epochs 99.47% but 160 s. The final model trains on all 60k.
+    "fast": {
+        "model": "fast", "width": 24,  # conv-pool-BN net, 9 MFLOP/image forward (seed: 65)
+        "epochs": 6, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,  # nesterov SGD
+        "schedule": "onecycle",  # warm up for 25% of steps, then cosine down
+        "label_smoothing": 0.1,
+        "val_fraction": 0.0,  # hyperparameters are fixed: train on every image
+    },
 }
 
 
