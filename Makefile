@@ -20,5 +20,5 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/reference_run.py
+bench: $(VENV)/.installed  # speed figures of issue 3 (about 10 minutes); accuracy and reference runs are separate scripts
+	$(PY) benchmarks/speed.py

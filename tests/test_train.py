@@ -21,7 +21,9 @@ from digitrec.evaluate import predict, summarize
 from digitrec.checkpoint import load_run_model
 from digitrec.files import InputError
 from digitrec.model import SeedNet, build_model, count_parameters
-from digitrec.train import build_optimizer, build_scheduler, fit, split_validation, steps_per_epoch
+from digitrec.train import (
+    build_optimizer, build_scheduler, fit, set_threads, split_validation, steps_per_epoch, train_one_epoch,
+)
 from tests.conftest import synthetic_digits
 
 
@@ -220,3 +222,34 @@ def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
     assert meta["config"] == cfg.to_dict()
     assert {"val_accuracy", "train_seconds", "environment", "label_counts"} <= set(
         __import__("json").loads((tiny_run / "metrics.json").read_text()))
+
+
+def test_fast_preset_learns_quickly(small_train, mnist_test):
+    """The fast preset's recipe, 3 epochs on 3,000 images (3 s): at least 90% on 2,000 test images."""
+    cfg = make_config("fast", epochs=3, threads=1)
+    assert cfg.model == "fast" and cfg.schedule == "onecycle" and cfg.label_smoothing == 0.1
+    model = build_model(cfg)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert count_parameters(model) < count_parameters(build_model(make_config())) / 10
+    torch.manual_seed(0)
+    set_threads(cfg)
+    x, y = torch.from_numpy(small_train.images), torch.from_numpy(small_train.labels)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch(len(x), cfg))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(cfg.epochs):
+        stats = train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)
+    assert stats["images"] == steps_per_epoch(len(x), cfg) * cfg.batch_size
+    assert optimizer.param_groups[0]["lr"] < 0.01  # one-cycle ended near zero
+    accuracy = summarize(predict(model, mnist_test.subset(np.arange(2000)), "test"))["accuracy"]
+    print(f"fast, 3 epochs on 3,000 images: {accuracy:.4f}")
+    assert accuracy >= 0.90
+
+
+def test_unknown_preset_and_field_are_errors():
+    with pytest.raises(ValueError, match="unknown preset 'fastest'"):
+        make_config("fastest")
+    with pytest.raises(ValueError, match="unknown config field"):
+        make_config("seed", learning_rate=0.1)
+    with pytest.raises(ValueError, match="schedule 'plateau' watches validation accuracy"):
+        make_config("seed", val_fraction=0.0)
