@@ -397,7 +397,7 @@ def _summary_section(run: RunFiles, summary: dict | None, calib: dict | None) ->
                   f"{', stratified' if cfg.get('stratify') else ''})" if "n_train" in metrics else "unknown"),
         ("scored on", evaluated_on(run)),
         ("preset", cfg.get("preset", "unknown")),
-        ("model", f"{cfg.get('model', 'unknown')}"
+        ("model", f"{metrics.get('model') or cfg.get('model', 'unknown')}"  # metrics names ensembles
                   + (f", {metrics['parameters']:,} parameters" if "parameters" in metrics else "")),
         ("epochs", f"{epochs_done} of {cfg.get('epochs', '?')} done"),
         ("training time", f"{_seconds(metrics['train_seconds'])}, {metrics.get('images_per_second', 0):,.0f} "

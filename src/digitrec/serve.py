@@ -192,7 +192,7 @@ def model_info(run_dir: Path, cfg, model: torch.nn.Module) -> dict:
     return {
         "run": run_dir.resolve().name,
         "preset": cfg.preset,
-        "model": cfg.model,
+        "model": metrics.get("model", cfg.model),  # "ensemble of K (...)" for an ensemble run
         "parameters": sum(p.numel() for p in model.parameters()),
         "accuracy": accuracy,
         "accuracy_on": accuracy_on,  # "test" (evaluation_test.json), "validation", or None

@@ -156,6 +156,14 @@ def _write_history(path: Path, history: list[dict]) -> None:
         f.write(buffer.getvalue())
 
 
+def _check_same_config(out_dir: Path, cfg: TrainConfig) -> None:
+    """A run is resumed only with the config it was started with."""
+    saved = config_from_dict(read_json(out_dir / "config.json"))
+    if saved != cfg:
+        diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        raise InputError(f"{out_dir}: config differs from the run being resumed ({', '.join(diff)})")
+
+
 def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool = False,
         quiet: bool = False) -> dict:
     """Train `cfg` on labelled `data`, writing the run into `out_dir`. Returns metrics.json's content.
@@ -168,10 +176,7 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
     if resume:
         if not (out_dir / CHECKPOINT_FILE).is_file():
             raise InputError(f"{out_dir}: nothing to resume (no {CHECKPOINT_FILE})")
-        saved = config_from_dict(read_json(out_dir / "config.json"))
-        if saved != cfg:
-            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
-            raise InputError(f"{out_dir}: config differs from the run being resumed ({', '.join(diff)})")
+        _check_same_config(out_dir, cfg)
     elif (out_dir / CHECKPOINT_FILE).exists() or (out_dir / WEIGHTS_FILE).exists():
         raise InputError(f"{out_dir}: already holds a run; use --resume or another --out")
 
@@ -325,10 +330,7 @@ def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, s
     if resume:
         if not (out_dir / "config.json").is_file():
             raise InputError(f"{out_dir}: nothing to resume (no config.json)")
-        saved = config_from_dict(read_json(out_dir / "config.json"))
-        if saved != cfg:
-            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
-            raise InputError(f"{out_dir}: config differs from the run being resumed ({', '.join(diff)})")
+        _check_same_config(out_dir, cfg)
         if (out_dir / WEIGHTS_FILE).is_file():
             metrics = read_json(out_dir / "metrics.json")
             if len(metrics["members"]) != size:
