@@ -217,8 +217,10 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
             lr = optimizer.param_groups[0]["lr"]
             train = train_one_epoch(forward, x_train, y_train, optimizer, scheduler, cfg, generator, progress)
             val = evaluate(model, x_val, y_val, cfg)
-            progress.set_postfix(loss=f"{train['loss']:.4f}", acc=f"{train['acc']:.4f}",
-                                 val_loss=f"{val['loss']:.4f}", val_acc=f"{val['acc']:.4f}", lr=f"{lr:.2e}")
+            shown = {"loss": train["loss"], "acc": train["acc"]}
+            if len(x_val):
+                shown |= {"val_loss": val["loss"], "val_acc": val["acc"]}
+            progress.set_postfix({k: f"{v:.4f}" for k, v in shown.items()} | {"lr": f"{lr:.2e}"})
         if cfg.schedule == "plateau":
             scheduler.step(val["acc"])
         seconds = time.perf_counter() - epoch_start  # training and validation
