@@ -128,21 +128,11 @@ def cmd_evaluate(args) -> None:
     if args.test:
         if not args.answers:
             raise InputError("--test needs --answers FILE.csv (the labels to score against)")
-        digits = data_mod.read_kaggle_csv(args.test, "test")
-        from .submit import read_label_file
+        from .submit import with_answers
 
-        answers = read_label_file(args.answers)
-        if len(answers) != len(digits):
-            raise InputError(f"{args.answers}: {len(answers)} rows, but {args.test} has {len(digits)} images")
-        labels = answers.set_index("ImageId")["Label"].reindex(digits.ids)
-        if labels.isna().any():
-            raise InputError(f"{args.answers}: no label for ImageId {int(digits.ids[labels.isna().to_numpy()][0])}")
-        digits = data_mod.Digits(digits.images, labels.to_numpy().astype("int64"), digits.ids, digits.source)
-    elif args.idx:
-        sha = args.sha256 or (None, None)
-        digits = data_mod.read_idx_pair(args.idx[0], args.idx[1], sha[0], sha[1], args.cache_dir)
+        digits = with_answers(data_mod.read_kaggle_csv(args.test, "test"), args.answers)
     else:
-        digits = data_mod.load_dataset(args.dataset or "mnist", "test", args.cache_dir)
+        digits = _load_data(args, "test", "test")
     preds = evaluate_run(args.run, digits, args.name, tta=args.tta)
     print(format_summary(summarize(preds, args.top)))
     print(f"\npredictions and evaluation written to {args.run}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data import Digits
 from .evaluate import Predictions
 from .files import InputError, atomic_write
 
@@ -70,3 +71,14 @@ def score(submission_path: str | os.PathLike, answers_path: str | os.PathLike) -
         raise InputError(f"{submission_path}: no row for ImageId {image_id} (it is in {answers_path})")
     correct = int((merged["Label_true"] == merged["Label_pred"]).sum())
     return {"accuracy": correct / len(answers), "correct": correct, "n": len(answers)}
+
+
+def with_answers(digits: Digits, answers_path: str | os.PathLike) -> Digits:
+    """An unlabelled Kaggle test set with its labels taken from an answer key (`ImageId,Label`)."""
+    answers = read_label_file(answers_path)
+    if len(answers) != len(digits):
+        raise InputError(f"{answers_path}: {len(answers)} rows, but {digits.source} has {len(digits)} images")
+    labels = answers.set_index("ImageId")["Label"].reindex(digits.ids)
+    if labels.isna().any():
+        raise InputError(f"{answers_path}: no label for ImageId {int(digits.ids[labels.isna().to_numpy()][0])}")
+    return Digits(digits.images, labels.to_numpy().astype(np.int64), digits.ids, digits.source)
