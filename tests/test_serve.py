@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,21 @@ def test_pixels_bad_input_is_422_with_a_clear_message(client, body, detail):
     response = post_pixels(client, body)
     assert response.status_code == 422
     assert response.json() == {"detail": detail}
+
+
+def test_pixels_body_is_json_when_declared_so_or_undeclared(client):
+    body = json.dumps({"pixels": [0] * 784})
+    for content_type in ("application/json; charset=utf-8", "application/vnd.digits+json"):
+        assert post_pixels(client, body, content_type).status_code == 200
+    response = client.post("/api/predict/pixels", content=body.encode(), headers={"content-type": ""})
+    assert response.status_code == 200
+
+
+def test_pixels_request_body_is_documented(client):
+    operation = client.get("/openapi.json").json()["paths"]["/api/predict/pixels"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["pixels"] and "784 values" in schema["properties"]["pixels"]["description"]
+    assert "Prediction" in json.dumps(operation["responses"]["200"])
 
 
 def test_pixels_need_a_json_body(client):
@@ -356,3 +372,40 @@ def test_cli_serves_on_loopback_by_default(capsys):
     assert (args.host, args.port) == ("127.0.0.1", 8000)
     assert main(["serve", "/no/such/run"]) == 2
     assert capsys.readouterr().err == "error: /no/such/run: no such run directory\n"
+
+
+def test_cli_serves_with_several_worker_processes(tiny_run, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "digitrec.cli", "serve", str(tiny_run), "--port", str(port),
+                               "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            assert time.monotonic() < deadline, "server did not answer in 90 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        answer = httpx.post(f"http://127.0.0.1:{port}/api/predict/pixels", json={"pixels": [0] * 784}).json()
+        assert len(answer["probabilities"]) == 10 and answer["image"] == [[0] * 28] * 28
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        workers = [c for c in children if b"digitrec" in Path(f"/proc/{c}/cmdline").read_bytes()
+                   or b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) >= 2, children
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert "with 2 worker process(es)" in server.stdout.read()
+    assert main(["serve", str(tiny_run), "--workers", "0"]) == 2

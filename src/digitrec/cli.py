@@ -218,7 +218,7 @@ def cmd_score(args) -> None:
 def cmd_serve(args) -> None:
     from .serve import serve
 
-    serve(args.run, args.host, args.port)
+    serve(args.run, args.host, args.port, args.workers)
 
 
 def cmd_report(args) -> None:
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (default 1; one per core answers the most requests)")
 
     p = command("report", cmd_report, "write RUN/report.html and RUN/figures/ from a run's saved files")
     p.add_argument("run", type=Path)

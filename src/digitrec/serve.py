@@ -10,23 +10,25 @@ from local copies of Swagger UI, so everything works offline).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import torch
-from fastapi import File, UploadFile
+from fastapi import File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from .checkpoint import load_run_model
-from .evaluate import predict_probs
+from .export import OnnxClassifier
 from .files import InputError, read_json
 from .images import NO_DIGIT, open_image, to_mnist
 
@@ -65,6 +67,43 @@ class PixelsIn(BaseModel):
         description="784 values 0..255 in row-major order, or a 28x28 array: white ink on black, "
                     "already MNIST-like (taken as given, no cropping or centring)",
         examples=[[0] * 784])
+
+
+def read_pixels_body(body: bytes, content_type: str) -> np.ndarray:
+    """A /api/predict/pixels body -> (28, 28) uint8, with FastAPI's own error messages.
+
+    Parsed by hand rather than by FastAPI's body machinery, which costs several thread-pool hops
+    per request: orjson first; on its failure Python's json, which also reads NaN and Infinity
+    (then refused as out of range) and words its errors as FastAPI does.
+    """
+    not_an_object = RequestValidationError([{"type": "model_attributes_type", "loc": ("body",),
+                                             "msg": "Input should be a valid dictionary or object to extract fields from"}])
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type and media_type != "application/json" and not (
+            media_type.startswith("application/") and media_type.endswith("+json")):
+        raise not_an_object  # as FastAPI: JSON is read when declared so, or when nothing is declared
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            position = getattr(e, "pos", getattr(e, "start", 0))
+            raise RequestValidationError([{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error",
+                                           "ctx": {"error": getattr(e, "msg", getattr(e, "reason", str(e)))}}]) from None
+    if not isinstance(data, dict):
+        raise not_an_object
+    try:
+        return PixelsIn.model_validate(data).pixels
+    except ValidationError as e:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in e.errors()]) from None
+
+
+def json_response(content) -> Response:
+    """A JSON response written by orjson; numpy arrays go in as they are."""
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 class Prediction(BaseModel):
@@ -209,11 +248,16 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
     run_dir = Path(run_dir)
     model, cfg, _ = load_run_model(run_dir)
     info = {**model_info(run_dir, cfg, model), "max_body_bytes": max_body_bytes}
+    # onnxruntime runs one image in ~0.1-0.4 ms where torch's eager modules take ~1-3 ms
+    # One thread: one image is too little work to split across cores (on the shared 2-core machine a
+    # batch-1 forward took ~90 ms with 2 threads spinning for a busy core); concurrent uploads use
+    # the cores instead, each in its own thread-pool thread.
+    engine = OnnxClassifier.from_model(model, threads=1)
 
-    def classify(image: np.ndarray) -> Prediction:
-        """One (28, 28) uint8 image -> label, probabilities and the image itself."""
-        probs = predict_probs(model, image[None], batch_size=1)[0]  # (10,)
-        return Prediction(label=int(probs.argmax()), probabilities=probs.tolist(), image=image.tolist())
+    def classify(image: np.ndarray) -> Response:
+        """One (28, 28) uint8 image -> a Prediction: label, probabilities and the image itself."""
+        probs = engine.predict_probs(image[None])[0]  # (10,)
+        return json_response({"label": int(probs.argmax()), "probabilities": probs, "image": image})
 
     app = FastAPIOffline(title="digitrec", version="1", redoc_url=None,
                          description=f"Handwritten-digit recognition with run `{info['run']}`.")
@@ -234,32 +278,54 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
     def api_model() -> dict:
         return info
 
-    @app.post("/api/predict", summary="Classify an image file (PNG, JPEG, ...)",
+    @app.post("/api/predict", summary="Classify an image file (PNG, JPEG, ...)", response_model=Prediction,
               responses={400: {"description": "not a readable image, too many pixels, or no digit in it"},
                          413: {"description": "body over the limit"}})
-    def api_predict(file: Annotated[UploadFile, File(description="the image; any size up to the body limit")]) -> Prediction:
-        # plain def: FastAPI runs it in its thread pool, so torch never blocks the event loop
+    def api_predict(file: Annotated[UploadFile, File(description="the image; any size up to the body limit")]):
+        # plain def: FastAPI runs it in its thread pool, so decoding an image never blocks the event loop
         name = Path(file.filename or "upload").name[:100]
         image = to_mnist(open_image(file.file.read(), name))
         if image is None:
             raise InputError(f"{name}: {NO_DIGIT}")
         return classify(image)
 
-    @app.post("/api/predict/pixels", summary="Classify a 28x28 image given as pixel values")
-    def api_predict_pixels(body: PixelsIn) -> Prediction:
-        return classify(body.pixels)
+    @app.post("/api/predict/pixels", summary="Classify a 28x28 image given as pixel values",
+              response_model=Prediction, responses={422: {"description": "malformed JSON or pixels"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": PixelsIn.model_json_schema()}}}})
+    async def api_predict_pixels(request: Request):
+        # async and inline: the whole request is well under a millisecond of CPU, less than a
+        # thread-pool hop costs when the cores are busy
+        return classify(read_pixels_body(await request.body(), request.headers.get("content-type", "")))
 
     return app
 
 
-def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> None:
-    """Run the app under uvicorn until interrupted."""
+RUN_ENV = "DIGITREC_SERVE_RUN"  # how `serve` tells uvicorn's worker processes which run to load
+
+
+def app_from_environment():
+    """The app each uvicorn worker process builds, for the run named in $DIGITREC_SERVE_RUN."""
+    torch.set_num_threads(1)  # torch only loads the run; onnxruntime answers, one thread a process
+    return create_app(os.environ[RUN_ENV])
+
+
+def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the app under uvicorn until interrupted, in `workers` processes sharing the port.
+
+    One process answers on one core (Python's GIL); a second one doubles the pixels endpoint's
+    throughput on a 2-core machine (see benchmarks/serve_load.py).
+    """
     import uvicorn
 
-    # One image is too little work to split across cores: on the shared 2-core machine a batch-1
-    # forward took 1.7 ms CPU with 1 thread and ~90 ms with 2 (threads spinning for a busy core).
-    # Concurrent requests use the cores instead, each in its own thread-pool thread.
-    torch.set_num_threads(threads)
-    app = create_app(run_dir)
-    print(f"serving {Path(run_dir)} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
-    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    os.environ[RUN_ENV] = str(Path(run_dir).resolve())
+    app = app_from_environment()  # a bad run fails here, once, before any worker starts
+    print(f"serving {Path(run_dir)} on http://{host}:{port}/ with {workers} worker process(es) "
+          f"(API docs at /docs); Ctrl-C stops", flush=True)
+    options = {"host": host, "port": port, "log_level": "warning", "server_header": False}
+    if workers == 1:
+        uvicorn.run(app, **options)
+    else:
+        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **options)
