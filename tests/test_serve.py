@@ -72,6 +72,8 @@ def test_health_and_model_metadata(client, tiny_run):
     # no evaluation_test.json in a fresh run: the validation accuracy, and said so
     assert info["accuracy"] == metrics["val_accuracy"]
     assert info["accuracy_on"] == "validation" and info["accuracy_n"] == metrics["n_val"]
+    assert "environment" in metrics and "environment" not in info["metrics"]  # no machine details
+    assert info["metrics"]["train_seconds"] == metrics["train_seconds"]
     assert info["metrics"] == metrics and info["max_body_bytes"] == 1 << 20
 
 

@@ -236,7 +236,8 @@ def model_info(run_dir: Path, cfg, model: torch.nn.Module) -> dict:
         "accuracy": accuracy,
         "accuracy_on": accuracy_on,  # "test" (evaluation_test.json), "validation", or None
         "accuracy_n": n,
-        "metrics": metrics,
+        # what was trained and how well; not the machine it ran on (CPU, platform, git commit)
+        "metrics": {key: value for key, value in metrics.items() if key != "environment"},
     }
 
 
