@@ -1,14 +1,16 @@
 """Accuracy of the presets over seeds, with test-time augmentation (TTA) and as an ensemble.
 
 For each preset, trains `--seeds` models on the official 60,000 MNIST training images: model i
-uses seed + i and validation split val_seed + i, so the models are exactly the members of
-`digitrec train --preset P --ensemble K`, and they are combined into that ensemble. Every model and
-the ensemble are scored once on the official 10,000 test images, plain and with TTA. Whether TTA
-helps is decided on each model's own validation images (an ensemble has none: every image was
-seen by some member); the test set only reports.
+uses seed + i and validation split val_seed + i, so the first K models are exactly the members of
+`digitrec train --preset P --ensemble K`; they are combined into that ensemble for every K from 2
+to --seeds (OUT/P/ensemble-K). Every model and ensemble is scored once on the official 10,000 test
+images, plain, and with TTA (the models and the largest ensemble). Whether TTA helps is decided on
+each model's own validation images when the preset holds some out (an ensemble has none: every
+image was seen by some member); the test set only reports.
 
-Prints a Markdown table: mean ± standard deviation over seeds (the ensemble is one run), training
-time per model, and writes the numbers to OUT/accuracy.json. Rerun with the same --out to resume.
+Prints a Markdown table: mean ± standard deviation over seeds (an ensemble is one run), training
+time per model, and writes the numbers to OUT/accuracy.json. Rerun with the same --out to resume,
+or with more --seeds to add members.
     python benchmarks/accuracy.py --presets seed --seeds 3 [--out runs/accuracy]
     python benchmarks/accuracy.py --presets seed --seeds 2 --epochs 1 --train-images 1000 --test-images 500  # smoke
 """
@@ -24,15 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from digitrec.checkpoint import environment, load_run_model
-from digitrec.config import make_config
+from digitrec.config import config_from_dict, make_config
 from digitrec.data import load_mnist
 from digitrec.evaluate import Predictions, evaluate_run, tta_probs
 from digitrec.files import InputError, read_json, write_json
-from digitrec.train import train_ensemble
+from digitrec.train import combine_runs, fit, member_config
 
 
-def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    values = [scale * v for v in values]
+def mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2) -> str:
+    values = [scale * v for v in values if v is not None]
     if len(values) < 2:
         return f"{values[0]:.{digits}f}" if values else "—"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
@@ -47,42 +49,69 @@ def score_once(run_dir: Path, test, name: str, tta: bool) -> float:
     return float((preds.y_pred == preds.y_true).mean())
 
 
-def val_tta_accuracy(run_dir: Path) -> float:
-    """The model's accuracy with TTA on its own validation images (saved by fit)."""
+def val_tta_accuracy(run_dir: Path) -> float | None:
+    """The model's accuracy with TTA on its own validation images (saved by fit); None without any
+    (a preset that trains on every image)."""
+    if not (run_dir / "predictions_val.npz").is_file():
+        return None
     val = Predictions.load(run_dir / "predictions_val.npz")
     model, cfg, _ = load_run_model(run_dir)
     probs = tta_probs(model, val.images, batch_size=cfg.eval_batch_size)
     return float((probs.argmax(1) == val.y_true).mean())
 
 
+def train_member(cfg, index: int, train, out: Path, quiet: bool) -> Path:
+    """Member `index` of `cfg`'s ensemble in out/member-<index>/: kept if finished, resumed if begun."""
+    member_dir, member_cfg = out / f"member-{index}", member_config(cfg, index)
+    if (member_dir / "metrics.json").is_file():
+        if config_from_dict(read_json(member_dir / "config.json")) != member_cfg:
+            raise InputError(f"{member_dir}: trained with another config; use another --out")
+    else:
+        print(f"  training member {index}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}", flush=True)
+        fit(member_cfg, train, member_dir, resume=(member_dir / "checkpoint.safetensors").is_file(), quiet=quiet)
+    return member_dir
+
+
 def benchmark_preset(preset: str, args, train, test, test_name: str) -> dict:
     overrides = {"epochs": args.epochs} if args.epochs else {}
+    if args.val_fraction is not None:
+        overrides["val_fraction"] = args.val_fraction
     if args.threads:
         overrides["threads"] = args.threads
     cfg = make_config(preset, **overrides)
     out = Path(args.out) / preset
     print(f"\n== {preset}: {args.seeds} models of {cfg.epochs} epochs -> {out}", flush=True)
-    metrics = train_ensemble(cfg, train, out, size=args.seeds, resume=(out / "config.json").is_file(),
-                             quiet=args.quiet)
     models = []
-    for member in metrics["members"]:
-        run_dir = out / member["run"]
+    for i in range(args.seeds):
+        run_dir = train_member(cfg, i, train, out, args.quiet)
+        metrics = read_json(run_dir / "metrics.json")
         models.append({
-            "run": str(run_dir), "seed": member["seed"], "val_seed": member["val_seed"],
-            "train_seconds": member["train_seconds"], "val": member["val_accuracy"],
-            "val_tta": val_tta_accuracy(run_dir),
+            "run": str(run_dir), "seed": cfg.seed + i, "train_seconds": metrics["train_seconds"],
+            "val": metrics.get("val_accuracy"), "val_tta": val_tta_accuracy(run_dir),
             "test": score_once(run_dir, test, test_name, tta=False),
             "test_tta": score_once(run_dir, test, test_name, tta=True),
         })
-        print(f"  seed {member['seed']}: val {100 * models[-1]['val']:.2f}% (TTA {100 * models[-1]['val_tta']:.2f}%), "
-              f"test {100 * models[-1]['test']:.2f}% (TTA {100 * models[-1]['test_tta']:.2f}%), "
-              f"{member['train_seconds'] / 60:.1f} min", flush=True)
-    ensemble = {"run": str(out), "size": len(models), "train_seconds": metrics["train_seconds"],
-                "test": score_once(out, test, test_name, tta=False),
-                "test_tta": score_once(out, test, test_name, tta=True)}
-    tta_gain = [m["val_tta"] - m["val"] for m in models]
-    return {"preset": preset, "epochs": cfg.epochs, "models": models, "ensemble": ensemble,
-            "tta_val_gain": tta_gain, "tta_helps_on_validation": statistics.mean(tta_gain) > 0}
+        m = models[-1]
+        val = (f"val {100 * m['val']:.2f}% (TTA {100 * m['val_tta']:.2f}%), " if m["val_tta"] is not None
+               else "no validation images, ")
+        print(f"  seed {m['seed']}: {val}test {100 * m['test']:.2f}% (TTA {100 * m['test_tta']:.2f}%), "
+              f"{m['train_seconds'] / 60:.1f} min", flush=True)
+
+    ensembles = []  # the first K members, for every K: exactly `digitrec train --preset P --ensemble K`
+    for k in range(2, args.seeds + 1):
+        ens_dir = out / f"ensemble-{k}"
+        if not (ens_dir / "model.safetensors").is_file():
+            combine_runs([m["run"] for m in models[:k]], ens_dir)
+        ensembles.append({"run": str(ens_dir), "size": k,
+                          "train_seconds": sum(m["train_seconds"] for m in models[:k]),
+                          "test": score_once(ens_dir, test, test_name, tta=False),
+                          "test_tta": score_once(ens_dir, test, test_name, tta=True) if k == args.seeds else None})
+        e = ensembles[-1]
+        tta = f" (TTA {100 * e['test_tta']:.2f}%)" if e["test_tta"] is not None else ""
+        print(f"  ensemble of {k}: test {100 * e['test']:.2f}%{tta}", flush=True)
+    tta_gain = [m["val_tta"] - m["val"] for m in models if m["val_tta"] is not None]
+    return {"preset": preset, "epochs": cfg.epochs, "models": models, "ensembles": ensembles,
+            "tta_val_gain": tta_gain, "tta_helps_on_validation": statistics.mean(tta_gain) > 0 if tta_gain else None}
 
 
 def table(results: list[dict], n_test: int) -> str:
@@ -95,18 +124,20 @@ def table(results: list[dict], n_test: int) -> str:
                      f"{mean_std([m['train_seconds'] for m in models], 1 / 60, 1)} | "
                      f"{mean_std([m['val'] for m in models])} | {mean_std([m['val_tta'] for m in models])} | "
                      f"{mean_std([m['test'] for m in models])} | {mean_std([m['test_tta'] for m in models])} |")
-        e = r["ensemble"]
-        lines.append(f"| {r['preset']}, ensemble | 1 of {e['size']} members | {r['epochs']} | "
-                     f"{e['train_seconds'] / 60:.1f} (all members) | — | — | {100 * e['test']:.2f} | "
-                     f"{100 * e['test_tta']:.2f} |")
+        for e in r["ensembles"]:
+            tta = f"{100 * e['test_tta']:.2f}" if e["test_tta"] is not None else "—"
+            lines.append(f"| {r['preset']}, ensemble | first {e['size']} seeds | {r['epochs']} | "
+                         f"{e['train_seconds'] / 60:.1f} (all members) | — | — | {100 * e['test']:.2f} | {tta} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="seed", help="comma-separated preset names")
-    parser.add_argument("--seeds", type=int, default=3, help="models per preset (>= 2; they form the ensemble)")
+    parser.add_argument("--seeds", type=int, default=3, help="models per preset (>= 2; they form the ensembles)")
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs (smoke runs)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="hold out this fraction of the training images (default: the preset's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
     parser.add_argument("--train-images", type=int, default=None, help="train on the first N images only (smoke runs)")
     parser.add_argument("--test-images", type=int, default=None, help="score the first N test images only (smoke runs)")
@@ -137,8 +168,12 @@ def main() -> None:
                                                   "results": results})
     print(f"\n{table(results, len(test))}\n")
     for r in results:
+        if r["tta_helps_on_validation"] is None:
+            print(f"TTA on validation, {r['preset']}: not measured (the preset trains on every image; "
+                  f"judge TTA with --val-fraction 0.1)")
+            continue
         gain = mean_std(r["tta_val_gain"])
-        print(f"TTA on validation, {r['preset']}: {gain} percentage points over {len(r['models'])} models: "
+        print(f"TTA on validation, {r['preset']}: {gain} percentage points over {len(r['tta_val_gain'])} models: "
               f"{'helps' if r['tta_helps_on_validation'] else 'does not help'}")
     print(f"wall time {(time.perf_counter() - start) / 60:.1f} min; numbers in {Path(args.out) / 'accuracy.json'}")
 
