@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-MODELS = ("seed", "fast")
+MODELS = ("seed", "fast", "best")
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("plateau", "onecycle", "constant")
 
@@ -95,6 +95,17 @@ PRESETS: dict[str, dict] = {
         "schedule": "onecycle",  # warm up for 25% of steps, then cosine down
         "label_smoothing": 0.1,
         "val_fraction": 0.0,  # hyperparameters are fixed: train on every image
+    },
+    # ~10 minutes on 2 CPU cores: `fast`'s recipe on a net twice as deep, 2.5x the epochs. On the
+    # same validation split (val_seed 7, 54k/6k) it reached 99.67% where `fast` reached 99.43%, and
+    # 99.53% already after 10 of 15 epochs; test-time augmentation did not help it (99.65%).
+    "best": {
+        "model": "best", "width": 24,  # FastNet + a second conv in stages 2 and 3: 25 MFLOP/image
+        "epochs": 15, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+        "schedule": "onecycle",
+        "label_smoothing": 0.1,
+        "val_fraction": 0.0,
     },
 }
 

@@ -68,6 +68,32 @@ class FastNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 conv -> batch norm -> ReLU, resolution kept."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class BestNet(nn.Module):
+    """FastNet with a second 3x3 conv in the last two stages, for the `best` preset.
+
+    Twice the depth at 2.8x the FLOPs of FastNet of the same width (width 24: 25 MFLOP/image forward).
+    """
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_pool_bn(1, w, 5),  # (B, w, 14, 14)
+            conv_bn(w, 2 * w), conv_pool_bn(2 * w, 2 * w),  # (B, 2w, 7, 7)
+            conv_bn(2 * w, 4 * w), conv_pool_bn(4 * w, 4 * w),  # (B, 4w, 3, 3)
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 9, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 class Ensemble(nn.Module):
     """Trained networks voting by averaged probabilities.
 
@@ -90,6 +116,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         return SeedNet()
     if cfg.model == "fast":
         return FastNet(cfg.width)
+    if cfg.model == "best":
+        return BestNet(cfg.width)
     raise ValueError(f"unknown model {cfg.model!r}")
 
 
