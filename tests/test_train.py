@@ -224,13 +224,16 @@ def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
         __import__("json").loads((tiny_run / "metrics.json").read_text()))
 
 
-def test_fast_preset_learns_quickly(small_train, mnist_test):
-    """The fast preset's recipe, 3 epochs on 3,000 images (3 s): at least 90% on 2,000 test images."""
-    cfg = make_config("fast", epochs=3, threads=1)
-    assert cfg.model == "fast" and cfg.schedule == "onecycle" and cfg.label_smoothing == 0.1
+@pytest.mark.parametrize("preset, parameters, convs", [("fast", 61_426, 3), ("best", 165_394, 5)])
+def test_compact_presets_learn_quickly(small_train, mnist_test, preset, parameters, convs):
+    """The preset's recipe, 3 epochs on 3,000 images (3-10 s): at least 90% on 2,000 test images."""
+    cfg = make_config(preset, epochs=3, threads=1)
+    assert cfg.model == preset and cfg.schedule == "onecycle" and cfg.label_smoothing == 0.1
+    assert cfg.val_fraction == 0  # the design is done: the preset trains on every image
     model = build_model(cfg)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert count_parameters(model) < count_parameters(build_model(make_config())) / 10
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs
+    assert count_parameters(model) == parameters < count_parameters(build_model(make_config())) / 5
     torch.manual_seed(0)
     set_threads(cfg)
     x, y = torch.from_numpy(small_train.images), torch.from_numpy(small_train.labels)
@@ -242,7 +245,7 @@ def test_fast_preset_learns_quickly(small_train, mnist_test):
     assert stats["images"] == steps_per_epoch(len(x), cfg) * cfg.batch_size
     assert optimizer.param_groups[0]["lr"] < 0.01  # one-cycle ended near zero
     accuracy = summarize(predict(model, mnist_test.subset(np.arange(2000)), "test"))["accuracy"]
-    print(f"fast, 3 epochs on 3,000 images: {accuracy:.4f}")
+    print(f"{preset}, 3 epochs on 3,000 images: {accuracy:.4f}")
     assert accuracy >= 0.90
 
 
