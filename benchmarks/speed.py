@@ -3,11 +3,12 @@
 1. roofline: fp32 matrix-multiply GFLOP/s with the training thread count
 2. training throughput (images/s, augmentation included) and the GFLOP/s it implies, per preset
 3. time to accuracy: official-test accuracy after each epoch against wall time, per preset
-4. inference on the 28,000-image Kaggle-like test set: best batch size, and batch-1 latency
+4. inference on the 28,000-image Kaggle-like test set, per engine (PyTorch eager, onnxruntime
+   float32, onnxruntime int8): images/s at the best batch size, and batch-1 latency
 5. peak resident memory of a real `digitrec train` process
 
 Medians over repeats; the machine is noisy. Usage:
-    python benchmarks/speed.py [--quick] [--seed-epochs N] [--skip time,memory]
+    python benchmarks/speed.py [--quick] [--seed-epochs N] [--skip train,infer,time,memory]
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from digitrec.checkpoint import save_weights
 from digitrec.config import make_config
 from digitrec.data import kaggle_like_split, load_mnist
 from digitrec.evaluate import predict, predict_logits, summarize, to_float
+from digitrec.export import CALIBRATION_IMAGES, INPUT_NAME, OnnxClassifier, export_onnx
 from digitrec.model import build_model, count_parameters
 from digitrec.train import build_optimizer, build_scheduler, set_threads, steps_per_epoch, train_one_epoch
 
@@ -53,6 +58,13 @@ def train_flops_per_image(cfg) -> float:
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.cross_entropy(model(x), y).backward()
     return counter.get_total_flops() / cfg.batch_size
+
+
+def forward_flops_per_image(cfg) -> float:
+    model = build_model(cfg).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(8, 1, 28, 28))
+    return counter.get_total_flops() / 8
 
 
 def setup(cfg, n_train: int):
@@ -93,20 +105,43 @@ def time_to_accuracy(cfg, train, test) -> list[tuple[int, float, float]]:
     return points
 
 
-def inference(cfg, images: np.ndarray, repeats: int) -> dict:
+INFER_BATCHES = (250, 1000, 4000)  # candidate batch sizes; each engine gets its best
+
+
+def best_batch_rate(predict, images: np.ndarray, repeats: int) -> tuple[float, int]:
+    """(images/s over all of `images`, batch size): the batch is chosen on the first 4,000 images."""
+    batch = min(INFER_BATCHES, key=lambda b: median_time(lambda: predict(images[:4000], b), 1))
+    return len(images) / median_time(lambda: predict(images, batch), repeats), batch
+
+
+def inference(cfg, images: np.ndarray, calibration, threads: int, repeats: int) -> dict[str, dict]:
+    """Per engine: images/s on `images` at its best batch size, and batch-1 latency.
+
+    Untrained weights: the time does not depend on their values. The int8 model is calibrated
+    on `calibration` (training images), as `digitrec export --int8` does.
+    """
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_weights(Path(tmp) / "model.safetensors", model, cfg)
+        sessions = {"onnxruntime float32": OnnxClassifier(export_onnx(tmp, Path(tmp) / "fp32.onnx"), threads),
+                    "onnxruntime int8": OnnxClassifier(export_onnx(tmp, Path(tmp) / "int8.onnx", int8=True,
+                                                                   calibration=calibration), threads)}
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    best = (0.0, 0)
-    for batch in (1000, 4000):
-        rate = len(images) / median_time(lambda: predict_logits(model, images, batch, cfg.channels_last), repeats)
-        best = max(best, (rate, batch))
     one = images[:1]
+    results = {}
+    rate, batch = best_batch_rate(lambda x, b: predict_logits(model, x, b, cfg.channels_last), images, repeats)
     with torch.inference_mode():
         x = to_float(one)
-        latency = median_time(lambda: model(x), 50)
-    return {"images_per_s": best[0], "batch": best[1], "latency_ms": 1000 * latency}
+        results["pytorch eager"] = {"images_per_s": rate, "batch": batch,
+                                    "latency_ms": 1000 * median_time(lambda: model(x), 50)}
+    x = x.numpy()
+    for name, session in sessions.items():
+        rate, batch = best_batch_rate(session.predict_probs, images, repeats)
+        latency = median_time(lambda: session.session.run(["probs"], {INPUT_NAME: x}), 50)
+        results[name] = {"images_per_s": rate, "batch": batch, "latency_ms": 1000 * latency}
+    return results
 
 
 def peak_rss_mib(preset: str, epochs: int) -> float:
@@ -122,7 +157,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
     parser.add_argument("--seed-epochs", type=int, default=2, choices=[1, 2, 3],
                         help="epochs of the seed preset in the time-to-accuracy run")
-    parser.add_argument("--skip", default="", help="comma-separated: time, memory")
+    parser.add_argument("--skip", default="", help="comma-separated: train, infer, time, memory")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     repeats = 3 if args.quick else 7
@@ -135,16 +170,30 @@ def main() -> None:
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"\n| roofline: fp32 2048x2048 matmul | {roof:.1f} GFLOP/s ({threads} threads) |\n")
 
-    print("| preset | parameters | train MFLOP/image | train images/s | implied GFLOP/s | of roofline | "
-          "s/epoch (60k) | infer images/s (batch) | batch-1 latency |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, cfg in presets.items():
-        flops = train_flops_per_image(cfg)
-        rate = train_throughput(cfg, train, steps=20 if args.quick else 60, repeats=max(1, repeats // 2))
-        infer = inference(cfg, kaggle_test, 3)
-        print(f"| {name} | {count_parameters(build_model(cfg)):,} | {flops / 1e6:.1f} | {rate:.0f} | "
-              f"{rate * flops / 1e9:.1f} | {100 * rate * flops / 1e9 / roof:.0f}% | {60_000 / rate:.0f} | "
-              f"{infer['images_per_s']:.0f} ({infer['batch']}) | {infer['latency_ms']:.2f} ms |", flush=True)
+    if "train" not in skip:
+        print("| preset | parameters | train MFLOP/image | train images/s | implied GFLOP/s | of roofline | "
+              "s/epoch (60k) |")
+        print("|---|---|---|---|---|---|---|")
+        for name, cfg in presets.items():
+            flops = train_flops_per_image(cfg)
+            rate = train_throughput(cfg, train, steps=20 if args.quick else 60, repeats=max(1, repeats // 2))
+            print(f"| {name} | {count_parameters(build_model(cfg)):,} | {flops / 1e6:.1f} | {rate:.0f} | "
+                  f"{rate * flops / 1e9:.1f} | {100 * rate * flops / 1e9 / roof:.0f}% | {60_000 / rate:.0f} |",
+                  flush=True)
+
+    if "infer" not in skip:
+        calibration = train.subset(slice(0, CALIBRATION_IMAGES), f"mnist:train[:{CALIBRATION_IMAGES}]")
+        print(f"\ninference on the {len(kaggle_test):,}-image Kaggle-like test set, {threads} threads per engine, "
+              f"onnxruntime {onnxruntime.__version__}:")
+        print("\n| preset | forward MFLOP/image | engine | images/s (best batch) | vs PyTorch | batch-1 latency |")
+        print("|---|---|---|---|---|---|")
+        for name, cfg in presets.items():
+            flops = forward_flops_per_image(cfg)
+            engines = inference(cfg, kaggle_test, calibration, threads, 3)
+            base = engines["pytorch eager"]["images_per_s"]
+            for engine, r in engines.items():
+                print(f"| {name} | {flops / 1e6:.1f} | {engine} | {r['images_per_s']:.0f} ({r['batch']}) | "
+                      f"{r['images_per_s'] / base:.2f}x | {r['latency_ms']:.2f} ms |", flush=True)
 
     if "time" not in skip:
         print("\ntime to accuracy (official MNIST test set, trained on the official 60k):")

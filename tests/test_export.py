@@ -128,3 +128,84 @@ def test_every_architecture_exports(model_name, tmp_path, mnist_test):
     save_weights(tmp_path / "model.safetensors", build_model(cfg), cfg)
     check = check_onnx(tmp_path, export_onnx(tmp_path, tmp_path / "m.onnx"), mnist_test.images[:300])
     assert check["ok"] and check["disagreements"] == 0
+
+
+# int8: the same graph quantised by onnxruntime, calibrated on training images
+
+@pytest.fixture(scope="module")
+def int8_path(tiny_run, mnist_train, tmp_path_factory):
+    calibration = mnist_train.subset(np.arange(500), "mnist:train[:500]")
+    return export_onnx(tiny_run, tmp_path_factory.mktemp("int8") / "int8.onnx", int8=True, calibration=calibration)
+
+
+def test_int8_agrees_with_pytorch(tiny_run, int8_path, mnist_test):
+    check = check_onnx(tiny_run, int8_path, mnist_test.images[:1000])
+    assert check["precision"] == "int8" and check["ok"]
+    assert check["disagreements"] <= 10  # >= 99% the same predictions
+    probs = OnnxClassifier(int8_path).predict_probs(mnist_test.images[:100], batch_size=32)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_int8_file_is_quantised_and_says_so(int8_path, onnx_path):
+    import onnx
+
+    meta, meta_fp32 = OnnxClassifier(int8_path).metadata, OnnxClassifier(onnx_path).metadata
+    assert meta["precision"] == "int8" and meta_fp32["precision"] == "float32"
+    assert meta["calibration"] == "500 images from mnist:train[:500]"
+    assert {k: v for k, v in meta.items() if k != "calibration"} == {**meta_fp32, "precision": "int8"}
+    ops = [node.op_type for node in onnx.load(int8_path).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert int8_path.stat().st_size < 0.35 * onnx_path.stat().st_size  # 8-bit weights
+
+
+def test_int8_needs_calibration_images(tiny_run, tmp_path):
+    with pytest.raises(InputError, match=r"^an int8 export needs calibration images \(training images\)$"):
+        export_onnx(tiny_run, tmp_path / "x.onnx", int8=True)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int8_export_cli_and_submit_without_torch(tiny_run, mnist_test, tmp_path, capsys):
+    out = tmp_path / "m8.onnx"
+    assert main(["export", str(tiny_run), "--int8", "-o", str(out), "--check-images", "300"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {out} (int8); onnxruntime vs PyTorch on 300 MNIST test images: ")
+    test_csv = tmp_path / "test.csv"
+    write_kaggle_csv(test_csv, mnist_test.subset(np.arange(200)), with_labels=False)
+    result = run_without_torch("submit", "--onnx", str(out), str(test_csv), "-o", str(tmp_path / "s.csv"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {tmp_path / 's.csv'} (200 rows)\n"
+
+
+def test_int8_ensemble(tiny_run, mnist_train, mnist_test, tmp_path):
+    import shutil
+
+    from digitrec.train import combine_runs
+
+    shutil.copytree(tiny_run, tmp_path / "copy")
+    combine_runs([tiny_run, tmp_path / "copy"], tmp_path / "ens")
+    path = export_onnx(tmp_path / "ens", tmp_path / "ens8.onnx", int8=True,
+                       calibration=mnist_train.subset(np.arange(200)))
+    check = check_onnx(tmp_path / "ens", path, mnist_test.images[:500])
+    assert check["ok"] and check["disagreements"] <= 5
+
+
+def test_batchnorm_folds_through_the_pool():
+    """conv -> pool -> BN -> ReLU becomes conv' -> ReLU -> pool: same outputs; a negative scale stays put."""
+    import torch
+
+    from digitrec.export import fold_pooled_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(make_config("fast")).eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    bns[1].weight.data[0] = -1.0  # max does not commute with a decreasing map: this block stays
+    folded = fold_pooled_batchnorm(model)
+    remaining = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(remaining) == 1 and remaining[0].weight[0] == -1.0
+    x = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert len([m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]) == 3  # the input is kept
