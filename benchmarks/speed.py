@@ -14,7 +14,7 @@ Medians over repeats; the machine is noisy. Usage:
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -147,9 +147,15 @@ def inference(cfg, images: np.ndarray, calibration, threads: int, repeats: int) 
 def peak_rss_mib(preset: str, epochs: int) -> float:
     """Peak resident memory of a real training process on the full 60k MNIST."""
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "digitrec.cli", "train", "--preset", preset, "--epochs", str(epochs),
-                        "--out", f"{out}/run", "--quiet"], check=True, stdout=subprocess.DEVNULL)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        child = subprocess.Popen([sys.executable, "-m", "digitrec.cli", "train", "--preset", preset, "--epochs",
+                                  str(epochs), "--out", f"{out}/run", "--quiet"], stdout=subprocess.DEVNULL)
+        # this child's own peak (RUSAGE_CHILDREN would be the largest of every child so far, e.g. the
+        # int8 export's helper processes)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"digitrec train exited with {child.returncode}")
+    return usage.ru_maxrss / 1024
 
 
 def main() -> None:
