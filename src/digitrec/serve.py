@@ -249,8 +249,8 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
     run_dir = Path(run_dir)
     model, cfg, _ = load_run_model(run_dir)
     info = {**model_info(run_dir, cfg, model), "max_body_bytes": max_body_bytes}
-    # onnxruntime runs one image in ~0.1-0.4 ms where torch's eager modules take ~1-3 ms
-    # One thread: one image is too little work to split across cores (on the shared 2-core machine a
+    # onnxruntime runs one `fast` image in ~0.1 ms where torch's eager modules take ~0.45 ms. One
+    # thread: one image is too little work to split across cores (on the shared 2-core machine a
     # batch-1 forward took ~90 ms with 2 threads spinning for a busy core); concurrent uploads use
     # the cores instead, each in its own thread-pool thread.
     engine = OnnxClassifier.from_model(model, threads=1)
