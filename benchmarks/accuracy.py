@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from digitrec.checkpoint import environment, load_run_model
-from digitrec.config import config_from_dict, make_config
+from digitrec.config import make_config
 from digitrec.data import load_mnist
 from digitrec.evaluate import Predictions, evaluate_run, tta_probs
 from digitrec.files import InputError, read_json, write_json
-from digitrec.train import combine_runs, fit, member_config
+from digitrec.train import combine_runs, train_member
 
 
 def mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2) -> str:
@@ -65,18 +65,6 @@ def val_tta_accuracy(run_dir: Path) -> float | None:
     return float((probs.argmax(1) == val.y_true).mean())
 
 
-def train_member(cfg, index: int, train, out: Path, quiet: bool) -> Path:
-    """Member `index` of `cfg`'s ensemble in out/member-<index>/: kept if finished, resumed if begun."""
-    member_dir, member_cfg = out / f"member-{index}", member_config(cfg, index)
-    if (member_dir / "metrics.json").is_file():
-        if config_from_dict(read_json(member_dir / "config.json")) != member_cfg:
-            raise InputError(f"{member_dir}: trained with another config; use another --out")
-    else:
-        print(f"  training member {index}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}", flush=True)
-        fit(member_cfg, train, member_dir, resume=(member_dir / "checkpoint.safetensors").is_file(), quiet=quiet)
-    return member_dir
-
-
 def benchmark_preset(preset: str, args, train, test, test_name: str) -> dict:
     overrides = {"epochs": args.epochs} if args.epochs else {}
     if args.val_fraction is not None:
@@ -88,7 +76,7 @@ def benchmark_preset(preset: str, args, train, test, test_name: str) -> dict:
     print(f"\n== {preset}: {args.seeds} models of {cfg.epochs} epochs -> {out}", flush=True)
     models = []
     for i in range(args.seeds):
-        run_dir = train_member(cfg, i, train, out, args.quiet)
+        run_dir = train_member(cfg, i, args.seeds, train, out, resume=True, quiet=args.quiet)
         metrics = read_json(run_dir / "metrics.json")
         models.append({
             "run": str(run_dir), "seed": cfg.seed + i, "train_seconds": metrics["train_seconds"],

@@ -347,17 +347,23 @@ def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, s
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg.to_dict())
 
-    member_dirs = [out_dir / f"member-{i}" for i in range(size)]
-    for i, member_dir in enumerate(member_dirs):
-        member_cfg = member_config(cfg, i)
-        if (member_dir / WEIGHTS_FILE).is_file() and (member_dir / "metrics.json").is_file():
-            saved = config_from_dict(read_json(member_dir / "config.json"))
-            if saved != member_cfg:
-                raise InputError(f"{member_dir}: finished with another config than member {i} of this ensemble")
-            if not quiet:
-                print(f"member {i + 1}/{size}: finished already ({member_dir})")
-            continue
-        if not quiet:
-            print(f"member {i + 1}/{size}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}")
-        fit(member_cfg, data, member_dir, resume=resume and (member_dir / CHECKPOINT_FILE).is_file(), quiet=quiet)
+    member_dirs = [train_member(cfg, i, size, data, out_dir, resume, quiet) for i in range(size)]
     return combine_runs(member_dirs, out_dir)
+
+
+def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir: Path, resume: bool = False,
+                 quiet: bool = False) -> Path:
+    """Member `index` of an ensemble of `size` in out_dir/member-<index>/. A finished member (of the
+    same config) is kept; with `resume`, a member with a checkpoint continues from it."""
+    member_dir, member_cfg = out_dir / f"member-{index}", member_config(cfg, index)
+    if (member_dir / WEIGHTS_FILE).is_file() and (member_dir / "metrics.json").is_file():
+        saved = config_from_dict(read_json(member_dir / "config.json"))
+        if saved != member_cfg:
+            raise InputError(f"{member_dir}: finished with another config than member {index} of this ensemble")
+        if not quiet:
+            print(f"member {index + 1}/{size}: finished already ({member_dir})")
+        return member_dir
+    if not quiet:
+        print(f"member {index + 1}/{size}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}")
+    fit(member_cfg, data, member_dir, resume=resume and (member_dir / CHECKPOINT_FILE).is_file(), quiet=quiet)
+    return member_dir
