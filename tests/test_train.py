@@ -20,7 +20,7 @@ from digitrec.data import write_kaggle_csv
 from digitrec.evaluate import predict, summarize
 from digitrec.checkpoint import load_run_model
 from digitrec.files import InputError
-from digitrec.model import SeedNet, build_model, count_parameters
+from digitrec.model import ByteMaskDropout, SeedNet, build_model, count_parameters
 from digitrec.train import (
     build_optimizer, build_scheduler, fit, set_threads, split_validation, steps_per_epoch, train_one_epoch,
 )
@@ -37,6 +37,60 @@ def test_seed_net_has_887530_parameters_and_keras_shapes():
     assert dropouts == [0.25, 0.25, 0.5]
     assert model.features(torch.zeros(2, 1, 28, 28)).shape == (2, 64, 7, 7)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_seed_net_matches_the_keras_layer_order():
+    """Pooling before the second ReLU of each stage changes neither outputs nor gradients."""
+    torch.manual_seed(0)
+    model = build_model(make_config()).eval()
+    f, c = model.features, model.classifier
+    relu, pool = torch.relu, torch.nn.functional.max_pool2d
+
+    def keras_order(x):
+        x = pool(relu(f[2](relu(f[0](x)))), 2)
+        x = pool(relu(f[8](relu(f[6](x)))), 2)
+        return c[4](relu(c[1](x.flatten(1))))
+
+    x = torch.rand(8, 1, 28, 28)
+    for forward in (model, keras_order):
+        model.zero_grad()
+        forward(x).square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        if forward is model:
+            expected_logits, expected_grads = model(x), grads
+    torch.testing.assert_close(keras_order(x), expected_logits)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_byte_mask_dropout_keeps_1_minus_p_scaled_and_masks_the_gradient(p):
+    torch.manual_seed(0)
+    dropout = ByteMaskDropout(p)
+    x = torch.rand(64, 32, 14, 14).add_(0.5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.manual_seed(1)
+    y = dropout(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.005)  # 400k draws: std 0.0008
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    # each byte of a 32-bit draw is used: the kept fraction holds on every 4th value too
+    for offset in range(4):
+        assert kept.permute(0, 2, 3, 1).flatten()[offset::4].float().mean().item() == pytest.approx(1 - p, abs=0.01)
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x), y)  # torch's default generator: manual_seed repeats the mask
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_byte_mask_dropout_falls_back_for_rates_bytes_cannot_express():
+    torch.manual_seed(0)
+    x = torch.ones(10_000)
+    y = ByteMaskDropout(0.3)(x)
+    torch.manual_seed(0)
+    assert torch.equal(y, torch.nn.functional.dropout(x, 0.3))
+    assert torch.equal(ByteMaskDropout(1.0)(x), torch.zeros_like(x))
 
 
 def test_glorot_uniform_weights_and_zero_biases():

@@ -10,26 +10,61 @@ from torch import nn
 from .config import TrainConfig
 
 
+class _ByteMaskDrop(torch.autograd.Function):
+    """x * mask / (1 - p), the mask drawn from random bytes (one 32-bit draw per 4 values)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int32).random_(-2**31, 2**31)
+        random_bytes = words.view(torch.uint8)[:x.numel()].as_strided(x.shape, x.stride())  # x's memory order
+        scale = (random_bytes >= round(256 * p)).to(x.dtype).mul_(1 / (1 - p))  # kept with probability 1 - p
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+class ByteMaskDropout(nn.Dropout):
+    """nn.Dropout with the same semantics and random source (torch's default generator), ~5x cheaper on a CPU.
+
+    PyTorch's CPU dropout draws one Bernoulli sample per value and multiplies by a bool mask, two slow
+    passes (10 ms for a (86, 32, 14, 14) batch on 2 cores: as long as a convolution). Here each random
+    byte is compared with 256p, so p must be a multiple of 1/256 (the reference's 0.25 and 0.5 are);
+    other rates fall back to nn.Dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        if not self.training or not 0 < self.p < 1 or (256 * self.p) % 1 or not dense or self.inplace:
+            return super().forward(x)
+        return _ByteMaskDrop.apply(x, self.p)
+
+
 class SeedNet(nn.Module):
     """The reference Keras CNN, 887,530 parameters, padding 'same'.
 
     conv32 5x5 -> conv32 5x5 -> pool -> drop .25 -> conv64 3x3 -> conv64 3x3 -> pool -> drop .25
     -> dense 256 -> drop .5 -> dense 10.
+    The ReLU after the second conv of a stage runs after its pool: max-pooling commutes with ReLU,
+    so the outputs and gradients are the reference's, with the ReLU over 4x fewer values.
     """
 
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(),
-            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25),  # (B, 64, 7, 7)
+            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 5, padding=2),
+            nn.MaxPool2d(2), nn.ReLU(inplace=True), ByteMaskDropout(0.25),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.MaxPool2d(2), nn.ReLU(inplace=True), ByteMaskDropout(0.25),  # (B, 64, 7, 7)
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),  # (B, 3136)
-            nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(64 * 7 * 7, 256), nn.ReLU(inplace=True), ByteMaskDropout(0.5),
             nn.Linear(256, 10),
         )
         # Keras defaults: Glorot-uniform kernels, zero biases.
