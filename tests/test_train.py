@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from digitrec.augment import affine_matrices, random_affine, sample_affine_params
+from digitrec.augment import affine_matrices, elastic_displacement, random_affine, sample_affine_params
 from digitrec.config import make_config
 from digitrec.data import write_kaggle_csv
 from digitrec.evaluate import predict, summarize
@@ -208,6 +208,28 @@ def test_affine_geometry_shift_fill_and_no_flip():
     to_orig = ((aug - x) ** 2).flatten(1).sum(1)
     to_mirror = ((aug - x.flip(-1)) ** 2).flatten(1).sum(1)
     assert bool((to_orig < to_mirror).all())
+
+
+def test_elastic_distortion_is_smooth_sized_by_alpha_and_off_by_default():
+    disp = elastic_displacement(500, 28, 28, alpha=34.0, sigma=4.0, generator=torch.Generator().manual_seed(0))
+    assert disp.shape == (500, 28, 28, 2)
+    pixels = disp * 14  # [-1, 1] units -> pixels
+    assert 0.8 < pixels.std().item() < 1.8  # uniform(-1, 1) * 34 smoothed by sigma 4: ~1.3 px (Simard's setting)
+    neighbours = torch.corrcoef(torch.stack([pixels[:, :, :-1].flatten(), pixels[:, :, 1:].flatten()]))[0, 1]
+    assert neighbours > 0.9  # a smooth field, not per-pixel noise
+    doubled = elastic_displacement(500, 28, 28, alpha=68.0, sigma=4.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(doubled, 2 * disp)
+
+    x = torch.rand(16, 1, 28, 28)
+    plain = random_affine(x, make_config(), torch.Generator().manual_seed(3))
+    elastic = random_affine(x, make_config(elastic_alpha=34.0), torch.Generator().manual_seed(3))
+    assert not torch.allclose(plain, elastic)
+    torch.testing.assert_close(random_affine(x, make_config(elastic_alpha=34.0), torch.Generator().manual_seed(3)),
+                               elastic)
+    flat = torch.full((8, 1, 28, 28), 0.7)  # edge pixels still repeat
+    torch.testing.assert_close(random_affine(flat, make_config(elastic_alpha=34.0), torch.Generator()), flat)
+    with pytest.raises(ValueError, match="elastic_alpha >= 0 and elastic_sigma > 0"):
+        make_config(elastic_sigma=0.0)
 
 
 def _tiny_cfg(**kw):

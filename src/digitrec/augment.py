@@ -2,7 +2,8 @@
 
 Matches Keras ImageDataGenerator(rotation_range, zoom_range, width/height_shift_range,
 fill_mode='nearest'): a fresh draw per image, one transform about the image centre,
-bilinear sampling, edge pixels repeated outside the image, no flips.
+bilinear sampling, edge pixels repeated outside the image, no flips. With `elastic_alpha` > 0, a
+smooth random displacement field (Simard et al. 2003) is added to the same sampling grid.
 """
 
 from __future__ import annotations
@@ -45,8 +46,26 @@ def affine_matrices(params: dict[str, torch.Tensor]) -> torch.Tensor:
     return theta  # (n, 2, 3)
 
 
+def elastic_displacement(n: int, height: int, width: int, alpha: float, sigma: float,
+                         generator: torch.Generator) -> torch.Tensor:
+    """(n, H, W, 2) displacements in affine_grid's [-1, 1] units: uniform(-1, 1) noise per pixel and
+    axis, smoothed by a Gaussian of `sigma` pixels (zero beyond the border), times `alpha` pixels."""
+    noise = torch.rand(n * 2, 1, height, width, generator=generator) * 2 - 1
+    radius = int(math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=noise.dtype)
+    kernel = torch.exp(-taps**2 / (2 * sigma**2))
+    kernel /= kernel.sum()
+    smooth = F.conv2d(noise, kernel.view(1, 1, -1, 1), padding=(radius, 0))  # separable: rows, then columns
+    smooth = F.conv2d(smooth, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    pixels = alpha * smooth.view(n, 2, height, width).permute(0, 2, 3, 1)  # (n, H, W, (dx, dy))
+    return pixels * torch.tensor([2 / width, 2 / height], dtype=noise.dtype)
+
+
 def random_affine(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Augment a float batch (B, 1, H, W); returns a new batch of the same shape."""
     theta = affine_matrices(sample_affine_params(len(x), cfg, generator)).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+    if cfg.elastic_alpha > 0:
+        grid = grid + elastic_displacement(len(x), x.shape[2], x.shape[3], cfg.elastic_alpha, cfg.elastic_sigma,
+                                           generator).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

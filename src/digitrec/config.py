@@ -49,6 +49,10 @@ class TrainConfig:
     rotation_deg: float = 10.0  # uniform in +-10 degrees
     zoom: float = 0.1  # x and y scale each uniform in [0.9, 1.1]
     shift: float = 0.1  # fraction of width / height, uniform in +-10%
+    # elastic distortion (Simard et al. 2003), not in the reference: a uniform(-1, 1) displacement
+    # per pixel, Gaussian-smoothed with sigma pixels and scaled by alpha pixels; alpha 0 turns it off
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
 
     seed: int = 0  # weights, shuffling, augmentation and dropout
     threads: int = 0  # torch intra-op threads; 0 = number of physical cores
@@ -72,6 +76,7 @@ class TrainConfig:
             (self.plateau_patience >= 1, "plateau_patience must be at least 1"),
             (0 <= self.rotation_deg <= 180, "rotation_deg must be in [0, 180]"),
             (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be in [0, 1)"),
+            (self.elastic_alpha >= 0 and self.elastic_sigma > 0, "elastic_alpha >= 0 and elastic_sigma > 0"),
             (self.threads >= 0 and self.eval_batch_size >= 1, "threads >= 0 and eval_batch_size >= 1"),
         ]
         for ok, message in checks:

@@ -443,7 +443,8 @@ def _data_section(run: RunFiles, figures: _Figures) -> str:
     parts.append(figures.add(
         "augmented", "grid of augmented samples: each row an original and random draws", image_grid_figure,
         grid, titles, AUGMENTED_COPIES + 1,
-        f"Augmentation: rotation ±{cfg.rotation_deg:g}°, zoom ±{100 * cfg.zoom:g}%, shift ±{100 * cfg.shift:g}%"))
+        f"Augmentation: rotation ±{cfg.rotation_deg:g}°, zoom ±{100 * cfg.zoom:g}%, shift ±{100 * cfg.shift:g}%"
+        + (f", elastic alpha {cfg.elastic_alpha:g} px, sigma {cfg.elastic_sigma:g} px" if cfg.elastic_alpha else "")))
     parts.append(_p("Each row: an original and random draws of the run's augmentation (fixed seed "
                     f"{AUGMENT_SEED}; a rendering, not the draws seen in training).", "muted"))
     return _section("data", "Data", parts)
