@@ -14,7 +14,6 @@ Medians over repeats; the machine is noisy. Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -144,18 +143,31 @@ def inference(cfg, images: np.ndarray, calibration, threads: int, repeats: int) 
     return results
 
 
+# Runs `digitrec train` and writes the process's VmHWM (peak RSS of its own address space) at exit.
+# Not ru_maxrss: Linux seeds that at exec with the parent's peak when the child is forked or
+# vforked from this (multi-GiB, after the inference runs) process.
+PEAK_RSS_CHILD = """
+import atexit, sys
+from digitrec.cli import main
+def report():
+    with open("/proc/self/status") as f:
+        peak = next(line for line in f if line.startswith("VmHWM:"))
+    with open(sys.argv[1], "w") as f:
+        f.write(peak.split()[1])  # kB
+atexit.register(report)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def peak_rss_mib(preset: str, epochs: int) -> float:
     """Peak resident memory of a real training process on the full 60k MNIST."""
     with tempfile.TemporaryDirectory() as out:
-        child = subprocess.Popen([sys.executable, "-m", "digitrec.cli", "train", "--preset", preset, "--epochs",
-                                  str(epochs), "--out", f"{out}/run", "--quiet"], stdout=subprocess.DEVNULL)
-        # this child's own peak (RUSAGE_CHILDREN would be the largest of every child so far, e.g. the
-        # int8 export's helper processes)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"digitrec train exited with {child.returncode}")
-    return usage.ru_maxrss / 1024
+        peak_file = Path(out) / "peak_kb"
+        child = subprocess.run([sys.executable, "-c", PEAK_RSS_CHILD, str(peak_file), "train", "--preset", preset,
+                                "--epochs", str(epochs), "--out", f"{out}/run", "--quiet"], stdout=subprocess.DEVNULL)
+        if child.returncode != 0:
+            raise SystemExit(f"digitrec train exited with {child.returncode}")
+        return int(peak_file.read_text()) / 1024
 
 
 def main() -> None:
