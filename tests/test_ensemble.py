@@ -162,6 +162,7 @@ def test_every_command_accepts_an_ensemble_run(ens_run, tmp_path, capsys, test_1
 
     page = write_report(run).read_text()
     assert f"{100 * accuracy:.3f}%" in page and "1,775,060 parameters" in page
+    assert "<td>2 members, 1 each</td>" in page  # epochs: an ensemble has no history.csv of its own
 
     onnx_path = export_onnx(run, tmp_path / "ens.onnx")
     check = check_onnx(run, onnx_path, test_100.images)

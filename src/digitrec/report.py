@@ -307,6 +307,13 @@ def _pct(x: float, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
+def _member_epochs(members: list[dict]) -> str:
+    """An ensemble has no history of its own: say what its members trained."""
+    epochs = sorted({m.get("epochs") for m in members}, key=str)
+    each = f"{epochs[0]} each" if len(epochs) == 1 else ", ".join(str(m.get("epochs")) for m in members)
+    return f"{len(members)} members, {each}"
+
+
 def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
 
@@ -399,7 +406,8 @@ def _summary_section(run: RunFiles, summary: dict | None, calib: dict | None) ->
         ("preset", cfg.get("preset", "unknown")),
         ("model", f"{metrics.get('model') or cfg.get('model', 'unknown')}"  # metrics names ensembles
                   + (f", {metrics['parameters']:,} parameters" if "parameters" in metrics else "")),
-        ("epochs", f"{epochs_done} of {cfg.get('epochs', '?')} done"),
+        ("epochs", _member_epochs(metrics["members"]) if "members" in metrics
+         else f"{epochs_done} of {cfg.get('epochs', '?')} done"),
         ("training time", f"{_seconds(metrics['train_seconds'])}, {metrics.get('images_per_second', 0):,.0f} "
                           "images/s (training and validation)" if "train_seconds" in metrics else "unknown"),
         ("machine", f"{env.get('cpu', 'unknown')}, {env.get('cpu_count', '?')} CPUs, "
