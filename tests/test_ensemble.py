@@ -195,6 +195,12 @@ def test_train_ensemble_resumes_keeps_finished_members_and_retrains_missing_ones
     with pytest.raises(InputError, match=r"config differs from the run being resumed \(lr\)$"):
         train_ensemble(make_config(epochs=1, threads=1, lr=0.01), train_500, out, size=2, resume=True, quiet=True)
 
+    # members finished on other images are not kept
+    (out / "model.safetensors").unlink()
+    other = train_500.subset(np.arange(1, 500), "mnist:train[1:500]")
+    with pytest.raises(InputError, match=r"member-0: finished on other data than mnist:train\[1:500\]$"):
+        train_ensemble(CFG, other, out, size=2, resume=True, quiet=True)
+
 
 def test_train_ensemble_cli(tmp_path, capsys, train_500):
     write_kaggle_csv(tmp_path / "train.csv", train_500.subset(np.arange(300)), with_labels=True)

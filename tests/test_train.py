@@ -290,6 +290,20 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert not list(killed.glob(".*.tmp"))  # no temp file left behind
 
 
+def test_resume_refuses_other_data_and_leaves_the_run_as_it_was(tmp_path):
+    digits = synthetic_digits(320, seed=5)
+    fit(_tiny_cfg(), digits, tmp_path / "run", quiet=True)
+    for name in ("model.safetensors", "metrics.json"):  # as if killed after its last checkpoint
+        (tmp_path / "run" / name).unlink()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    other = synthetic_digits(320, seed=6)
+    with pytest.raises(InputError, match=r"run: the checkpoint was trained on other data than synthetic"):
+        fit(_tiny_cfg(), other, tmp_path / "run", resume=True, quiet=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    metrics = fit(_tiny_cfg(), digits, tmp_path / "run", resume=True, quiet=True)
+    assert metrics["data_sha256"] == digits.sha256() != other.sha256()
+
+
 def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
     """Seed recipe, one epoch on 2,700 MNIST images (300 held out): at least 75% on the 10,000 test."""
     model, cfg, meta = load_run_model(tiny_run)

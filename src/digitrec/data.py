@@ -59,6 +59,13 @@ class Digits:
     def __len__(self) -> int:
         return len(self.images)
 
+    def sha256(self) -> str:
+        """Fingerprint of the images and labels: a run resumes or keeps members only on the same data."""
+        digest = hashlib.sha256(self.images.tobytes())
+        if self.labels is not None:
+            digest.update(self.labels.astype(np.int64).tobytes())
+        return digest.hexdigest()
+
     def subset(self, index: np.ndarray, source: str | None = None) -> "Digits":
         labels = None if self.labels is None else self.labels[index]
         return Digits(self.images[index], labels, self.ids[index], source or self.source)

@@ -199,8 +199,11 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
 
     history: list[dict] = []
     train_seconds = 0.0
+    data_sha256 = data.sha256()
     if resume:
         state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, generator)
+        if state.get("data_sha256", data_sha256) != data_sha256:
+            raise InputError(f"{out_dir}: the checkpoint was trained on other data than {data.source}")
         history, train_seconds = state["history"], state["train_seconds"]
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,12 +231,13 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                         "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "seconds": round(seconds, 3)})
         save_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, generator,
-                        {"history": history, "train_seconds": train_seconds})
+                        {"history": history, "train_seconds": train_seconds, "data_sha256": data_sha256})
         _write_history(out_dir / "history.csv", history)
 
     metrics = {
         "preset": cfg.preset, "model": cfg.model, "parameters": count_parameters(model),
-        "data": data.source, "n_train": len(x_train), "n_val": len(x_val), "epochs": cfg.epochs,
+        "data": data.source, "data_sha256": data_sha256, "n_train": len(x_train), "n_val": len(x_val),
+        "epochs": cfg.epochs,
         "label_counts": np.bincount(data.labels, minlength=10).tolist(),
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(len(history) * n_steps * cfg.batch_size / max(train_seconds, 1e-9), 1),
@@ -360,6 +364,8 @@ def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir:
         saved = config_from_dict(read_json(member_dir / "config.json"))
         if saved != member_cfg:
             raise InputError(f"{member_dir}: finished with another config than member {index} of this ensemble")
+        if read_json(member_dir / "metrics.json").get("data_sha256", data.sha256()) != data.sha256():
+            raise InputError(f"{member_dir}: finished on other data than {data.source}")
         if not quiet:
             print(f"member {index + 1}/{size}: finished already ({member_dir})")
         return member_dir
