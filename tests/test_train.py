@@ -228,7 +228,7 @@ def test_elastic_distortion_is_smooth_sized_by_alpha_and_off_by_default():
                                elastic)
     flat = torch.full((8, 1, 28, 28), 0.7)  # edge pixels still repeat
     torch.testing.assert_close(random_affine(flat, make_config(elastic_alpha=34.0), torch.Generator()), flat)
-    with pytest.raises(ValueError, match="elastic_alpha >= 0 and elastic_sigma > 0"):
+    with pytest.raises(ValueError, match="elastic_alpha must be >= 0 and elastic_sigma > 0"):
         make_config(elastic_sigma=0.0)
 
 

@@ -76,7 +76,7 @@ class TrainConfig:
             (self.plateau_patience >= 1, "plateau_patience must be at least 1"),
             (0 <= self.rotation_deg <= 180, "rotation_deg must be in [0, 180]"),
             (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be in [0, 1)"),
-            (self.elastic_alpha >= 0 and self.elastic_sigma > 0, "elastic_alpha >= 0 and elastic_sigma > 0"),
+            (self.elastic_alpha >= 0 and self.elastic_sigma > 0, "elastic_alpha must be >= 0 and elastic_sigma > 0"),
             (self.threads >= 0 and self.eval_batch_size >= 1, "threads >= 0 and eval_batch_size >= 1"),
         ]
         for ok, message in checks:
