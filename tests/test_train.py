@@ -301,7 +301,7 @@ def test_resume_refuses_other_data_and_leaves_the_run_as_it_was(tmp_path):
         fit(_tiny_cfg(), other, tmp_path / "run", resume=True, quiet=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
     metrics = fit(_tiny_cfg(), digits, tmp_path / "run", resume=True, quiet=True)
-    assert metrics["data_sha256"] == digits.sha256() != other.sha256()
+    assert metrics["data_sha256"] == digits.sha256 != other.sha256
 
 
 def test_short_real_run_clears_75_percent(tiny_run, mnist_test):

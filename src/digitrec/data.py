@@ -19,6 +19,7 @@ import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,9 @@ class Digits:
     def __len__(self) -> int:
         return len(self.images)
 
+    @cached_property
     def sha256(self) -> str:
-        """Fingerprint of the images and labels: a run resumes or keeps members only on the same data."""
+        """Fingerprint of the images and labels (hashed once): a run resumes or keeps members only on the same data."""
         digest = hashlib.sha256(self.images.tobytes())
         if self.labels is not None:
             digest.update(self.labels.astype(np.int64).tobytes())

@@ -309,8 +309,8 @@ def _pct(x: float, digits: int = 2) -> str:
 
 def _member_epochs(members: list[dict]) -> str:
     """An ensemble has no history of its own: say what its members trained."""
-    epochs = sorted({m.get("epochs") for m in members}, key=str)
-    each = f"{epochs[0]} each" if len(epochs) == 1 else ", ".join(str(m.get("epochs")) for m in members)
+    epochs = [m.get("epochs") for m in members]
+    each = f"{epochs[0]} each" if len(set(epochs)) == 1 else ", ".join(map(str, epochs))
     return f"{len(members)} members, {each}"
 
 

@@ -199,10 +199,10 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
 
     history: list[dict] = []
     train_seconds = 0.0
-    data_sha256 = data.sha256()
+    data_sha256 = data.sha256
     if resume:
         state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, generator)
-        if state.get("data_sha256", data_sha256) != data_sha256:
+        if state.get("data_sha256", data_sha256) != data_sha256:  # checkpoints from before the field pass
             raise InputError(f"{out_dir}: the checkpoint was trained on other data than {data.source}")
         history, train_seconds = state["history"], state["train_seconds"]
     else:
@@ -364,7 +364,7 @@ def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir:
         saved = config_from_dict(read_json(member_dir / "config.json"))
         if saved != member_cfg:
             raise InputError(f"{member_dir}: finished with another config than member {index} of this ensemble")
-        if read_json(member_dir / "metrics.json").get("data_sha256", data.sha256()) != data.sha256():
+        if read_json(member_dir / "metrics.json").get("data_sha256", data.sha256) != data.sha256:
             raise InputError(f"{member_dir}: finished on other data than {data.source}")
         if not quiet:
             print(f"member {index + 1}/{size}: finished already ({member_dir})")
