@@ -32,7 +32,7 @@ from digitrec.data import kaggle_like_split, load_mnist
 from digitrec.evaluate import predict, predict_logits, summarize, to_float
 from digitrec.export import CALIBRATION_IMAGES, INPUT_NAME, OnnxClassifier, export_onnx
 from digitrec.model import build_model, count_parameters
-from digitrec.train import build_optimizer, build_scheduler, set_threads, steps_per_epoch, train_one_epoch
+from digitrec.train import build_optimizer, build_scheduler, prepare_cpu, steps_per_epoch, train_one_epoch
 
 
 def median_time(fn, repeats: int) -> float:
@@ -67,7 +67,7 @@ def forward_flops_per_image(cfg) -> float:
 
 
 def setup(cfg, n_train: int):
-    set_threads(cfg)
+    prepare_cpu(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     if cfg.channels_last:
@@ -183,7 +183,7 @@ def main() -> None:
     train, test = load_mnist("train"), load_mnist("test")
     kaggle_test = kaggle_like_split()[1].images
     presets = {"seed": make_config("seed"), "fast": make_config("fast")}
-    threads = set_threads(presets["seed"])
+    threads = prepare_cpu(presets["seed"])
     roof = roofline_gflops(repeats)
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"\n| roofline: fp32 2048x2048 matmul | {roof:.1f} GFLOP/s ({threads} threads) |\n")

@@ -22,7 +22,7 @@ from digitrec.checkpoint import load_run_model
 from digitrec.files import InputError
 from digitrec.model import ByteMaskDropout, SeedNet, build_model, count_parameters
 from digitrec.train import (
-    build_optimizer, build_scheduler, fit, set_threads, split_validation, steps_per_epoch, train_one_epoch,
+    build_optimizer, build_scheduler, fit, prepare_cpu, split_validation, steps_per_epoch, train_one_epoch,
 )
 from tests.conftest import synthetic_digits
 
@@ -89,6 +89,33 @@ def test_byte_mask_dropout_falls_back_for_rates_bytes_cannot_express():
     torch.manual_seed(0)
     assert torch.equal(y, torch.nn.functional.dropout(x, 0.3))
     assert torch.equal(ByteMaskDropout(1.0)(x), torch.zeros_like(x))
+
+
+CHURN = """
+import resource, sys, torch
+from digitrec.config import make_config
+from digitrec.train import prepare_cpu
+if sys.argv[1] == "prepared":
+    prepare_cpu(make_config())
+def step():  # like a training step: large blocks allocated, then all freed
+    blocks = [torch.ones(2 << 20) for _ in range(6)]  # 6 x 8 MB
+step()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and Linux page-fault counts")
+def test_prepare_cpu_keeps_freed_memory_mapped_for_the_next_step():
+    def page_faults(mode):
+        done = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
+    default, prepared = page_faults("default"), page_faults("prepared")
+    assert default > 5 * 6 * 2048 * 0.8  # each 8 MB block (2,048 pages) mapped afresh every step
+    assert prepared < default / 10
 
 
 def test_glorot_uniform_weights_and_zero_biases():
@@ -323,7 +350,7 @@ def test_compact_presets_learn_quickly(small_train, mnist_test, preset, paramete
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs
     assert count_parameters(model) == parameters < count_parameters(build_model(make_config())) / 5
     torch.manual_seed(0)
-    set_threads(cfg)
+    prepare_cpu(cfg)
     x, y = torch.from_numpy(small_train.images), torch.from_numpy(small_train.labels)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch(len(x), cfg))
