@@ -284,11 +284,21 @@ def test_combine_errors(ens_run, tmp_path, capsys):
                           f"{ens_run}: is an ensemble already; combine its members instead")
     assert_one_line_error(capsys, ["ensemble", m0, m1, "-o", ens_run],
                           f"{ens_run}: already holds a run; choose another output directory")
+    sha = read_json(m0 / "metrics.json")["data_sha256"]
     other = shutil.copytree(m1, tmp_path / "other")
-    write_json(other / "metrics.json", {**read_json(other / "metrics.json"), "data": "train.csv"})
+    write_json(other / "metrics.json", {**read_json(other / "metrics.json"), "data_sha256": "ab" * 32})
     assert_one_line_error(capsys, ["ensemble", m0, other, "-o", out],
-                          f"the runs were trained on different data: {m0} on mnist:train[:500], {other} on train.csv")
+                          f"the runs were trained on different data: {m0} on mnist:train[:500] (sha256 {sha[:12]}), "
+                          f"{other} on mnist:train[:500] (sha256 abababababab)")
     assert not out.exists()
+
+
+def test_combine_judges_data_by_its_hash_not_its_name(ens_run, tmp_path):
+    m0, m1 = ens_run / "member-0", ens_run / "member-1"
+    renamed = shutil.copytree(m1, tmp_path / "renamed")  # the same images read from a file of another name
+    write_json(renamed / "metrics.json", {**read_json(renamed / "metrics.json"), "data": "train.csv"})
+    metrics = combine_runs([m0, renamed], tmp_path / "ens")
+    assert metrics["data_sha256"] == read_json(m0 / "metrics.json")["data_sha256"]
 
 
 def test_cli_option_errors(ens_run, tmp_path, capsys, test_100):

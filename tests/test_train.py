@@ -114,8 +114,9 @@ def test_prepare_cpu_keeps_freed_memory_mapped_for_the_next_step():
         return int(done.stdout)
 
     default, prepared = page_faults("default"), page_faults("prepared")
-    assert default > 5 * 6 * 2048 * 0.8  # each 8 MB block (2,048 pages) mapped afresh every step
-    assert prepared < default / 10
+    # 5 steps of 6 blocks of 2,048 pages: by default glibc maps most of them afresh (~61,000 faults;
+    # one full-suite run saw 14,000), prepared at most one block again
+    assert default >= 4 * 2048 and prepared <= 1.5 * 2048
 
 
 def test_glorot_uniform_weights_and_zero_biases():

@@ -285,6 +285,11 @@ def member_config(cfg: TrainConfig, index: int) -> TrainConfig:
     return dataclasses.replace(cfg, seed=cfg.seed + index, val_seed=cfg.val_seed + index)
 
 
+def _data_name(metrics: dict) -> str:
+    sha = metrics.get("data_sha256")
+    return f"{metrics.get('data')} (sha256 {sha[:12]})" if sha else str(metrics.get("data"))
+
+
 def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> dict:
     """Write an ensemble of finished runs into `out_dir`; returns its metrics.json content.
 
@@ -310,10 +315,15 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
         members.append(model)
         configs.append(cfg)
         member_metrics.append(read_json(run_dir / "metrics.json"))
+    first = member_metrics[0]
     for run_dir, metrics in zip(run_dirs, member_metrics):
-        if metrics.get("data") != member_metrics[0].get("data"):
-            raise InputError(f"the runs were trained on different data: {run_dirs[0]} on "
-                             f"{member_metrics[0].get('data')}, {run_dir} on {metrics.get('data')}")
+        if "data_sha256" in metrics and "data_sha256" in first:
+            same = metrics["data_sha256"] == first["data_sha256"]  # the same images, under any file name
+        else:  # a run from before the hash was recorded
+            same = metrics.get("data") == first.get("data")
+        if not same:
+            raise InputError(f"the runs were trained on different data: {run_dirs[0]} on {_data_name(first)}, "
+                             f"{run_dir} on {_data_name(metrics)}")
 
     ensemble = Ensemble(members)
     seconds = sum(m["train_seconds"] for m in member_metrics)
@@ -321,7 +331,7 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
     models = sorted({cfg.model for cfg in configs})
     metrics = {
         "preset": configs[0].preset, "model": f"ensemble of {len(members)} ({', '.join(models)})",
-        "parameters": count_parameters(ensemble), "data": member_metrics[0]["data"],
+        "parameters": count_parameters(ensemble), "data": first["data"], "data_sha256": first.get("data_sha256"),
         "label_counts": member_metrics[0].get("label_counts"),
         "train_seconds": round(seconds, 2),  # all members, one after another
         "images_per_second": round(images / max(seconds, 1e-9), 1),
