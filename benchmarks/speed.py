@@ -6,9 +6,11 @@
 4. inference on the 28,000-image Kaggle-like test set, per engine (PyTorch eager, onnxruntime
    float32, onnxruntime int8): images/s at the best batch size, and batch-1 latency
 5. peak resident memory of a real `digitrec train` process
+6. where `seed`'s training step goes: each convolution pass timed alone in the step's shapes, and
+   the real step's operators under torch.profiler
 
 Medians over repeats; the machine is noisy. Usage:
-    python benchmarks/speed.py [--quick] [--seed-epochs N] [--skip train,infer,time,memory]
+    python benchmarks/speed.py [--quick] [--seed-epochs N] [--skip train,infer,time,memory,profile]
 """
 
 from __future__ import annotations
@@ -104,6 +106,50 @@ def time_to_accuracy(cfg, train, test) -> list[tuple[int, float, float]]:
     return points
 
 
+def conv_passes(cfg, repeats: int) -> list[tuple[str, str, float, float]]:
+    """(layer, pass, seconds, FLOPs) for each convolution pass of a training step, timed alone.
+
+    The first convolution's input gradient is left out: training never computes it.
+    """
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, (i[0].detach(), o.detach())))
+             for _, m in convs]
+    model(torch.rand(cfg.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    for hook in hooks:
+        hook.remove()
+    rows = []
+    for index, (name, conv) in enumerate(convs):
+        x, out = seen[conv]
+        w, g = conv.weight.detach(), torch.randn_like(out)
+        geometry = (conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups)
+        flops = 2 * out.numel() * w[0].numel()
+        passes = {"forward": lambda: torch.ops.aten.convolution(x, w, None, *geometry),
+                  "input gradient": lambda: torch.ops.aten.convolution_backward(
+                      g, x, w, None, *geometry, [True, False, False]),
+                  "weight gradient": lambda: torch.ops.aten.convolution_backward(
+                      g, x, w, [w.shape[0]], *geometry, [False, True, True])}
+        label = f"{name} {w.shape[1]}->{w.shape[0]} {w.shape[2]}x{w.shape[3]} at {x.shape[2]}x{x.shape[3]}"
+        for kind, fn in passes.items():
+            if not (index == 0 and kind == "input gradient"):
+                rows.append((label, kind, median_time(fn, repeats), flops))
+    return rows
+
+
+def step_profile(cfg, train, steps: int, top: int = 10) -> list[tuple[str, float]]:
+    """The real training step's operators by their own CPU time: (name, ms per step), largest first."""
+    n = steps * cfg.batch_size
+    x, y = torch.from_numpy(train.images[:n]), torch.from_numpy(train.labels[:n])
+    model, optimizer, scheduler, generator = setup(cfg, n)
+    train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)
+    ops = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return [(e.key, e.self_cpu_time_total / 1e3 / steps) for e in ops[:top]] + [("all operators", total / 1e3 / steps)]
+
+
 INFER_BATCHES = (250, 1000, 4000)  # candidate batch sizes; each engine gets its best
 
 
@@ -175,7 +221,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
     parser.add_argument("--seed-epochs", type=int, default=2, choices=[1, 2, 3],
                         help="epochs of the seed preset in the time-to-accuracy run")
-    parser.add_argument("--skip", default="", help="comma-separated: train, infer, time, memory")
+    parser.add_argument("--skip", default="", help="comma-separated: train, infer, time, memory, profile")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     repeats = 3 if args.quick else 7
@@ -225,6 +271,19 @@ def main() -> None:
                 print(f"| {name} | {epoch} | {seconds:.0f} | {100 * accuracy:.2f}% |")
     if "memory" not in skip:
         print(f"\npeak resident memory of `digitrec train --preset fast --epochs 1`: {peak_rss_mib('fast', 1):.0f} MiB")
+
+    if "profile" not in skip:
+        seed_cfg = presets["seed"]
+        print(f"\nwhere the seed step goes: each convolution pass alone, batch {seed_cfg.batch_size}, channels-last\n")
+        print("| convolution | pass | ms | GFLOP/s | of roofline |\n|---|---|---|---|---|")
+        for label, kind, seconds, flops in conv_passes(seed_cfg, repeats):
+            print(f"| {label} | {kind} | {1e3 * seconds:.1f} | {flops / seconds / 1e9:.0f} | "
+                  f"{100 * flops / seconds / 1e9 / roof:.0f}% |")
+        steps = 10 if args.quick else 30
+        print(f"\nthe real step under torch.profiler ({steps} steps; self CPU time):\n")
+        print("| operator | ms per step |\n|---|---|")
+        for name, ms in step_profile(seed_cfg, train, steps):
+            print(f"| {name} | {ms:.1f} |")
 
 
 if __name__ == "__main__":
