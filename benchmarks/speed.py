@@ -113,9 +113,12 @@ def conv_passes(cfg, repeats: int) -> list[tuple[str, str, float, float]]:
     """
     model = build_model(cfg).to(memory_format=torch.channels_last)
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    seen = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, (i[0].detach(), o.detach())))
-             for _, m in convs]
+    seen = {}  # conv -> (its input, its output) in one forward pass
+
+    def keep(conv, inputs, output):
+        seen[conv] = (inputs[0].detach(), output.detach())
+
+    hooks = [m.register_forward_hook(keep) for _, m in convs]
     model(torch.rand(cfg.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last))
     for hook in hooks:
         hook.remove()
