@@ -79,13 +79,18 @@ def setup(cfg, n_train: int):
     return model, optimizer, scheduler, torch.Generator().manual_seed(cfg.seed + 1)
 
 
+def first_batches(cfg, train, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `steps` batches of training images and labels: one short epoch."""
+    n = steps * cfg.batch_size
+    return torch.from_numpy(train.images[:n]), torch.from_numpy(train.labels[:n])
+
+
 def train_throughput(cfg, train, steps: int, repeats: int) -> float:
     """Images/s of the real training step (slice, augment, forward, backward, update)."""
-    n = steps * cfg.batch_size
-    x, y = torch.from_numpy(train.images[:n]), torch.from_numpy(train.labels[:n])
-    model, optimizer, scheduler, generator = setup(cfg, n)
+    x, y = first_batches(cfg, train, steps)
+    model, optimizer, scheduler, generator = setup(cfg, len(x))
     seconds = median_time(lambda: train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator), repeats)
-    return n / seconds
+    return len(x) / seconds
 
 
 def time_to_accuracy(cfg, train, test) -> list[tuple[int, float, float]]:
@@ -142,9 +147,8 @@ def conv_passes(cfg, repeats: int) -> list[tuple[str, str, float, float]]:
 
 def step_profile(cfg, train, steps: int, top: int = 10) -> list[tuple[str, float]]:
     """The real training step's operators by their own CPU time: (name, ms per step), largest first."""
-    n = steps * cfg.batch_size
-    x, y = torch.from_numpy(train.images[:n]), torch.from_numpy(train.labels[:n])
-    model, optimizer, scheduler, generator = setup(cfg, n)
+    x, y = first_batches(cfg, train, steps)
+    model, optimizer, scheduler, generator = setup(cfg, len(x))
     train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)  # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)
