@@ -1,14 +1,16 @@
 """Accuracy of the presets over seeds, with test-time augmentation (TTA) and as an ensemble.
 
 For each preset, trains `--seeds` models on the official 60,000 MNIST training images: model i
-uses seed + i and validation split val_seed + i, so the first K models are exactly the members of
+uses seed + i and validation split val_seed + i (and deskews its inputs when i is odd, for a preset
+with alternate_deskew), so the first K models are exactly the members of
 `digitrec train --preset P --ensemble K`; they are combined into that ensemble for every K from 2
 to --seeds (OUT/P/ensemble-K). Every model and ensemble is scored once on the official 10,000 test
 images, plain, and with TTA (the models and the largest ensemble). Whether TTA helps is decided on
 each model's own validation images when the preset holds some out (an ensemble has none: every
 image was seen by some member); the test set only reports.
 
-Prints a Markdown table: mean ± standard deviation over seeds (an ensemble is one run), training
+Prints a Markdown table: mean ± standard deviation over seeds, plain and deskewed models apart (an
+ensemble is one run), training
 time per model, and writes the numbers to OUT/accuracy.json. Rerun with the same --out to resume,
 or with more --seeds to add members.
     python benchmarks/accuracy.py --presets seed --seeds 3 [--out runs/accuracy]
@@ -30,7 +32,7 @@ from digitrec.config import make_config
 from digitrec.data import load_mnist
 from digitrec.evaluate import Predictions, evaluate_run, tta_probs
 from digitrec.files import InputError, read_json, write_json
-from digitrec.train import combine_runs, train_member
+from digitrec.train import combine_runs, member_config, train_member
 
 
 def mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2) -> str:
@@ -79,7 +81,8 @@ def benchmark_preset(preset: str, args, train, test, test_name: str) -> dict:
         run_dir = train_member(cfg, i, args.seeds, train, out, resume=True, quiet=args.quiet)
         metrics = read_json(run_dir / "metrics.json")
         models.append({
-            "run": str(run_dir), "seed": cfg.seed + i, "train_seconds": metrics["train_seconds"],
+            "run": str(run_dir), "seed": cfg.seed + i, "deskew": member_config(cfg, i).deskew,
+            "train_seconds": metrics["train_seconds"],
             "val": metrics.get("val_accuracy"), "val_tta": val_tta_accuracy(run_dir),
             "test": score_once(run_dir, test, test_name, tta=False),
             "test_tta": score_once(run_dir, test, test_name, tta=True),
@@ -87,7 +90,8 @@ def benchmark_preset(preset: str, args, train, test, test_name: str) -> dict:
         m = models[-1]
         val = (f"val {100 * m['val']:.2f}% (TTA {100 * m['val_tta']:.2f}%), " if m["val_tta"] is not None
                else "no validation images, ")
-        print(f"  seed {m['seed']}: {val}test {100 * m['test']:.2f}% (TTA {100 * m['test_tta']:.2f}%), "
+        kind = ", deskewed" if m["deskew"] else ""
+        print(f"  seed {m['seed']}{kind}: {val}test {100 * m['test']:.2f}% (TTA {100 * m['test_tta']:.2f}%), "
               f"{m['train_seconds'] / 60:.1f} min", flush=True)
 
     ensembles = []  # the first K members, for every K: exactly `digitrec train --preset P --ensemble K`
@@ -112,11 +116,14 @@ def table(results: list[dict], n_test: int) -> str:
              f"validation with TTA (%) | test accuracy (%, {n_test:,} images) | test with TTA (%) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        models = r["models"]
-        lines.append(f"| {r['preset']} | {len(models)} seeds | {r['epochs']} | "
-                     f"{median_range([m['train_seconds'] / 60 for m in models])} | "
-                     f"{mean_std([m['val'] for m in models])} | {mean_std([m['val_tta'] for m in models])} | "
-                     f"{mean_std([m['test'] for m in models])} | {mean_std([m['test_tta'] for m in models])} |")
+        for deskew in (False, True):  # a preset with alternate_deskew has members of both kinds
+            models = [m for m in r["models"] if m.get("deskew", False) == deskew]
+            if not models:
+                continue
+            lines.append(f"| {r['preset']}{', deskewed' if deskew else ''} | {len(models)} seeds | {r['epochs']} | "
+                         f"{median_range([m['train_seconds'] / 60 for m in models])} | "
+                         f"{mean_std([m['val'] for m in models])} | {mean_std([m['val_tta'] for m in models])} | "
+                         f"{mean_std([m['test'] for m in models])} | {mean_std([m['test_tta'] for m in models])} |")
         for e in r["ensembles"]:
             tta = f"{100 * e['test_tta']:.2f}" if e["test_tta"] is not None else "—"
             lines.append(f"| {r['preset']}, ensemble | first {e['size']} seeds | {r['epochs']} | "

@@ -16,7 +16,7 @@ from digitrec.data import write_answers_csv, write_kaggle_csv
 from digitrec.evaluate import Predictions, TTA_VIEWS, predict_probs, tta_probs
 from digitrec.export import check_onnx, export_onnx
 from digitrec.files import InputError, read_json, write_json
-from digitrec.model import Ensemble, FastNet, SeedNet
+from digitrec.model import Deskew, Ensemble, FastNet, SeedNet
 from digitrec.report import write_report
 from digitrec.train import combine_runs, member_config, train_ensemble
 
@@ -217,6 +217,25 @@ def test_train_ensemble_cli(tmp_path, capsys, train_500):
     code, stdout, err = run_cli(capsys, "train", "--train", tmp_path / "train.csv", "--ensemble", "2",
                                 "--quiet", "--out", out, "--resume")
     assert code == 0, err  # finished: the saved config is reused and nothing is trained
+
+
+def test_alternate_deskew_deskews_the_odd_members(tmp_path, capsys, train_500):
+    assert [member_config(make_config("best"), i).deskew for i in range(4)] == [False, True, False, True]
+    assert [member_config(make_config("best", deskew=True), i).deskew for i in range(2)] == [True, True]
+    assert not member_config(make_config("fast"), 1).deskew  # only where the preset asks for it
+    write_kaggle_csv(tmp_path / "train.csv", train_500.subset(np.arange(300)), with_labels=True)
+    out = tmp_path / "mixed"
+    code, stdout, err = run_cli(capsys, "train", "--train", tmp_path / "train.csv", "--preset", "fast",
+                                "--alternate-deskew", "--val-fraction", "0.1", "--ensemble", "2", "--epochs", "1",
+                                "--threads", "1", "--out", out)
+    assert code == 0, err
+    assert "member 2/2: seed 1, val_seed 3, deskewed inputs" in stdout
+    assert [isinstance(m.deskew, Deskew) for m in load_run_model(out)[0].members] == [False, True]
+    assert [m["deskew"] for m in read_json(out / "metrics.json")["members"]] == [False, True]
+    assert read_json(out / "member-1" / "config.json")["deskew"] is True
+    assert_one_line_error(capsys, ["train", "--train", tmp_path / "train.csv", "--alternate-deskew", "--quiet",
+                                   "--out", tmp_path / "seed"],
+                          "deskew and alternate_deskew need model 'fast' or 'best' (seed is the reference)")
 
 
 # ---------------------------------------------------------------------------------------------

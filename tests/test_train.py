@@ -20,7 +20,7 @@ from digitrec.data import write_kaggle_csv
 from digitrec.evaluate import predict, summarize
 from digitrec.checkpoint import load_run_model
 from digitrec.files import InputError
-from digitrec.model import ByteMaskDropout, SeedNet, build_model, count_parameters
+from digitrec.model import ByteMaskDropout, Deskew, SeedNet, build_model, count_parameters
 from digitrec.train import (
     build_optimizer, build_scheduler, fit, prepare_cpu, split_validation, steps_per_epoch, train_one_epoch,
 )
@@ -89,6 +89,54 @@ def test_byte_mask_dropout_falls_back_for_rates_bytes_cannot_express():
     torch.manual_seed(0)
     assert torch.equal(y, torch.nn.functional.dropout(x, 0.3))
     assert torch.equal(ByteMaskDropout(1.0)(x), torch.zeros_like(x))
+
+
+def slanted_bar(slant: float, dx: float = 0.0, dy: float = 0.0) -> torch.Tensor:
+    """(1, 1, 28, 28): a 2-pixel-wide bar through (13.5 + dx, 13.5 + dy), leaning `slant` pixels
+    right per pixel up, 16 pixels tall."""
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    centre_x = 13.5 + dx - slant * (ys - 13.5 - dy)
+    bar = ((xs - centre_x).abs() <= 1.0) & ((ys - 13.5 - dy).abs() <= 8)
+    return bar.float()[None, None]
+
+
+def ink_moments(x: torch.Tensor) -> tuple[float, float, float]:
+    """Centre of mass (x, y) in pixels and slant cov(x, y) / var(y) of one image (1, 1, H, W)."""
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    w = x[0, 0] / x.sum()
+    mx, my = (w * xs).sum(), (w * ys).sum()
+    return mx.item(), my.item(), ((w * (xs - mx) * (ys - my)).sum() / (w * (ys - my) ** 2).sum()).item()
+
+
+@pytest.mark.parametrize("slant, dx, dy", [(0.4, 0, 0), (-0.3, 3, -2), (0.0, -4, 3)])
+def test_deskew_straightens_and_centres_the_ink(slant, dx, dy):
+    x = slanted_bar(slant, dx, dy)
+    assert ink_moments(x)[2] == pytest.approx(-slant, abs=0.05)  # rows grow downwards
+    y = Deskew()(x)
+    mx, my, y_slant = ink_moments(y)
+    assert (mx, my) == (pytest.approx(13.5, abs=0.15), pytest.approx(13.5, abs=0.15))
+    assert abs(y_slant) < 0.03
+    assert y.sum().item() == pytest.approx(x.sum().item(), rel=0.02)  # ink is moved, not lost
+    upright = Deskew()(slanted_bar(0.0))
+    assert (y - upright).abs().mean() < 0.015 < 0.05 < (x - upright).abs().mean()  # the same bar, up to resampling
+
+
+def test_deskew_keeps_blank_images_blank_and_works_per_image():
+    x = torch.cat([torch.zeros(1, 1, 28, 28), slanted_bar(0.4), slanted_bar(-0.2, 2, 1)])
+    y = Deskew()(x)
+    assert torch.isfinite(y).all() and torch.equal(y[0], torch.zeros(1, 28, 28))
+    torch.testing.assert_close(y[1:2], Deskew()(x[1:2]))  # no image's moments leak into another's
+    torch.testing.assert_close(y[2:3], Deskew()(x[2:3]))
+
+
+def test_deskew_is_part_of_the_model_but_not_of_its_weights():
+    plain, straight = build_model(make_config("best")), build_model(make_config("best", deskew=True))
+    assert plain.state_dict().keys() == straight.state_dict().keys()  # runs from before load as they were
+    straight.load_state_dict(plain.state_dict())
+    x = slanted_bar(0.5)
+    torch.testing.assert_close(straight.eval()(x), plain.eval()(Deskew()(x)))
+    with pytest.raises(ValueError, match="deskew needs model 'fast' or 'best'"):
+        make_config("seed", deskew=True)
 
 
 MALLOC_PROBE = """

@@ -282,8 +282,10 @@ DEFAULT_ENSEMBLE_SIZE = 5
 
 
 def member_config(cfg: TrainConfig, index: int) -> TrainConfig:
-    """Member `index` of an ensemble of `cfg`: its own seed and its own validation split."""
-    return dataclasses.replace(cfg, seed=cfg.seed + index, val_seed=cfg.val_seed + index)
+    """Member `index` of an ensemble of `cfg`: its own seed and its own validation split; with
+    `alternate_deskew`, odd members deskew their inputs."""
+    deskew = cfg.deskew or (cfg.alternate_deskew and index % 2 == 1)
+    return dataclasses.replace(cfg, seed=cfg.seed + index, val_seed=cfg.val_seed + index, deskew=deskew)
 
 
 def _data_name(metrics: dict) -> str:
@@ -338,7 +340,8 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
         "images_per_second": round(images / max(seconds, 1e-9), 1),
         "environment": environment(),
         "members": [{"run": os.path.relpath(run_dir.resolve(), out_dir.resolve()), "preset": cfg.preset,
-                     "model": cfg.model, "seed": cfg.seed, "val_seed": cfg.val_seed, "epochs": cfg.epochs,
+                     "model": cfg.model, "deskew": cfg.deskew, "seed": cfg.seed, "val_seed": cfg.val_seed,
+                     "epochs": cfg.epochs,
                      "n_train": m.get("n_train"), "n_val": m.get("n_val"), "val_accuracy": m.get("val_accuracy"),
                      "train_seconds": m["train_seconds"]}
                     for run_dir, cfg, m in zip(run_dirs, configs, member_metrics)],
@@ -398,6 +401,7 @@ def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir:
             print(f"member {index + 1}/{size}: finished already ({member_dir})")
         return member_dir
     if not quiet:
-        print(f"member {index + 1}/{size}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}")
+        deskew = ", deskewed inputs" if member_cfg.deskew else ""
+        print(f"member {index + 1}/{size}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}{deskew}")
     fit(member_cfg, data, member_dir, resume=resume and (member_dir / CHECKPOINT_FILE).is_file(), quiet=quiet)
     return member_dir
