@@ -135,7 +135,8 @@ def test_deskew_is_part_of_the_model_but_not_of_its_weights():
     straight.load_state_dict(plain.state_dict())
     x = slanted_bar(0.5)
     torch.testing.assert_close(straight.eval()(x), plain.eval()(Deskew()(x)))
-    with pytest.raises(ValueError, match="deskew needs model 'fast' or 'best'"):
+    message = r"deskew and alternate_deskew need model 'fast' or 'best' \(seed is the reference\)$"
+    with pytest.raises(ValueError, match=message):
         make_config("seed", deskew=True)
 
 
