@@ -102,8 +102,10 @@ class Deskew(nn.Module):
         cov_xy = (x * (self.xs - mean_x) * dy).sum((2, 3), keepdim=True) / mass
         slant = cov_xy / var_y.clamp_min(1e-6)  # a blank image has none
         # output pixel (x, y) reads the input at (mean_x + x + slant * y, mean_y + y)
-        grid = torch.stack([mean_x + self.xs + slant * self.ys, (mean_y + self.ys).expand_as(mean_x + self.xs)], -1)
-        return F.grid_sample(x, grid.squeeze(1), mode="bilinear", padding_mode="zeros", align_corners=False)
+        x_in = mean_x + self.xs + slant * self.ys  # (B, 1, H, W)
+        y_in = (mean_y + self.ys).expand_as(x_in)
+        grid = torch.stack([x_in, y_in], -1).squeeze(1)  # (B, H, W, 2)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def conv_pool_bn(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
