@@ -117,7 +117,7 @@ def table(results: list[dict], n_test: int) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for deskew in (False, True):  # a preset with alternate_deskew has members of both kinds
-            models = [m for m in r["models"] if m.get("deskew", False) == deskew]
+            models = [m for m in r["models"] if m["deskew"] == deskew]
             if not models:
                 continue
             lines.append(f"| {r['preset']}{', deskewed' if deskew else ''} | {len(models)} seeds | {r['epochs']} | "
