@@ -10,9 +10,8 @@ each model's own validation images when the preset holds some out (an ensemble h
 image was seen by some member); the test set only reports.
 
 Prints a Markdown table: mean ± standard deviation over seeds, plain and deskewed models apart (an
-ensemble is one run), training
-time per model, and writes the numbers to OUT/accuracy.json. Rerun with the same --out to resume,
-or with more --seeds to add members.
+ensemble is one run), and training time per model; writes the numbers to OUT/accuracy.json. Rerun
+with the same --out to resume, or with more --seeds to add members.
     python benchmarks/accuracy.py --presets seed --seeds 3 [--out runs/accuracy]
     python benchmarks/accuracy.py --presets seed --seeds 2 --epochs 1 --train-images 1000 --test-images 500  # smoke
 """
