@@ -233,12 +233,12 @@ def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test",
     """
     from .checkpoint import load_run_model
 
-    model, cfg, _ = load_run_model(run_dir)
+    model, _, _ = load_run_model(run_dir)
     if tta:
         name = f"{name}-tta"
-        preds = predictions_from_probs(name, digits, tta_probs(model, digits.images, batch_size=cfg.eval_batch_size))
+        preds = predictions_from_probs(name, digits, tta_probs(model, digits.images))
     else:
-        preds = predict(model, digits, name, cfg.eval_batch_size)
+        preds = predict(model, digits, name)
     preds.save(Path(run_dir) / f"predictions_{name}.npz")
     if preds.has_labels:
         write_json(Path(run_dir) / f"evaluation_{name}.json", summarize(preds))
