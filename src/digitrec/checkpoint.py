@@ -103,9 +103,9 @@ def load_run_model(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, TrainCo
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, state: dict,
-                    device: torch.device | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+                    runtime=None, scaler: torch.amp.GradScaler | None = None) -> None:
     """Everything needed to continue exactly: weights, optimizer, scheduler, the RNGs (the CPU's, the
-    run's generator and `device`'s), the fp16 grad scaler, and `state`. Tensors are saved on the CPU."""
+    run's generator and the runtime device's), the fp16 grad scaler, and `state`. Saved on the CPU."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_state = optimizer.state_dict()
     optim_scalars = {}
@@ -117,8 +117,9 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
                 optim_scalars[f"{pid}.{key}"] = value
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
-    if device is not None and device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    device_rng = runtime.device_rng_state() if runtime is not None else None
+    if device_rng is not None:
+        tensors[device_rng[0]] = device_rng[1]
     meta = {
         "state": state,
         "optimizer_param_groups": optim_state["param_groups"],
@@ -130,7 +131,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator,
-                    device: torch.device | None = None, scaler: torch.amp.GradScaler | None = None) -> dict:
+                    runtime=None, scaler: torch.amp.GradScaler | None = None) -> dict:
     """Restore what save_checkpoint wrote, in place; returns the saved `state` dict. A checkpoint
     from another device restores all but that device's RNG; one from an fp16 run restores the scaler."""
     tensors, meta = _read_safetensors(path)
@@ -148,8 +149,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
-    if device is not None and device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    if runtime is not None:
+        runtime.set_device_rng_state(tensors)
     if scaler is not None and meta.get("grad_scaler"):
         scaler.load_state_dict(meta["grad_scaler"])
     return meta["state"]

@@ -147,7 +147,6 @@ def cmd_train(args) -> None:
     if args.nproc > 1:
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-        _print_config(cfg, runtime_cfg.to_dict() | {"processes": args.nproc})
         try:
             distributed.launch_local(args.nproc, distributed.strip_option(args.argv, "--nproc"))
         except ChildFailedError as e:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .files import InputError, atomic_write
-from .runtime import Runtime
+from .runtime import Runtime, default_threads
 
 # How long a rank waits for the others at a collective step. Ensemble members are whole runs, so a
 # rank that finished its members waits at the final barrier for the others' (best: ~10 min each).
@@ -77,6 +77,14 @@ def broadcast_from_main(rt: Runtime, tensor: torch.Tensor) -> torch.Tensor:
     if rt.distributed:
         dist.broadcast(tensor, src=0)
     return tensor
+
+
+def broadcast_buffers(rt: Runtime, model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP sends them before each
+    forward pass, so after the last step each rank holds its own: this makes the ranks equal again."""
+    if rt.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(rt: Runtime) -> None:
@@ -144,6 +152,8 @@ def launch_local(nproc: int, argv: list[str]) -> None:
     """Run `digitrec <argv>` in `nproc` workers on this machine through torchrun's elastic launcher."""
     from torch.distributed.run import main as torchrun
 
+    # the workers set their own threads (runtime.setup_process); this only spares torchrun's warning
+    os.environ.setdefault("OMP_NUM_THREADS", str(default_threads(nproc)))
     torchrun(["--standalone", f"--nproc-per-node={nproc}", "--module", "digitrec", *argv])
 
 

@@ -71,6 +71,32 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def sync_batchnorm(self) -> bool:
+        """NCCL has SyncBatchNorm; gloo on a CPU does not, so there each rank keeps its own statistics."""
+        return self.distributed and self.device.type == "cuda"
+
+    def ddp_device_ids(self) -> list[int] | None:
+        return [self.device.index] if self.device.type == "cuda" else None
+
+    def fork_rng(self):
+        """The default generators of the CPU and of this device, restored as they were on exit."""
+        if self.device.type == "cpu":
+            return torch.random.fork_rng(devices=[])
+        return torch.random.fork_rng(devices=[self.device], device_type=self.device.type)
+
+    def device_rng_state(self) -> tuple[str, torch.Tensor] | None:
+        """(checkpoint key, state) of this device's default generator; None on the CPU."""
+        if self.device.type == "cpu":
+            return None
+        return f"rng.{self.device.type}", torch.get_device_module(self.device.type).get_rng_state(self.device)
+
+    def set_device_rng_state(self, tensors: dict) -> None:
+        """Restore this device's generator from a checkpoint's tensors, if that device type saved one."""
+        key = f"rng.{self.device.type}"
+        if self.device.type != "cpu" and key in tensors:
+            torch.get_device_module(self.device.type).set_rng_state(tensors[key], self.device)
+
     def autocast(self):
         """The forward pass's precision context (a no-op in fp32)."""
         if self.precision == "fp32":

@@ -277,8 +277,7 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
     rt = runtime or resolve(RuntimeConfig())
     out_dir = Path(out_dir)
     distributed.check_on_main(rt, lambda: check_start(cfg, data, out_dir, resume, rt.world_size))
-    accelerators = [rt.device] if rt.device.type in ("cuda", "mps") else []
-    with torch.random.fork_rng(devices=accelerators, device_type=rt.device.type if accelerators else "cuda"):
+    with rt.fork_rng():
         return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt)
 
 
@@ -303,8 +302,8 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
     history: list[dict] = []
     train_seconds = 0.0
     if resume:  # every rank reads the checkpoint; rank 0's RNG state is the one saved
-        state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, schedule.scheduler, generator,
-                                rt.device, scaler)
+        state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, schedule.scheduler, generator, rt,
+                                scaler)
         if state.get("data_sha256", data.sha256) != data.sha256:  # checkpoints from before the field pass
             raise InputError(f"{out_dir}: the checkpoint was trained on other data than {data.source}")
         history, train_seconds = state["history"], state["train_seconds"]
@@ -314,10 +313,9 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
 
     forward = model
     if rt.distributed:
-        if rt.device.type == "cuda":  # NCCL has it; gloo on a CPU keeps per-rank statistics (README)
+        if rt.sync_batchnorm:
             forward = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward)
-        forward = torch.nn.parallel.DistributedDataParallel(
-            forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=rt.ddp_device_ids())
     if rt.compile:
         forward = torch.compile(forward)  # shares model's parameters
 
@@ -332,6 +330,7 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
             lr = optimizer.param_groups[0]["lr"]
             train = train_one_epoch(forward, x_train, y_train, optimizer, schedule, cfg, generator, rt, scaler,
                                     progress)
+            distributed.broadcast_buffers(rt, model)
             val = evaluate(model, x_val, y_val, rt)
             shown = {"loss": train["loss"], "acc": train["acc"]}
             if len(x_val):
@@ -349,7 +348,7 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
                         "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "seconds": round(seconds, 3)})
         writer.checkpoint(model, optimizer, schedule.scheduler, generator,
                           {"history": history, "train_seconds": train_seconds, "data_sha256": data.sha256},
-                          rt.device, scaler)
+                          rt, scaler)
         writer.history(history)
         distributed.barrier(rt)  # the checkpoint is complete before any rank moves on
 
