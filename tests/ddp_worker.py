@@ -26,7 +26,7 @@ model_name, out_dir = sys.argv[1], Path(sys.argv[2])
 env = DistEnv.from_environ()
 rt = resolve(RuntimeConfig(device="cpu"), env.rank, env.world_size, env.local_rank, env.local_world_size,
              setup_process(RuntimeConfig(threads=1)))
-init(rt.device)
+init(rt.device, env)
 cfg = make_config("fast" if model_name == "fast" else "seed", width=8, epochs=1, batch_size=64, optimizer="sgd", lr=0.02, momentum=0.0,
                   schedule="constant", val_fraction=0.0, augment=False)
 digits = load_mnist("train").subset(np.arange(512), "mnist:train[:512]")

@@ -157,7 +157,7 @@ def cmd_train(args) -> None:
     if rt.is_main:
         _print_config(cfg, rt.describe())
     if rt.distributed:
-        distributed.init(rt.device)
+        distributed.init(rt.device, env)
     try:
         if ensemble:
             metrics = train_ensemble(cfg, digits, out, size, resume=resume, quiet=args.quiet, runtime=rt)

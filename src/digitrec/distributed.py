@@ -49,11 +49,18 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init(device: torch.device) -> None:
-    """Join the process group torchrun set up: NCCL for CUDA, gloo otherwise."""
+def init(device: torch.device, env: DistEnv) -> None:
+    """Join the process group torchrun set up: NCCL for CUDA, gloo otherwise.
+
+    torchrun keeps one key-value store across the restarts of --max-restarts, so a restarted group
+    could read the addresses its dead predecessor left there and fail to connect; each attempt's
+    keys get a prefix of their own.
+    """
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend, timeout=TIMEOUT, **kwargs)
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    store = dist.PrefixStore(f"digitrec/attempt-{env.restart_count}/", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=TIMEOUT, **kwargs)
 
 
 def shutdown() -> None:
