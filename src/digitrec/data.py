@@ -44,6 +44,13 @@ KAGGLE_SPLIT_SEED = 2017  # fixed seed of the Kaggle-like 42k/28k split (any fix
 
 @dataclass(frozen=True)
 class Digits:
+    """A set of digit images with their labels (if known) and Kaggle ids.
+
+    >>> train = load_mnist("train")  # doctest: +SKIP
+    >>> train.images.shape, train.labels[:3]  # doctest: +SKIP
+    ((60000, 28, 28), array([5, 0, 4]))
+    """
+
     images: np.ndarray  # (N, 28, 28) uint8, white ink on black
     labels: np.ndarray | None  # (N,) int64 in 0..9, None for an unlabelled test set
     ids: np.ndarray  # (N,) int64, 1-based
@@ -88,6 +95,8 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
 
     Any problem raises InputError naming the file, the data row (1-based, its file line in
     brackets) and the column.
+
+    >>> train = read_kaggle_csv("kaggle/train.csv", "train")  # doctest: +SKIP
     """
     if kind not in ("train", "test"):
         raise ValueError(f"kind must be 'train' or 'test', not {kind!r}")
@@ -374,7 +383,10 @@ def decode_mnist_member(member: bytes) -> dict[str, np.ndarray]:
 
 
 def load_mnist(split: str, cache_dir: Path | None = None) -> Digits:
-    """The official MNIST `train` (60,000) or `test` (10,000) split, fetched on first use."""
+    """The official MNIST `train` (60,000) or `test` (10,000) split, fetched on first use.
+
+    >>> test = load_mnist("test")  # doctest: +SKIP
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     with np.load(fetch_mnist(cache_dir), allow_pickle=False) as arrays:
@@ -382,7 +394,11 @@ def load_mnist(split: str, cache_dir: Path | None = None) -> Digits:
 
 
 def kaggle_like_split(cache_dir: Path | None = None) -> tuple[Digits, Digits]:
-    """42,000 train / 28,000 test drawn from all 70,000 MNIST images with a fixed seed."""
+    """42,000 train / 28,000 test drawn from all 70,000 MNIST images with a fixed seed (Kaggle's sizes;
+    the test part keeps its labels, so a submission can be scored).
+
+    >>> train, test = kaggle_like_split()  # doctest: +SKIP
+    """
     train, test = load_mnist("train", cache_dir), load_mnist("test", cache_dir)
     images = np.concatenate([train.images, test.images])
     labels = np.concatenate([train.labels, test.labels])

@@ -194,7 +194,11 @@ class _Figures:
 
 
 def write_report(run_dir: str | os.PathLike, top_mistakes: int = 24) -> Path:
-    """Write RUN/report.html and RUN/figures/*.png from the run's saved files. Returns the page's path."""
+    """Write RUN/report.html and RUN/figures/*.png from the run's saved files. Returns the page's path.
+
+    >>> write_report("runs/fast")  # doctest: +SKIP
+    PosixPath('runs/fast/report.html')
+    """
     if top_mistakes < 1:
         raise InputError(f"top mistakes must be at least 1, not {top_mistakes}")
     run = read_run(run_dir)
