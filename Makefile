@@ -40,7 +40,7 @@ test: $(VENV)/.installed browser
 # The reference notebook, executed: notebooks/digit_recognizer.ipynb (ready to upload to Kaggle).
 # DIGITREC_SMALL=1 make notebook runs it on a small sample in about a minute.
 notebook: $(VENV)/.installed
-	$(PY) -m jupytext --to ipynb --execute --set-kernel python3 notebooks/digit_recognizer.py
+	$(PY) notebooks/execute.py notebooks/digit_recognizer.py
 
 bench: $(VENV)/.installed  # speed figures of issue 3 (about 10 minutes); accuracy and reference runs are separate scripts
 	$(PY) benchmarks/speed.py

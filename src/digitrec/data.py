@@ -75,6 +75,13 @@ class Digits:
             digest.update(self.labels.astype(np.int64).tobytes())
         return digest.hexdigest()
 
+    def to_frame(self, labels: bool = True) -> pd.DataFrame:
+        """Kaggle's layout as a DataFrame: `label` (if known and asked for), then pixel0..pixel783 (uint8)."""
+        frame = pd.DataFrame(self.images.reshape(len(self), N_PIXELS), columns=PIXEL_COLUMNS)
+        if labels and self.labels is not None:
+            frame.insert(0, "label", self.labels)
+        return frame
+
     def subset(self, index: np.ndarray, source: str | None = None) -> "Digits":
         labels = None if self.labels is None else self.labels[index]
         return Digits(self.images[index], labels, self.ids[index], source or self.source)

@@ -159,6 +159,23 @@ class DigitClassifier:
         fields = {k: v for k, v in cfg.to_dict().items() if k != "preset" and v != getattr(make_config(cfg.preset), k)}
         return cls(cfg.preset, out=run_dir, **fields)._read_run(Path(run_dir))
 
+    @classmethod
+    def combine(cls, classifiers: list["DigitClassifier"], out: str | os.PathLike | None = None) -> "DigitClassifier":
+        """An ensemble averaging the probabilities of fitted classifiers trained on the same data
+        (as `digitrec ensemble RUN RUN...`), written to `out` or a fresh folder under runs/.
+
+        >>> ens = dr.DigitClassifier.combine([clf_fast, clf_best])  # doctest: +SKIP
+        """
+        from .train import combine_runs
+
+        for clf in classifiers:
+            clf._fitted()
+        out = Path(out) if out is not None else new_run_dir("ensemble")
+        if holds_run(out):
+            raise ValueError(f"{out}: already holds a run; choose another out")
+        combine_runs([clf.run_dir_ for clf in classifiers], out)
+        return cls.load(out)
+
     def _read_run(self, run_dir: Path) -> "DigitClassifier":
         from .checkpoint import load_run_model
         from .files import read_json
