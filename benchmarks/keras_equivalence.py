@@ -71,20 +71,34 @@ def keras_side(work: Path) -> None:
     keras.utils.set_random_seed(0)
     data = np.load(work / "batches.npz")
     model = keras_model()
-    np.savez(work / "keras_initial.npz", *model.get_weights())
-    optimizer = keras.optimizers.RMSprop(learning_rate=LR, rho=RHO, epsilon=EPS)
-    losses = []
-    for x, y in zip(data["x"], data["y"]):  # x (B, 28, 28) float32 in [0, 1]
-        x = tf.constant(x[..., None])
-        y = tf.one_hot(y, 10)
-        with tf.GradientTape() as tape:
-            probs = model(x, training=False)  # dropout off
-            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(y, probs))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        losses.append(float(loss))
-    np.savez(work / "keras_final.npz", *model.get_weights())
-    np.save(work / "keras_losses.npy", np.array(losses))
+    initial = model.get_weights()
+    np.savez(work / "keras_initial.npz", *initial)
+
+    def rmsprop_2017(grads, variables, velocities):
+        """Keras 2.0-2.2's RMSprop.get_updates, the reference's: epsilon outside the square root."""
+        for g, w, v in zip(grads, variables, velocities):
+            v.assign(RHO * v + (1.0 - RHO) * tf.square(g))
+            w.assign_sub(LR * g / (tf.sqrt(v) + EPS))
+
+    for rule in ("keras3", "keras2017"):
+        model.set_weights(initial)
+        optimizer = keras.optimizers.RMSprop(learning_rate=LR, rho=RHO, epsilon=EPS)
+        velocities = [tf.Variable(tf.zeros_like(w)) for w in model.trainable_variables]
+        losses = []
+        for x, y in zip(data["x"], data["y"]):  # x (B, 28, 28) float32 in [0, 1]
+            x = tf.constant(x[..., None])
+            y = tf.one_hot(y, 10)
+            with tf.GradientTape() as tape:
+                probs = model(x, training=False)  # dropout off
+                loss = tf.reduce_mean(keras.losses.categorical_crossentropy(y, probs))
+            grads = tape.gradient(loss, model.trainable_variables)
+            if rule == "keras3":
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            else:
+                rmsprop_2017(grads, model.trainable_variables, velocities)
+            losses.append(float(loss))
+        np.savez(work / f"{rule}_final.npz", *model.get_weights())
+        np.save(work / f"{rule}_losses.npy", np.array(losses))
 
     # RMSprop's epsilon: one step from w = 0 with gradient g, where sqrt(v) and eps are comparable
     w = keras.Variable(np.zeros(1, np.float32))
@@ -93,7 +107,7 @@ def keras_side(work: Path) -> None:
     np.save(work / "keras_rmsprop_probe.npy", np.array(w.numpy()))
 
     # augmentation: Keras draws and applies the transforms
-    from keras.preprocessing.image import ImageDataGenerator
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator  # Keras 3 keeps it here
 
     generator = ImageDataGenerator(**AUGMENT, fill_mode="nearest")
     images = np.load(work / "augment_in.npy")  # (N, 28, 28) float32
@@ -141,8 +155,9 @@ def to_torch_state(weights: list[np.ndarray], model) -> dict:
     return state
 
 
-def train_steps(model, batches_x: np.ndarray, batches_y: np.ndarray, cfg) -> list[float]:
-    """train.train_one_epoch's step (zero_grad, forward, loss, backward, step), dropout and augmentation off."""
+def train_steps(model, batches_x: np.ndarray, batches_y: np.ndarray, cfg, dtype=None) -> list[float]:
+    """train.train_one_epoch's step (zero_grad, forward, loss, backward, step), dropout and augmentation off.
+    `dtype` float64 runs the same steps in double precision, to show how far float32 rounding alone goes."""
     import torch
     import torch.nn.functional as F
 
@@ -154,6 +169,8 @@ def train_steps(model, batches_x: np.ndarray, batches_y: np.ndarray, cfg) -> lis
     losses = []
     for x, y in zip(batches_x, batches_y):
         xb = to_float(np.round(x * 255).astype(np.uint8))
+        if dtype is not None:
+            xb = xb.to(dtype)
         if cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
@@ -167,10 +184,12 @@ def train_steps(model, batches_x: np.ndarray, batches_y: np.ndarray, cfg) -> lis
 def digitrec_augment(images: np.ndarray, keras_params: np.ndarray, cfg) -> np.ndarray:
     """augment.random_affine on `images` with Keras's drawn parameters instead of its own draws.
 
-    Keras works in (row, column) pixel coordinates: `tx` shifts rows (height), `ty` columns, `zx`
-    zooms rows, `zy` columns, and the matrix is rotation @ shift @ zoom, so its shift is applied
-    before the rotation. digitrec's matrix (augment.affine_matrices) is in (x, y) = (column, row)
-    units of half the image, rotates the other way for a positive angle and shifts after rotating.
+    Keras's matrix is rotation @ shift @ zoom about the image centre, mapping output to input
+    coordinates; for channels-last images it ends up acting on (column, row) = (x, y) (it swaps its
+    two axes before calling scipy), so its `tx` moves the digit along x although it is drawn from
+    `height_shift_range` (the same range here), and `zx` zooms x. Its shift is applied before the
+    rotation: in digitrec's matrix (augment.affine_matrices, shift added last) that is the shift
+    (tx, ty) rotated. Pixels are 2 / 28 of digitrec's [-1, 1] units, the same in both directions.
     """
     import torch
 
@@ -179,11 +198,9 @@ def digitrec_augment(images: np.ndarray, keras_params: np.ndarray, cfg) -> np.nd
 
     theta, tx, ty, zx, zy = (torch.tensor(c) for c in keras_params.T)
     angle = torch.deg2rad(theta)
-    # Keras's shift, rotated into the output frame: R @ (tx, ty) in (row, column) coordinates
-    shift_row = torch.cos(angle) * tx - torch.sin(angle) * ty
-    shift_col = torch.sin(angle) * tx + torch.cos(angle) * ty
-    params = {"angle_deg": -theta, "zoom_x": zy, "zoom_y": zx,
-              "shift_x": shift_col / 28, "shift_y": shift_row / 28}
+    params = {"angle_deg": theta, "zoom_x": zx, "zoom_y": zy,
+              "shift_x": (torch.cos(angle) * tx - torch.sin(angle) * ty) / 28,
+              "shift_y": (torch.sin(angle) * tx + torch.cos(angle) * ty) / 28}
     params = {k: v.to(torch.float32) for k, v in params.items()}
     original = augment.sample_affine_params
     augment.sample_affine_params = lambda n, cfg, generator: params
@@ -235,20 +252,32 @@ def main() -> int:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.load_state_dict(to_torch_state(weights("keras_initial.npz"), model))
+    model64 = build_model(cfg).double()
+    model64.load_state_dict({k: v.double() for k, v in to_torch_state(weights("keras_initial.npz"), model).items()})
     losses = train_steps(model, x, y, cfg)
+    losses64 = train_steps(model64, x, y, cfg, torch.float64)
     keras_losses = np.load(work / "keras_losses.npy")
 
     print(f"\n1. {args.steps} RMSprop steps of batch {BATCH}, lr {LR}, dropout and augmentation off, "
-          "the same initial weights")
-    print("step   keras loss   digitrec loss   difference")
-    for step, (a, b) in enumerate(zip(keras_losses, losses), 1):
-        print(f"{step:>4}   {a:.7f}    {b:.7f}       {b - a:+.2e}")
-    final = to_torch_state(weights("keras_final.npz"), model)
-    diffs = {k: (model.state_dict()[k] - v).abs().max().item() for k, v in final.items()}
-    scale = max(v.abs().max().item() for v in final.values())
-    worst = max(diffs, key=diffs.get)
-    print(f"largest weight difference after {args.steps} steps: {diffs[worst]:.3e} ({worst}; "
-          f"largest weight {scale:.3f}); largest loss difference {np.abs(keras_losses - losses).max():.3e}")
+          "the same initial weights. Keras 3's RMSprop, and Keras with the reference's (2017) RMSprop rule")
+    keras3, keras2017 = (np.load(work / f"{rule}_losses.npy") for rule in ("keras3", "keras2017"))
+    print("The last column is float32 rounding alone, amplified by training: digitrec in float64 minus float32.")
+    print("step   keras 3 loss   keras, 2017 rule   digitrec loss   digitrec - 2017 rule   float64 - float32")
+    for step, (a, b, c, d) in enumerate(zip(keras3, keras2017, losses, losses64), 1):
+        print(f"{step:>4}   {a:.7f}      {b:.7f}          {c:.7f}       {c - b:+.2e}              {d - c:+.2e}")
+    drift = max((p64.double() - p).abs().max().item() for p64, p in zip(model64.state_dict().values(),
+                                                                         model.state_dict().values()))
+    print(f"digitrec float64 vs float32: largest weight difference after {args.steps} steps {drift:.2e}, "
+          f"largest loss difference {np.abs(np.array(losses64) - losses).max():.2e}")
+    for rule, label in (("keras2017", "Keras with the 2017 RMSprop rule"), ("keras3", "Keras 3's RMSprop")):
+        final = to_torch_state(weights(f"{rule}_final.npz"), model)
+        diffs = {k: (model.state_dict()[k] - v).abs().max().item() for k, v in final.items()}
+        scale = max(v.abs().max().item() for v in final.values())
+        worst = max(diffs, key=diffs.get)
+        rule_losses = keras2017 if rule == "keras2017" else keras3
+        print(f"digitrec vs {label}: largest weight difference after {args.steps} steps {diffs[worst]:.2e} "
+              f"({worst}; largest weight {scale:.3f}), largest loss difference "
+              f"{np.abs(rule_losses - losses).max():.2e}")
 
     probe = float(np.load(work / "keras_rmsprop_probe.npy")[0])
     g, eps = 1e-2, 1e-2
