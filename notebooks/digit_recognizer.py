@@ -26,6 +26,14 @@
 # a small sample in about a minute.
 
 # %%
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("digitrec") is None:  # on Kaggle or Colab: install it once (keeps their torch)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "digitrec[notebook]"], check=True)
+
+# %%
 import os
 from pathlib import Path
 
