@@ -107,6 +107,9 @@ def test_load_round_trips(clf, data):
     np.testing.assert_array_equal(again.predict_proba(test), clf.predict_proba(test))
     pd.testing.assert_frame_equal(again.history_, clf.history_)
     assert repr(again).startswith("DigitClassifier(preset='fast', out=")
+    params = again.get_params()
+    assert params["epochs"] == 1 and dr.DigitClassifier(**params).get_params() == params  # scikit-learn's clone
+    assert again.set_params(epochs=2).config["epochs"] == 2
 
 
 def test_refit_without_out_makes_a_fresh_folder(data, tmp_path, monkeypatch):

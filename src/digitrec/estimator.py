@@ -27,6 +27,7 @@ RUNS_ROOT = Path("runs")  # where fresh run folders go when no `out` is given
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "model.safetensors", "checkpoint.safetensors",
              "submission.csv", "report.html")
 RUN_PATTERNS = ("predictions_*.npz", "evaluation_*.json", "figures/*.png")
+_DEFAULTS = {"out": None, "overwrite": False, "resume": False, "ensemble": None, "verbose": True}  # left out of repr
 
 
 def new_run_dir(preset: str, root: str | os.PathLike = RUNS_ROOT) -> Path:
@@ -103,9 +104,8 @@ class DigitClassifier:
                 "ensemble": self.ensemble, "verbose": self.verbose, **self.config}
 
     def set_params(self, **params) -> "DigitClassifier":
-        own = {"preset", "out", "overwrite", "resume", "ensemble", "verbose"}
         for key, value in params.items():
-            if key in own:
+            if key == "preset" or key in _DEFAULTS:
                 setattr(self, key, value)
             else:
                 self.config[key] = value
@@ -156,7 +156,8 @@ class DigitClassifier:
         from .checkpoint import load_run_model
 
         _, cfg, _ = load_run_model(run_dir)
-        fields = {k: v for k, v in cfg.to_dict().items() if k != "preset" and v != getattr(make_config(cfg.preset), k)}
+        preset = make_config(cfg.preset).to_dict()
+        fields = {k: v for k, v in cfg.to_dict().items() if v != preset[k]}  # what differs from the preset
         return cls(cfg.preset, out=run_dir, **fields)._read_run(Path(run_dir))
 
     @classmethod
@@ -254,6 +255,3 @@ class DigitClassifier:
         n_train = self.metrics_.get("n_train")
         steps = learning_rate_steps(cfg, n_train, len(history)) if n_train else None
         return training_curves_figure(history, steps)
-
-
-_DEFAULTS = {"out": None, "overwrite": False, "resume": False, "ensemble": None, "verbose": True}
