@@ -171,8 +171,6 @@ def train_steps(model, batches_x: np.ndarray, batches_y: np.ndarray, cfg, dtype=
         xb = to_float(np.round(x * 255).astype(np.uint8))
         if dtype is not None:
             xb = xb.to(dtype)
-        if cfg.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(xb), torch.from_numpy(y), label_smoothing=cfg.label_smoothing)
         loss.backward()
@@ -249,8 +247,6 @@ def main() -> int:
             return [z[f"arr_{k}"] for k in range(len(z.files))]
 
     model = build_model(cfg)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     model.load_state_dict(to_torch_state(weights("keras_initial.npz"), model))
     model64 = build_model(cfg).double()
     model64.load_state_dict({k: v.double() for k, v in to_torch_state(weights("keras_initial.npz"), model).items()})

@@ -202,11 +202,9 @@ class DigitClassifier:
         """Class probabilities (N, 10), rows summing to 1. `tta`: averaged over evaluate.TTA_VIEWS."""
         from .evaluate import predict_probs, tta_probs
 
-        cfg = self._fitted()
+        self._fitted()
         images = as_digits(X, mnist_split="test").images
-        if tta:
-            return tta_probs(self.model_, images, batch_size=cfg.eval_batch_size)
-        return predict_probs(self.model_, images, cfg.eval_batch_size)
+        return tta_probs(self.model_, images) if tta else predict_probs(self.model_, images)
 
     def predict(self, X, tta: bool = False) -> np.ndarray:
         """The predicted digit of each image (N,) int64. X may also be photos: image paths are read
