@@ -182,6 +182,11 @@ class Ensemble(nn.Module):
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
+    """The untrained network `cfg.model` names (seed, fast or best), deskewing its inputs if `cfg.deskew`.
+
+    >>> build_model(make_config("seed"))  # doctest: +SKIP
+    SeedNet(...)
+    """
     if cfg.model == "seed":
         return SeedNet()
     if cfg.model == "fast":
