@@ -7,6 +7,7 @@ import sys
 
 import matplotlib
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -177,6 +178,18 @@ def test_fit_needs_labels_and_a_known_config():
         dr.DigitClassifier(preset="quick")
     with pytest.raises(ValueError, match=r"^this DigitClassifier is not fitted yet"):
         dr.DigitClassifier().predict(np.zeros((1, 28, 28), np.uint8))
+
+
+def test_runtime_keywords_choose_where_to_train_not_the_recipe(data, tmp_path):
+    train, _ = data
+    clf = dr.DigitClassifier(preset="fast", epochs=1, device="cpu", precision="bf16", out=tmp_path / "bf16",
+                             verbose=False).fit(train.subset(np.arange(1024)))
+    assert clf.metrics_["runtime"]["precision"] == "bf16" and "device" not in clf.config_.to_dict()
+    with pytest.raises(ValueError, match=r"^threads are the process's to set"):
+        dr.DigitClassifier(threads=4)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device 'cuda' is not available here \(available: cpu"):
+            dr.DigitClassifier(device="cuda").fit(train)
 
 
 def test_as_digits_reads_every_layout_alike(data):

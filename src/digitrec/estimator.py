@@ -20,6 +20,7 @@ import pandas as pd
 from .config import TrainConfig, make_config
 from .data import as_digits
 from .evaluate import Predictions
+from .runtime import RUNTIME_FIELDS, RuntimeConfig, resolve
 
 RUNS_ROOT = Path("runs")  # where fresh run folders go when no `out` is given
 # What a run folder holds (train.fit, evaluate_run, write_submission, write_report): the only files
@@ -65,7 +66,9 @@ def remove_run_files(run_dir: str | os.PathLike) -> None:
 
 class DigitClassifier:
     """A digit classifier trained with one of digitrec's presets ("seed": the reference Keras CNN;
-    "fast"; "best"), with any TrainConfig field as a keyword (`epochs=3`, `lr=0.01`, ...).
+    "fast"; "best"), with any TrainConfig field as a keyword (`epochs=3`, `lr=0.01`, ...) and the
+    runtime's `device` ("auto": a GPU when torch sees one), `precision`, `eval_batch_size`,
+    `channels_last` and `compile` (RuntimeConfig; threads are the process's: torch.set_num_threads).
 
     `fit` returns the classifier; afterwards `model_` (the PyTorch module, in eval mode),
     `config_` (the resolved TrainConfig), `history_` (one row per epoch, a DataFrame), `metrics_`,
@@ -95,7 +98,15 @@ class DigitClassifier:
         self.ensemble = ensemble
         self.verbose = verbose
         self.config = config
-        make_config(preset, **config)  # an unknown preset or field fails here, not after the data is read
+        self._configs()  # an unknown preset or field fails here, not after the data is read
+
+    def _configs(self) -> tuple[TrainConfig, RuntimeConfig]:
+        """The recipe and the runtime settings among the keywords."""
+        runtime = {k: v for k, v in self.config.items() if k in RUNTIME_FIELDS}
+        if "threads" in runtime:
+            raise ValueError("threads are the process's to set (torch.set_num_threads), not a classifier's")
+        recipe = {k: v for k, v in self.config.items() if k not in RUNTIME_FIELDS}
+        return make_config(self.preset, **recipe), RuntimeConfig(**runtime)
 
     # -- scikit-learn's parameter protocol
 
@@ -109,7 +120,7 @@ class DigitClassifier:
                 setattr(self, key, value)
             else:
                 self.config[key] = value
-        make_config(self.preset, **self.config)
+        self._configs()
         return self
 
     def __repr__(self) -> str:
@@ -123,13 +134,15 @@ class DigitClassifier:
         """Train on labelled data (see the class docstring for what X can be); returns self."""
         from .train import fit, train_ensemble
 
-        cfg = make_config(self.preset, **self.config)
+        cfg, runtime_cfg = self._configs()
+        runtime = resolve(runtime_cfg)  # a missing device fails before the data is read
         digits = as_digits(X, y, need_labels=True, mnist_split="train")
         run_dir = self._run_dir()
         if self.ensemble is not None:
-            train_ensemble(cfg, digits, run_dir, self.ensemble, resume=self.resume, quiet=not self.verbose)
+            train_ensemble(cfg, digits, run_dir, self.ensemble, resume=self.resume, quiet=not self.verbose,
+                           runtime=runtime)
         else:
-            fit(cfg, digits, run_dir, resume=self.resume, quiet=not self.verbose)
+            fit(cfg, digits, run_dir, resume=self.resume, quiet=not self.verbose, runtime=runtime)
         return self._read_run(run_dir)
 
     def _run_dir(self) -> Path:
