@@ -58,7 +58,9 @@ def init(device: torch.device, env: DistEnv) -> None:
     """
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    store, rank, world_size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    rendezvous = dist.rendezvous("env://", timeout=TIMEOUT)
+    store, rank, world_size = next(rendezvous)
+    rendezvous.close()
     store = dist.PrefixStore(f"digitrec/attempt-{env.restart_count}/", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=TIMEOUT, **kwargs)
 
