@@ -43,6 +43,7 @@ ddp = torch.nn.parallel.DistributedDataParallel(model)
 stats = train_one_epoch(ddp, torch.from_numpy(digits.images), torch.from_numpy(digits.labels), optimizer, schedule,
                         cfg, torch.Generator().manual_seed(1), rt)
 broadcast_buffers(rt, model)  # as fit does after each epoch
+del ddp  # before the group goes, as fit's return does: gloo work left behind aborts the exit
 out_dir.mkdir(parents=True, exist_ok=True)
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / f"rank{env.rank}.safetensors"),
           metadata={"images": str(stats["images"]), "loss": repr(stats["loss"])})

@@ -5,6 +5,8 @@ onto TrainConfig's); `resolve` turns them into a `Runtime`, the decided facts th
 loop reads: a torch.device, the autocast dtype, whether a grad scaler runs, the rank and world size.
 `setup_process` is the process set-up (threads, glibc's malloc) that only an entry point does,
 once: the CLI or a torchrun worker. Library calls never change process-wide state.
+torch is imported inside the functions, so the CLI reads RuntimeConfig's fields for its flags
+without loading it (the `--onnx` commands never do).
 """
 
 from __future__ import annotations
@@ -15,11 +17,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-import torch
-
 DEVICES = ("auto", "cpu", "cuda", "mps")  # or "cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -81,30 +80,40 @@ class Runtime:
 
     def fork_rng(self):
         """The default generators of the CPU and of this device, restored as they were on exit."""
+        import torch
+
         if self.device.type == "cpu":
             return torch.random.fork_rng(devices=[])
         return torch.random.fork_rng(devices=[self.device], device_type=self.device.type)
 
     def device_rng_state(self) -> tuple[str, torch.Tensor] | None:
         """(checkpoint key, state) of this device's default generator; None on the CPU."""
+        import torch
+
         if self.device.type == "cpu":
             return None
         return f"rng.{self.device.type}", torch.get_device_module(self.device.type).get_rng_state(self.device)
 
     def set_device_rng_state(self, tensors: dict) -> None:
         """Restore this device's generator from a checkpoint's tensors, if that device type saved one."""
+        import torch
+
         key = f"rng.{self.device.type}"
         if self.device.type != "cpu" and key in tensors:
             torch.get_device_module(self.device.type).set_rng_state(tensors[key], self.device)
 
     def autocast(self):
         """The forward pass's precision context (a no-op in fp32)."""
+        import torch
+
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+        return torch.autocast(self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision])
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+        import torch
+
         return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
     def describe(self) -> dict:
@@ -113,6 +122,8 @@ class Runtime:
 
 
 def available_devices() -> list[str]:
+    import torch
+
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -126,6 +137,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
     Never a silent fall-back to the CPU. Under torchrun, "auto" and "cuda" mean this process's GPU.
     """
+    import torch
+
     here = available_devices()
     if name == "auto":
         if torch.cuda.is_available():
@@ -139,6 +152,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
+    import torch
+
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if name == "fp16" and device.type != "cuda":
@@ -174,6 +189,8 @@ def resolve(cfg: RuntimeConfig = RuntimeConfig(), rank: int = 0, world_size: int
             local_world_size: int = 1, threads: int | None = None) -> Runtime:
     """Decide the runtime of this process; changes nothing. `threads`: what the process uses (default:
     torch's current setting, which setup_process made cfg.threads)."""
+    import torch
+
     device = resolve_device(cfg.device, local_rank)
     return Runtime(device=device, precision=resolve_precision(cfg.precision, device),
                    threads=threads if threads is not None else torch.get_num_threads(),
@@ -194,6 +211,8 @@ def setup_process(cfg: RuntimeConfig, local_world_size: int = 1) -> int:
     thousand and ~4,100 images/s (seed: +2.5%). The peak resident memory stays what a step needs.
     Process-wide and permanent, so only the CLI and torchrun workers call it. Returns the threads.
     """
+    import torch
+
     threads = cfg.threads or default_threads(local_world_size)
     torch.set_num_threads(threads)
     try:
