@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +123,19 @@ class Predictions:
     def load(cls, path: str | os.PathLike) -> "Predictions":
         if not Path(path).is_file():
             raise InputError(f"{path}: no such predictions file")
-        with np.load(path, allow_pickle=False) as z:
-            return cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                preds = cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated, garbled, foreign
+            detail = (str(e).splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{path}: not a digitrec predictions file ({detail})") from None
+        n = len(preds.ids)
+        shapes = {"ids": (n,), "y_true": (n,), "y_pred": (n,), "probs": (n, 10), "images": (n, 28, 28)}
+        wrong = next((key for key, shape in shapes.items() if getattr(preds, key).shape != shape), None)
+        if wrong is not None:
+            raise InputError(f"{path}: not a digitrec predictions file ({wrong} has shape "
+                             f"{list(getattr(preds, wrong).shape)}, expected {list(shapes[wrong])})")
+        return preds
 
 
 def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray) -> Predictions:
