@@ -18,6 +18,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -239,7 +240,7 @@ def read_idx(source: str | os.PathLike, sha256: str | None = None, cache_dir: Pa
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise InputError(f"{name}: corrupt gzip data ({e})") from None
     if len(raw) < 8:
         raise InputError(f"{name}: too short to be an IDX file")
