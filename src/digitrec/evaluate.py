@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,8 @@ class Predictions:
         try:
             with np.load(path, allow_pickle=False) as z:
                 preds = cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated, garbled, foreign
+        # a truncated, garbled or foreign file: numpy lets each layer's own error through
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             detail = (str(e).splitlines() or [type(e).__name__])[0]
             raise InputError(f"{path}: not a digitrec predictions file ({detail})") from None
         n = len(preds.ids)
