@@ -73,11 +73,15 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = st_load(blob)
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise InputError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    return tensors, {key: _json_or_text(value) for key, value in raw_meta.items()}
+
+
+def _json_or_text(value: str):
+    """digitrec writes every metadata value as JSON; other projects' files hold plain text (`"format": "pt"`)."""
     try:
-        meta = {k: json.loads(v) for k, v in raw_meta.items()}
-    except ValueError as e:
-        raise InputError(f"{path}: metadata is not JSON ({_first_line(e)}); not a digitrec file") from None
-    return tensors, meta
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _first_line(e: Exception) -> str:
