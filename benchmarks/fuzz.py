@@ -31,6 +31,7 @@ import faulthandler
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -40,6 +41,7 @@ import time
 import traceback
 import warnings
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -362,6 +364,7 @@ class SoakResult:
     error_samples: list[str] = field(default_factory=list)
     memory: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, server RSS MB)
     log_lines: int = 0  # lines the server wrote to stderr
+    log_kinds: list[tuple[int, str]] = field(default_factory=list)  # (count, line with numbers as #), most first
 
 
 async def _read_response(reader) -> tuple[int, bool]:
@@ -446,6 +449,8 @@ def soak(run_dir: Path, seconds: float, concurrency: int = 64, seed: int = 0, sa
             raise SystemExit("the server did not stop within 10 s of SIGTERM")
     reader.join(5)
     result.log_lines = len(log_lines)
+    kinds = Counter(re.sub(rb"\d+", b"#", line).decode(errors="replace").strip() for line in log_lines)
+    result.log_kinds = [(count, line) for line, count in kinds.most_common(5)]
     return result
 
 
@@ -459,6 +464,8 @@ def print_soak(result: SoakResult, concurrency: int) -> None:
           + f"; growth {rss[-1] - rss[0]:+.1f} MB; {result.log_lines} lines of server log")
     for sample in result.error_samples:
         print(f"  error: {sample}")
+    for count, line in result.log_kinds:
+        print(f"  server log: {count} x {line[:150]}")
 
 
 def main() -> None:
