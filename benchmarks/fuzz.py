@@ -1,6 +1,7 @@
 """Fuzz the image reader and the two web endpoints, then soak the web app under mixed traffic.
 
-    python benchmarks/fuzz.py [--cases 5000] [--soak-minutes 5] [--concurrency 64] [--run RUN] [--save DIR]
+    python benchmarks/fuzz.py [--cases 5000] [--soak-minutes 5] [--concurrency 64] [--heavy 12 24]
+                              [--run RUN] [--save DIR]
 
 Fuzz targets, `--cases` each, from a fixed seed (`--seed`):
   image    mutated PNG/JPEG/GIF/BMP/TIFF/WebP files through `open_image` + the preprocessing
@@ -20,7 +21,10 @@ paths). An error is a 5xx, no answer within 10 s, or a status the request should
 prints requests/s, p50/p99 latency, errors and the server's memory at start (after a warm-up),
 every minute, and at the end. Without --run the model has untrained `fast` weights.
 
-tests/test_fuzz.py runs a short slice of each (a few hundred cases, a few seconds of soak).
+Last, `--heavy` sends 12 and then 24 uploads at once of a ~70 KB PNG that holds a 36-megapixel
+image (legal, and the most memory one upload can take) to a fresh server, and prints its memory.
+
+tests/test_fuzz.py runs a short slice of the fuzz and the soak (a few hundred cases, 4 s of soak).
 """
 
 from __future__ import annotations
@@ -468,6 +472,36 @@ def print_soak(result: SoakResult, concurrency: int) -> None:
         print(f"  server log: {count} x {line[:150]}")
 
 
+def heavy_uploads(run_dir: Path, n: int, side: int = 6000) -> dict:
+    """`n` uploads at once of a ~70 KB PNG holding a side x side (36-megapixel) blank 16-bit image:
+    legal (under the body and pixel limits) and the most memory one upload can take. Returns the
+    server's resident memory before and after and its peak (MB), and the statuses."""
+    import httpx
+
+    buffer = io.BytesIO()
+    Image.new("I;16", (side, side), 0).save(buffer, "PNG")
+    port = free_port()
+    server = start_server(run_dir, port, workers=1)
+    threading.Thread(target=lambda: server.stderr.read(), daemon=True).start()
+    try:
+        before = memory_mb(server.pid)
+
+        async def upload_all():
+            async with httpx.AsyncClient(timeout=600) as client:
+                return await asyncio.gather(*(client.post(f"http://127.0.0.1:{port}/api/predict", files={
+                    "file": ("page.png", buffer.getvalue(), "image/png")}) for _ in range(n)))
+
+        start = time.perf_counter()
+        responses = asyncio.run(upload_all())
+        seconds = time.perf_counter() - start
+        after = memory_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(10)
+    return {"n": n, "png_bytes": len(buffer.getvalue()), "seconds": seconds, "rss_before": before["rss"],
+            "rss_after": after["rss"], "peak": after["peak"], "statuses": sorted({r.status_code for r in responses})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=5000, help="fuzz cases per target")
@@ -478,6 +512,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="soak connections")
     parser.add_argument("--run", type=Path, help="run directory to serve (default: untrained `fast` weights)")
     parser.add_argument("--save", type=Path, help="write each failing case's bytes here")
+    parser.add_argument("--heavy", type=int, nargs="*", default=[12, 24],
+                        help="after the soak: this many 36-megapixel uploads at once (one server per number)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -500,6 +536,11 @@ def main() -> None:
                 print(f"  {result.target} {failure}")
         if args.soak_minutes > 0:
             print_soak(soak(run_dir, 60 * args.soak_minutes, args.concurrency), args.concurrency)
+        for n in args.heavy:
+            heavy = heavy_uploads(run_dir, n)
+            print(f"heavy: {n} uploads at once of a {heavy['png_bytes'] / 1000:.0f} KB PNG holding 36 megapixels: "
+                  f"statuses {heavy['statuses']}, {heavy['seconds']:.1f} s; server RSS {heavy['rss_before']:.0f} MB "
+                  f"before, {heavy['rss_after']:.0f} MB after, peak {heavy['peak']:.0f} MB")
 
 
 if __name__ == "__main__":

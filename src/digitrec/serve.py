@@ -259,8 +259,8 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
     # Uploads are decoded by one thread per core: decoding is CPU-bound, so more would not answer
     # sooner, and memory stays bounded. A ~70 KB PNG can hold a 40-megapixel image that takes
     # ~0.5 GB while it is read, and the allocator keeps each decoding thread's peak: decoded in
-    # FastAPI's pool of 40 threads, 24 such uploads at once took the server from 0.5 to 6+ GB
-    # (benchmarks/fuzz.py has the figures).
+    # FastAPI's pool of 40 threads, 24 such uploads at once took the server from 0.5 GB to a peak
+    # of 10 GB; one thread per core, 1.5 GB on 2 cores (`benchmarks/fuzz.py --heavy 24`).
     decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="digitrec-decode")
 
     def read_upload(data: bytes, name: str) -> np.ndarray | None:
