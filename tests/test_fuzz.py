@@ -4,6 +4,7 @@ files given to every command that reads them."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import importlib.util
 import io
@@ -12,8 +13,11 @@ import os
 import shutil
 import struct
 import sys
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -23,6 +27,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from safetensors.torch import save as st_save
 
+import digitrec.serve
 from digitrec.checkpoint import WEIGHTS_FILE, load_weights
 from digitrec.cli import main
 from digitrec.config import config_from_dict, make_config
@@ -258,6 +263,37 @@ def test_soak_slice_has_no_errors(tiny_run):
     assert result.errors == 0, result.error_samples
     assert result.requests > 100 and 0 < result.valid < result.requests
     assert len(result.memory) >= 2 and result.memory[-1][1] - result.memory[0][1] < 100  # MB
+
+
+def test_uploads_are_decoded_one_per_core_at_most(tiny_run, monkeypatch):
+    """A 70 KB PNG can hold 36 megapixels (~0.5 GB while decoded): the server's memory is bounded
+    only if it decodes no more uploads at once than it has cores, however many arrive together."""
+    real_open_image, lock = digitrec.serve.open_image, threading.Lock()
+    decoding, most, threads = 0, 0, set()
+
+    def slow_open_image(data, name):
+        nonlocal decoding, most
+        with lock:
+            decoding += 1
+            most = max(most, decoding)
+            threads.add(threading.get_ident())
+        time.sleep(0.05)  # long enough for the other uploads to arrive
+        with lock:
+            decoding -= 1
+        return real_open_image(data, name)
+
+    monkeypatch.setattr(digitrec.serve, "open_image", slow_open_image)
+    app, png = digitrec.serve.create_app(tiny_run), fuzz.seed_images()["png"]
+    n = 3 * (os.cpu_count() or 1) + 2
+
+    async def upload_all():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await asyncio.gather(*(client.post("/api/predict", files={"file": ("a.png", png, "image/png")})
+                                          for _ in range(n)))
+
+    responses = asyncio.run(upload_all())
+    assert {r.status_code for r in responses} == {200}
+    assert most == len(threads) == min(n, os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------
