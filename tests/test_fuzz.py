@@ -15,6 +15,7 @@ import struct
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -73,12 +74,15 @@ def assert_refusal(error: InputError, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # edits: what a disk, a download or a person does to a valid file
 
+CELLS = st.one_of(st.sampled_from(["", "nan", "NaN", "inf", "-inf", "-1", "256", "10", "0.5", "1e400", "9" * 30,
+                                   "0x10", " 7 ", '"', '"3"', "\r", "\n", "label", "pixel0", "ImageId", "\ufeff"]),
+                  st.text(max_size=8))
 EDITS = st.lists(st.one_of(
     st.tuples(st.just("byte"), st.integers(0, 1 << 20), st.integers(0, 255)),
     st.tuples(st.just("cut"), st.integers(0, 1 << 20)),
     st.tuples(st.just("insert"), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=16)),
     st.tuples(st.just("delete"), st.integers(0, 1 << 20), st.integers(1, 64)),
-    st.tuples(st.just("cell"), st.integers(0, 1 << 20), st.text(max_size=8)),  # one CSV cell rewritten
+    st.tuples(st.just("cell"), st.integers(0, 1 << 20), CELLS),  # one CSV cell rewritten
 ), min_size=1, max_size=4)
 
 
@@ -152,11 +156,31 @@ def test_damaged_kaggle_csv_raises_only_input_errors(work_dir, valid_files, edit
     path = work_dir / "damaged.csv"
     path.write_bytes(apply_edits(valid_files[kind], edits))
     try:
-        digits = read_kaggle_csv(path, kind)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning would reach the user beside the one error line
+            digits = read_kaggle_csv(path, kind)
     except InputError as e:
         assert_refusal(e, path)
     else:
         assert isinstance(digits, Digits) and (digits.labels is not None) == (kind == "train")
+
+
+@pytest.mark.parametrize("column", ["label", "pixel0", "pixel783"])
+def test_huge_csv_cell_is_reported_as_written(work_dir, valid_files, column):
+    """A cell of 1e30 was cast to int64: it wrapped round (with a RuntimeWarning) and was reported
+    as -9223372036854775808."""
+    text = valid_files["train"].decode()
+    header, first, rest = text.split("\n", 2)
+    cells = first.split(",")
+    cells[header.split(",").index(column)] = "1e30"
+    path = work_dir / "huge.csv"
+    path.write_text("\n".join([header, ",".join(cells), rest]))
+    high = 9 if column == "label" else 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError) as error:
+            read_kaggle_csv(path, "train")
+    assert str(error.value) == f"{path}: row 1 (line 2), column {column}: 1e+30 is outside 0..{high}"
 
 
 # ---------------------------------------------------------------------------------------------
