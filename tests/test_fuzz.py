@@ -36,7 +36,7 @@ from digitrec.data import Digits, make_digits, read_idx, read_idx_pair, read_kag
 from digitrec.evaluate import Predictions
 from digitrec.files import InputError
 from digitrec.model import build_model
-from digitrec.submit import read_label_file, score, write_submission
+from digitrec.submit import MAX_IMAGE_ID, read_label_file, score, write_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 # Deterministic and quick in `make test`; HYPOTHESIS_PROFILE=long explores more (a few minutes).
@@ -213,7 +213,9 @@ def test_damaged_idx_files_raise_only_input_errors(work_dir, valid_files, edits,
         paths[kind] = work_dir / kind
         paths[kind].write_bytes(data)
     try:
-        digits = read_idx_pair(str(paths["idx-images"]), str(paths["idx-labels"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            digits = read_idx_pair(str(paths["idx-images"]), str(paths["idx-labels"]))
     except InputError as e:
         assert_refusal(e, paths[damaged])
     else:
@@ -229,7 +231,7 @@ def predictions(ids: np.ndarray, labels: np.ndarray) -> Predictions:
                        np.full((n, 10), 0.1, np.float32), np.zeros((n, 28, 28), np.uint8))
 
 
-@given(rows=st.lists(st.tuples(st.integers(1, 2 ** 53), st.integers(0, 9)), min_size=1, max_size=50,
+@given(rows=st.lists(st.tuples(st.integers(1, MAX_IMAGE_ID), st.integers(0, 9)), min_size=1, max_size=50,
                      unique_by=lambda row: row[0]))
 def test_submission_round_trips_exactly(work_dir, rows):
     ids, labels = (np.array(column, dtype=np.int64) for column in zip(*rows))
@@ -241,6 +243,20 @@ def test_submission_round_trips_exactly(work_dir, rows):
     assert score(path, path) == {"accuracy": 1.0, "correct": len(rows), "n": len(rows)}
 
 
+@pytest.mark.parametrize("image_id", ["1e30", str(2 ** 53), str(2 ** 53 + 1), str(2 ** 63)])
+def test_huge_image_id_is_refused(work_dir, image_id):
+    """1e30 was cast to int64 with a RuntimeWarning; ids past 2^53 were rounded, so that
+    2^53 + 1 and 2^53 were 'the same ImageId twice'."""
+    path = work_dir / "huge-id.csv"
+    path.write_text(f"ImageId,Label\n{image_id},3\n{2 ** 53 - 1},4\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError) as error:
+            read_label_file(path)
+    assert str(error.value).startswith(f"{path}: row 1 (line 2), column ImageId: '")
+    assert str(error.value).endswith("' is not an integer from 1 to 2^53 - 1")
+
+
 @given(edits=EDITS)
 def test_damaged_submission_raises_only_input_errors(work_dir, valid_files, edits):
     answers = work_dir / "answers.csv"
@@ -248,7 +264,9 @@ def test_damaged_submission_raises_only_input_errors(work_dir, valid_files, edit
     path = work_dir / "damaged-submission.csv"
     path.write_bytes(apply_edits(valid_files["submission"], edits))
     try:
-        result = score(path, answers)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = score(path, answers)
     except InputError as e:
         assert str(e).startswith((f"{path}: ", f"{answers}: ")) and "\n" not in str(e), str(e)
     else:
