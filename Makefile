@@ -1,24 +1,46 @@
 # Two set-up commands: `make demo` (the main job on the built-in MNIST) and `make test`.
-# Each creates .venv if it is missing. torch is installed first, pinned, so pip takes the CPU build.
+# Each creates .venv if it is missing and installs digitrec with every extra, at the exact versions
+# of constraints.txt (pyproject.toml has the ranges a `pip install digitrec` accepts). torch comes
+# first, alone, so pip takes the CPU build.
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+PIP := $(PY) -m pip install --quiet -c constraints.txt
+# the browser that tests/test_serve_browser.py and test_report.py drive
+BROWSER := /usr/bin/chromium
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PIP) --upgrade pip
+	$(PIP) torch
+	$(PIP) -e ".[serve,onnx,notebook,test]"
 	touch $@
 
-.PHONY: demo test bench install
+.PHONY: demo test bench install browser notebook
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/digitrec run --preset $(or $(PRESET),fast)
 
-test: $(VENV)/.installed
+# The browser the tests need: installed with apt-get where this user may (root, or sudo without a
+# password), else one line saying the command to run.
+browser:
+	@if [ ! -x $(BROWSER) ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "make test needs $(BROWSER) for the browser tests; install it with: sudo apt-get install chromium" >&2; exit 2; fi; \
+	  echo "installing chromium (apt-get) for the browser tests"; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q
+
+# The reference notebook, executed: notebooks/digit_recognizer.ipynb (ready to upload to Kaggle).
+# DIGITREC_SMALL=1 make notebook runs it on a small sample in about a minute.
+notebook: $(VENV)/.installed
+	$(PY) notebooks/execute.py notebooks/digit_recognizer.py
 
 bench: $(VENV)/.installed  # speed figures of issue 3 (about 10 minutes); accuracy and reference runs are separate scripts
 	$(PY) benchmarks/speed.py

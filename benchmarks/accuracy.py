@@ -31,6 +31,7 @@ from digitrec.config import make_config
 from digitrec.data import load_mnist
 from digitrec.evaluate import Predictions, evaluate_run, tta_probs
 from digitrec.files import InputError, read_json, write_json
+from digitrec.runtime import RuntimeConfig, setup_process
 from digitrec.train import combine_runs, member_config, train_member
 
 
@@ -61,8 +62,8 @@ def val_tta_accuracy(run_dir: Path) -> float | None:
     if not (run_dir / "predictions_val.npz").is_file():
         return None
     val = Predictions.load(run_dir / "predictions_val.npz")
-    model, cfg, _ = load_run_model(run_dir)
-    probs = tta_probs(model, val.images, batch_size=cfg.eval_batch_size)
+    model, _, _ = load_run_model(run_dir)
+    probs = tta_probs(model, val.images)
     return float((probs.argmax(1) == val.y_true).mean())
 
 
@@ -70,8 +71,6 @@ def benchmark_preset(preset: str, args, train, test, test_name: str) -> dict:
     overrides = {"epochs": args.epochs} if args.epochs else {}
     if args.val_fraction is not None:
         overrides["val_fraction"] = args.val_fraction
-    if args.threads:
-        overrides["threads"] = args.threads
     cfg = make_config(preset, **overrides)
     out = Path(args.out) / preset
     print(f"\n== {preset}: {args.seeds} models of {cfg.epochs} epochs -> {out}", flush=True)
@@ -137,7 +136,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs (smoke runs)")
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="hold out this fraction of the training images (default: the preset's)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the physical cores)")
     parser.add_argument("--train-images", type=int, default=None, help="train on the first N images only (smoke runs)")
     parser.add_argument("--test-images", type=int, default=None, help="score the first N test images only (smoke runs)")
     parser.add_argument("--out", default="runs/accuracy")
@@ -146,6 +145,7 @@ def main() -> None:
     if args.seeds < 2:
         parser.error("--seeds must be at least 2: a standard deviation and an ensemble need two models")
 
+    setup_process(RuntimeConfig(threads=args.threads))  # as `digitrec train` does
     train, test = load_mnist("train"), load_mnist("test")
     test_name = "test"
     if args.train_images:

@@ -13,6 +13,7 @@ import time
 from digitrec.config import make_config
 from digitrec.data import load_mnist
 from digitrec.evaluate import evaluate_run, summarize
+from digitrec.runtime import RuntimeConfig, setup_process
 from digitrec.train import fit
 
 
@@ -24,6 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or f"runs/reference-{time.strftime('%Y%m%d-%H%M%S')}"
 
+    setup_process(RuntimeConfig())  # threads and malloc, as `digitrec train` sets them
     cfg = make_config("seed", epochs=args.epochs, seed=args.seed)
     start = time.perf_counter()
     metrics = fit(cfg, load_mnist("train"), out)

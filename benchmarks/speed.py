@@ -34,7 +34,10 @@ from digitrec.data import kaggle_like_split, load_mnist
 from digitrec.evaluate import predict, predict_logits, summarize, to_float
 from digitrec.export import CALIBRATION_IMAGES, INPUT_NAME, OnnxClassifier, export_onnx
 from digitrec.model import build_model, count_parameters
-from digitrec.train import build_optimizer, build_scheduler, prepare_cpu, steps_per_epoch, train_one_epoch
+from digitrec.runtime import RuntimeConfig, resolve, setup_process
+from digitrec.train import Schedule, build_optimizer, steps_per_epoch, train_one_epoch
+
+RUNTIME = RuntimeConfig(device="cpu")  # what `digitrec train` uses here: channels-last, fp32
 
 
 def median_time(fn, repeats: int) -> float:
@@ -69,14 +72,11 @@ def forward_flops_per_image(cfg) -> float:
 
 
 def setup(cfg, n_train: int):
-    prepare_cpu(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg))
-    return model, optimizer, scheduler, torch.Generator().manual_seed(cfg.seed + 1)
+    schedule = Schedule(optimizer, cfg, steps_per_epoch(n_train, cfg))
+    return model, optimizer, schedule, torch.Generator().manual_seed(cfg.seed + 1)
 
 
 def first_batches(cfg, train, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +88,9 @@ def first_batches(cfg, train, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train_throughput(cfg, train, steps: int, repeats: int) -> float:
     """Images/s of the real training step (slice, augment, forward, backward, update)."""
     x, y = first_batches(cfg, train, steps)
-    model, optimizer, scheduler, generator = setup(cfg, len(x))
-    seconds = median_time(lambda: train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator), repeats)
+    model, optimizer, schedule, generator = setup(cfg, len(x))
+    rt = resolve(RUNTIME)
+    seconds = median_time(lambda: train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt), repeats)
     return len(x) / seconds
 
 
@@ -99,13 +100,14 @@ def time_to_accuracy(cfg, train, test) -> list[tuple[int, float, float]]:
     The test set is only read here, for this curve: no choice is made from it.
     """
     x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
-    model, optimizer, scheduler, generator = setup(cfg, len(x))
+    model, optimizer, schedule, generator = setup(cfg, len(x))
+    rt = resolve(RUNTIME)
     points, elapsed = [], 0.0
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)
+        train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)
         elapsed += time.perf_counter() - start
-        accuracy = summarize(predict(model, test, "test", cfg.eval_batch_size, cfg.channels_last))["accuracy"]
+        accuracy = summarize(predict(model, test, "test", RUNTIME.eval_batch_size, channels_last=True))["accuracy"]
         points.append((epoch, elapsed, accuracy))
         print(f"  {cfg.preset}: epoch {epoch}  {elapsed:7.1f} s  test {100 * accuracy:.2f}%", flush=True)
     return points
@@ -148,10 +150,11 @@ def conv_passes(cfg, repeats: int) -> list[tuple[str, str, float, float]]:
 def step_profile(cfg, train, steps: int, top: int = 10) -> list[tuple[str, float]]:
     """The real training step's operators by their own CPU time: (name, ms per step), largest first."""
     x, y = first_batches(cfg, train, steps)
-    model, optimizer, scheduler, generator = setup(cfg, len(x))
-    train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)  # warm-up
+    model, optimizer, schedule, generator = setup(cfg, len(x))
+    rt = resolve(RUNTIME)
+    train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)  # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)
+        train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)
     ops = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
     return [(e.key, e.self_cpu_time_total / 1e3 / steps) for e in ops[:top]] + [("all operators", total / 1e3 / steps)]
@@ -179,11 +182,10 @@ def inference(cfg, images: np.ndarray, calibration, threads: int, repeats: int) 
         sessions = {"onnxruntime float32": OnnxClassifier(export_onnx(tmp, Path(tmp) / "fp32.onnx"), threads),
                     "onnxruntime int8": OnnxClassifier(export_onnx(tmp, Path(tmp) / "int8.onnx", int8=True,
                                                                    calibration=calibration), threads)}
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     one = images[:1]
     results = {}
-    rate, batch = best_batch_rate(lambda x, b: predict_logits(model, x, b, cfg.channels_last), images, repeats)
+    rate, batch = best_batch_rate(lambda x, b: predict_logits(model, x, b, channels_last=True), images, repeats)
     with torch.inference_mode():
         x = to_float(one)
         results["pytorch eager"] = {"images_per_s": rate, "batch": batch,
@@ -236,7 +238,7 @@ def main() -> None:
     train, test = load_mnist("train"), load_mnist("test")
     kaggle_test = kaggle_like_split()[1].images
     presets = {"seed": make_config("seed"), "fast": make_config("fast")}
-    threads = prepare_cpu(presets["seed"])
+    threads = setup_process(RUNTIME)
     roof = roofline_gflops(repeats)
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"\n| roofline: fp32 2048x2048 matmul | {roof:.1f} GFLOP/s ({threads} threads) |\n")

@@ -20,7 +20,7 @@ from digitrec.model import Deskew, Ensemble, FastNet, SeedNet
 from digitrec.report import write_report
 from digitrec.train import combine_runs, member_config, train_ensemble
 
-CFG = make_config(epochs=1, threads=1)
+CFG = make_config(epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_ensemble_probabilities_are_the_members_mean():
 
 
 def test_members_have_their_own_seeds_and_validation_splits(ens_run):
-    assert member_config(CFG, 1) == make_config(epochs=1, threads=1, seed=CFG.seed + 1, val_seed=CFG.val_seed + 1)
+    assert member_config(CFG, 1) == make_config(epochs=1, seed=CFG.seed + 1, val_seed=CFG.val_seed + 1)
     configs = [read_json(ens_run / f"member-{i}" / "config.json") for i in range(2)]
     assert [(c["seed"], c["val_seed"]) for c in configs] == [(0, 2), (1, 3)]
     val_ids = [Predictions.load(ens_run / f"member-{i}" / "predictions_val.npz").ids for i in range(2)]
@@ -193,7 +193,7 @@ def test_train_ensemble_resumes_keeps_finished_members_and_retrains_missing_ones
     with pytest.raises(InputError, match=r"holds a finished ensemble of 2, not 3$"):
         train_ensemble(CFG, train_500, out, size=3, resume=True, quiet=True)
     with pytest.raises(InputError, match=r"config differs from the run being resumed \(lr\)$"):
-        train_ensemble(make_config(epochs=1, threads=1, lr=0.01), train_500, out, size=2, resume=True, quiet=True)
+        train_ensemble(make_config(epochs=1, lr=0.01), train_500, out, size=2, resume=True, quiet=True)
 
     # members finished on other images are not kept
     (out / "model.safetensors").unlink()

@@ -14,7 +14,7 @@ from PIL import Image
 from digitrec.cli import main
 from digitrec.evaluate import Predictions, calibration, evaluate_run, summarize
 from digitrec.files import InputError, read_json, write_json
-from digitrec.report import most_confused_pairs, write_comparison, write_report
+from digitrec.report import most_confused_pairs, read_history, write_comparison, write_report
 
 SECTIONS = ["summary", "data", "curves", "confusion", "per-class", "mistakes", "calibration"]
 FIGURES = {"label_distribution", "samples", "augmented", "training_curves", "confusion_counts",
@@ -271,3 +271,28 @@ def test_pages_in_headless_chromium_load_every_image_and_request_nothing(run_wit
                     assert all(0 < shown <= viewport["width"] for _, _, shown in images)
         finally:
             browser.close()
+
+
+def test_a_run_without_hold_out_shows_dashes_and_one_cycle_rates_per_step(small_train, tmp_path):
+    from digitrec.config import make_config
+    from digitrec.report import learning_rate_steps
+    from digitrec.train import fit
+
+    run_dir = tmp_path / "fast"
+    cfg = make_config("fast", epochs=2)  # no hold-out, one-cycle schedule
+    fit(cfg, small_train.subset(np.arange(1000)), run_dir, quiet=True)
+    page = write_report(run_dir).read_text()
+    rows = re.findall(r"<tr><td>(\d)</td>(.*?)</tr>", section(page, "curves"))
+    assert [int(epoch) for epoch, _ in rows] == [1, 2]
+    for _, cells in rows:
+        values = re.findall(r"<td>(.*?)</td>", cells)
+        assert values[2:4] == ["—", "—"]  # val loss, val acc
+        assert "nan" not in cells
+    assert "held out no validation images" in section(page, "curves")
+    n_steps = 1000 // 128
+    positions, rates = learning_rate_steps(cfg, 1000, 2)
+    assert len(rates) == 2 * n_steps and positions[0] == 1 and positions[n_steps] == 2
+    history = read_history(run_dir / "history.csv")
+    assert [rates[0], rates[n_steps]] == pytest.approx([row["lr"] for row in history])  # each epoch's first step
+    assert len(set(rates.round(12))) == len(rates)  # a new rate every step
+    assert learning_rate_steps(make_config("seed"), 1000, 2) is None  # the plateau rate only moves between epochs

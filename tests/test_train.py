@@ -21,9 +21,8 @@ from digitrec.evaluate import predict, summarize
 from digitrec.checkpoint import load_run_model
 from digitrec.files import InputError
 from digitrec.model import ByteMaskDropout, Deskew, SeedNet, build_model, count_parameters
-from digitrec.train import (
-    build_optimizer, build_scheduler, fit, prepare_cpu, split_validation, steps_per_epoch, train_one_epoch,
-)
+from digitrec.runtime import RuntimeConfig, resolve
+from digitrec.train import Schedule, build_optimizer, build_scheduler, fit, split_validation, steps_per_epoch, train_one_epoch
 from tests.conftest import synthetic_digits
 
 
@@ -143,8 +142,7 @@ def test_deskew_is_part_of_the_model_but_not_of_its_weights():
 
 MALLOC_PROBE = """
 import ctypes, sys, torch
-from digitrec.config import make_config
-from digitrec.train import prepare_cpu
+from digitrec.runtime import RuntimeConfig, setup_process
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -153,7 +151,7 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "prepared":
-    prepare_cpu(make_config())
+    setup_process(RuntimeConfig())
 before = libc.mallinfo2()
 block = torch.ones(4 << 20)  # 16 MB, like a large activation
 during = libc.mallinfo2()
@@ -164,7 +162,7 @@ print(during.hblks - before.hblks, after.arena - before.arena)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_prepare_cpu_keeps_freed_memory_mapped_for_the_next_step():
+def test_setup_process_keeps_freed_memory_mapped_for_the_next_step():
     """glibc's own counters: a large block is mapped apart and unmapped on free, unless prepared."""
     def probe(mode):  # (blocks mapped apart for the tensor, heap bytes still mapped after its free)
         done = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], capture_output=True, text=True, check=True)
@@ -316,7 +314,7 @@ def test_elastic_distortion_is_smooth_sized_by_alpha_and_off_by_default():
 
 
 def _tiny_cfg(**kw):
-    return make_config(**{"epochs": 2, "batch_size": 32, "eval_batch_size": 256, "threads": 1, **kw})
+    return make_config(**{"epochs": 2, "batch_size": 32, **kw})
 
 
 def _weights(run_dir):
@@ -400,21 +398,20 @@ def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
 @pytest.mark.parametrize("preset, parameters, convs", [("fast", 61_426, 3), ("best", 165_394, 5)])
 def test_compact_presets_learn_quickly(small_train, mnist_test, preset, parameters, convs):
     """The preset's recipe, 3 epochs on 3,000 images (3-10 s): at least 90% on 2,000 test images."""
-    cfg = make_config(preset, epochs=3, threads=1)
+    cfg = make_config(preset, epochs=3)
     assert cfg.model == preset and cfg.schedule == "onecycle" and cfg.label_smoothing == 0.1
     assert cfg.val_fraction == 0  # the design is done: the preset trains on every image
     model = build_model(cfg)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs
     assert count_parameters(model) == parameters < count_parameters(build_model(make_config())) / 5
-    torch.manual_seed(0)
-    prepare_cpu(cfg)
     x, y = torch.from_numpy(small_train.images), torch.from_numpy(small_train.labels)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch(len(x), cfg))
+    schedule = Schedule(optimizer, cfg, steps_per_epoch(len(x), cfg))
     generator = torch.Generator().manual_seed(0)
+    rt = resolve(RuntimeConfig(device="cpu"))
     for _ in range(cfg.epochs):
-        stats = train_one_epoch(model, x, y, optimizer, scheduler, cfg, generator)
+        stats = train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)
     assert stats["images"] == steps_per_epoch(len(x), cfg) * cfg.batch_size
     assert optimizer.param_groups[0]["lr"] < 0.01  # one-cycle ended near zero
     accuracy = summarize(predict(model, mnist_test.subset(np.arange(2000)), "test"))["accuracy"]

@@ -61,11 +61,23 @@ def elastic_displacement(n: int, height: int, width: int, alpha: float, sigma: f
     return pixels * torch.tensor([2 / width, 2 / height], dtype=noise.dtype)
 
 
-def random_affine(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (B, 1, H, W); returns a new batch of the same shape."""
-    theta = affine_matrices(sample_affine_params(len(x), cfg, generator)).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
-    if cfg.elastic_alpha > 0:
-        grid = grid + elastic_displacement(len(x), x.shape[2], x.shape[3], cfg.elastic_alpha, cfg.elastic_sigma,
-                                           generator).to(x.dtype)
+def sample_transforms(n: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Draw n augmentations from `generator` (on the CPU, so a seed draws the same on any device):
+    affine matrices (n, 2, 3) and, with elastic_alpha > 0, displacements (n, H, W, 2)."""
+    theta = affine_matrices(sample_affine_params(n, cfg, generator))
+    if cfg.elastic_alpha == 0:
+        return theta, None
+    return theta, elastic_displacement(n, 28, 28, cfg.elastic_alpha, cfg.elastic_sigma, generator)
+
+
+def apply_transforms(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None) -> torch.Tensor:
+    """Resample a float batch (B, 1, H, W) through B drawn transforms; returns a new batch."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
+    if displacement is not None:
+        grid = grid + displacement.to(x.device, x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_affine(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Augment a float batch (B, 1, 28, 28); returns a new batch of the same shape."""
+    return apply_transforms(x, *sample_transforms(len(x), cfg, generator))

@@ -145,8 +145,10 @@ def load_run_model(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, TrainCo
     return load_weights(path)
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, state: dict) -> None:
-    """Everything needed to continue exactly: weights, optimizer, scheduler, both RNGs, `state`."""
+def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, state: dict,
+                    runtime=None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Everything needed to continue exactly: weights, optimizer, scheduler, the RNGs (the CPU's, the
+    run's generator and the runtime device's), the fp16 grad scaler, and `state`. Saved on the CPU."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_state = optimizer.state_dict()
     optim_scalars = {}
@@ -158,17 +160,23 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
                 optim_scalars[f"{pid}.{key}"] = value
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
+    device_rng = runtime.device_rng_state() if runtime is not None else None
+    if device_rng is not None:
+        tensors[device_rng[0]] = device_rng[1]
     meta = {
         "state": state,
         "optimizer_param_groups": optim_state["param_groups"],
         "optimizer_scalars": optim_scalars,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
     }
     _write_safetensors(path, tensors, meta)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict:
-    """Restore what save_checkpoint wrote, in place; returns the saved `state` dict."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator,
+                    runtime=None, scaler: torch.amp.GradScaler | None = None) -> dict:
+    """Restore what save_checkpoint wrote, in place; returns the saved `state` dict. A checkpoint
+    from another device restores all but that device's RNG; one from an fp16 run restores the scaler."""
     tensors, meta = _read_safetensors(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optim_state: dict = {"state": {}, "param_groups": meta["optimizer_param_groups"]}
@@ -184,4 +192,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
+    if runtime is not None:
+        runtime.set_device_rng_state(tensors)
+    if scaler is not None and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
     return meta["state"]

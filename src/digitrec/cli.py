@@ -14,12 +14,14 @@ from pathlib import Path
 
 from . import data as data_mod
 from .config import PRESETS, TrainConfig, config_from_dict, make_config
+from .runtime import RuntimeConfig
 from .files import InputError, read_json
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("config overrides (fields of TrainConfig in config.py)")
-    for field in dataclasses.fields(TrainConfig):
+def _add_config_flags(parser: argparse.ArgumentParser, config_class, title: str) -> None:
+    """One flag per field of a config dataclass (TrainConfig or RuntimeConfig)."""
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(config_class):
         if field.name == "preset":
             continue
         flag = "--" + field.name.replace("_", "-")
@@ -30,14 +32,26 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper())
 
 
-def _overrides(args) -> dict:
-    """The config fields given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+def _given(args, config_class) -> dict:
+    """The fields of `config_class` given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
             if f.name != "preset" and getattr(args, f.name, None) is not None}
+
+
+def _overrides(args) -> dict:
+    return _given(args, TrainConfig)
 
 
 def _config_from_args(args) -> TrainConfig:
     return make_config(args.preset, **_overrides(args))
+
+
+def _set_up_runtime(rcfg: RuntimeConfig, env):
+    """The entry point's process set-up, done once, and this process's decided runtime."""
+    from .runtime import resolve, setup_process
+
+    threads = setup_process(rcfg, env.local_world_size)
+    return resolve(rcfg, env.rank, env.world_size, env.local_rank, env.local_world_size, threads)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, role: str) -> None:
@@ -60,8 +74,9 @@ def _load_data(args, role: str, mnist_split: str) -> data_mod.Digits:
     return data_mod.load_dataset(args.dataset or "mnist", mnist_split, args.cache_dir)
 
 
-def _print_config(cfg: TrainConfig) -> None:
+def _print_config(cfg: TrainConfig, runtime: dict) -> None:
     print("config: " + json.dumps(cfg.to_dict()))
+    print("runtime: " + json.dumps(runtime))
 
 
 def _default_run_dir(preset: str) -> Path:
@@ -96,24 +111,62 @@ def cmd_data_check(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import DEFAULT_ENSEMBLE_SIZE, fit, train_ensemble
+    """One process, one rank of a torchrun job, or (--nproc N) the launcher of N local workers."""
+    from . import distributed
+    from .checkpoint import CHECKPOINT_FILE
+    from .train import DEFAULT_ENSEMBLE_SIZE, check_ensemble_start, check_start, fit, train_ensemble
 
+    env = distributed.DistEnv.from_environ()
+    if args.nproc < 1:
+        raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and env.under_launcher:
+        raise InputError("--nproc starts torchrun's workers itself; under torchrun, use --nproc-per-node")
+    world_size = args.nproc if args.nproc > 1 else env.world_size
     if args.resume and not args.out:
         raise InputError("--resume needs --out RUN_DIR (the run to continue)")
+    if world_size > 1 and not args.out:
+        raise InputError("several processes need --out RUN_DIR (every rank must write the same run)")
     out = Path(args.out) if args.out else _default_run_dir(args.preset)
-    if args.resume:
-        # the saved config, with any flag given now; fit() refuses if that changes anything
+    ensemble = args.ensemble is not None
+    size = DEFAULT_ENSEMBLE_SIZE if args.ensemble == "default" else args.ensemble
+    # after a worker died, torchrun --max-restarts restarts the group: it continues from the checkpoint
+    resume = args.resume or (env.restart_count > 0 and (out / ("config.json" if ensemble else CHECKPOINT_FILE)).is_file())
+    if resume:
+        # the saved recipe, with any flag given now; fit() refuses if that changes anything
         saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
         cfg = config_from_dict({**saved, **_overrides(args)}) if saved else _config_from_args(args)
     else:
         cfg = _config_from_args(args)
-    _print_config(cfg)
+    runtime_cfg = RuntimeConfig(**_given(args, RuntimeConfig))  # a bad value fails here, before any process
     digits = _load_data(args, "train", "train")
-    if args.ensemble is not None:
-        size = DEFAULT_ENSEMBLE_SIZE if args.ensemble == "default" else args.ensemble
-        metrics = train_ensemble(cfg, digits, out, size, resume=args.resume, quiet=args.quiet)
-    else:
-        metrics = fit(cfg, digits, out, resume=args.resume, quiet=args.quiet)
+    # bad input is found before any process group starts (an ensemble's folder is rank 0's to check)
+    if ensemble and env.rank == 0:
+        check_ensemble_start(cfg, out, size, resume)
+    elif not ensemble:
+        check_start(cfg, digits, out, resume, world_size)
+    if args.nproc > 1:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        try:
+            distributed.launch_local(args.nproc, distributed.strip_option(args.argv, "--nproc"))
+        except ChildFailedError as e:
+            raise SystemExit(f"error: {len(e.failures)} of {args.nproc} workers failed (their messages are above)")
+        return
+
+    rt = _set_up_runtime(runtime_cfg, env)
+    if rt.is_main:
+        _print_config(cfg, rt.describe())
+    if rt.distributed:
+        distributed.init(rt.device, env)
+    try:
+        if ensemble:
+            metrics = train_ensemble(cfg, digits, out, size, resume=resume, quiet=args.quiet, runtime=rt)
+        else:
+            metrics = fit(cfg, digits, out, resume=resume, quiet=args.quiet, runtime=rt)
+    finally:
+        distributed.shutdown()
+    if not rt.is_main:
+        return
     if "val_accuracy" in metrics:
         print(f"validation accuracy {100 * metrics['val_accuracy']:.3f}%")
     member_accuracies = [m["val_accuracy"] for m in metrics.get("members", []) if m["val_accuracy"] is not None]
@@ -167,7 +220,7 @@ def _classifier(args):
     from .evaluate import predict_probs
 
     model, cfg, _ = load_run_model(args.run)
-    return lambda images: predict_probs(model, images, cfg.eval_batch_size)
+    return lambda images: predict_probs(model, images)
 
 
 def cmd_predict(args) -> None:
@@ -245,13 +298,16 @@ def cmd_run(args) -> None:
     from .submit import write_submission
     from .train import fit
 
+    from .distributed import DistEnv
+
     cfg = _config_from_args(args)
-    _print_config(cfg)
+    rt = _set_up_runtime(RuntimeConfig(**_given(args, RuntimeConfig)), DistEnv())
+    _print_config(cfg, rt.describe())
     out = Path(args.out) if args.out else _default_run_dir(cfg.preset)
     train = data_mod.load_mnist("train", args.cache_dir)
     test = data_mod.load_mnist("test", args.cache_dir)
     print(data_mod.describe(train))
-    metrics = fit(cfg, train, out, quiet=args.quiet)
+    metrics = fit(cfg, train, out, quiet=args.quiet, runtime=rt)
     preds = evaluate_run(out, test, "test")
     summary = summarize(preds)
     print(format_summary(summary))
@@ -265,9 +321,35 @@ def cmd_run(args) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+DESCRIPTION = """\
+digitrec recognises handwritten digits. It trains convolutional networks on the built-in MNIST or
+on Kaggle "Digit Recognizer" CSVs (the reference Keras recipe, exactly, or faster and stronger
+presets), shows how well they do in an HTML report, writes Kaggle submissions, and reads digits
+from photos and scans, on the command line, in a web page or through ONNX."""
+
+EPILOG = """\
+start here:
+  digitrec run --preset fast        train on MNIST (about 2 minutes on 2 CPU cores), score it on
+                                    the official test set, write a submission and a report
+  digitrec predict RUN digit.jpg    read a photo of a digit with the run you trained
+  digitrec COMMAND --help           the options of one command
+
+in Python or a notebook:
+  import digitrec as dr
+  clf = dr.DigitClassifier(preset="fast").fit("mnist")
+
+more: README.md, and notebooks/digit_recognizer.py (the reference Kaggle notebook rebuilt on digitrec)"""
+
+# Modules of the optional extras (pyproject.toml): a command that needs a missing one names its extra.
+EXTRA_OF_MODULE = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "serve", "multipart": "serve",
+                   "python_multipart": "serve", "orjson": "serve", "starlette": "serve", "pydantic": "serve",
+                   "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digitrec", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="digitrec", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     def command(name, func, help_text, parent=commands):
         p = parent.add_parser(name, help=help_text, description=help_text)
@@ -298,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ensemble", nargs="?", type=int, const="default", metavar="K",
                            help="train K members (seed and val_seed + 0..K-1) into OUT/member-<i>/ and combine "
                                 "them into OUT; without K, train.DEFAULT_ENSEMBLE_SIZE members")
-        _add_config_flags(p)
+            p.add_argument("--nproc", type=int, default=1, metavar="N",
+                           help="train in N processes on this machine (torchrun's launcher): DistributedDataParallel "
+                                "with --batch-size the global batch, or with --ensemble one member per process")
+        _add_config_flags(p, TrainConfig, "recipe (fields of TrainConfig in config.py)")
+        _add_config_flags(p, RuntimeConfig, "runtime (fields of RuntimeConfig in runtime.py)")
 
     p = command("evaluate", cmd_evaluate, "evaluate a run on a labelled test set")
     p.add_argument("run", type=Path)
@@ -360,11 +446,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what `--nproc` hands to the workers
     try:
         args.func(args)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = EXTRA_OF_MODULE.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: digitrec {args.command} needs {e.name}, from the '{extra}' extra: "
+              f"pip install 'digitrec[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

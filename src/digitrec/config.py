@@ -1,6 +1,9 @@
-"""Training configuration: one frozen dataclass whose defaults are the reference recipe (SPEC 2).
+"""The recipe: one frozen dataclass whose defaults are the reference recipe (SPEC 2).
 
-Presets are named sets of overrides on those defaults; CLI flags map 1:1 onto the fields.
+It holds what decides the weights (model, optimiser, schedule, augmentation, epochs, batch, seed)
+and nothing about where they are computed: device, precision, threads and ranks are runtime.py's
+RuntimeConfig, so a run resumes on other hardware. Presets are named sets of overrides on these
+defaults; CLI flags map 1:1 onto the fields of both.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass, fields
 MODELS = ("seed", "fast", "best")
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("plateau", "onecycle", "constant")
+VAL_SPLITS = ("sklearn", "numpy")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class TrainConfig:
     # validation hold-out: train_test_split(test_size=0.1, random_state=2)
     val_fraction: float = 0.1
     val_seed: int = 2
+    # "sklearn": the images train_test_split picks (numpy's legacy RandomState permutation), so the
+    # reference's validation set exactly; "numpy": default_rng's, what runs made before 0.2 hold out
+    val_split: str = "sklearn"
     stratify: bool = False
 
     # augmentation: Keras ImageDataGenerator(rotation_range=10, zoom_range=0.1,
@@ -57,10 +64,6 @@ class TrainConfig:
     elastic_sigma: float = 4.0
 
     seed: int = 0  # weights, shuffling, augmentation and dropout
-    threads: int = 0  # torch intra-op threads; 0 = number of physical cores
-    eval_batch_size: int = 1000  # inference only: no gradients kept, bigger is faster
-    channels_last: bool = True  # memory format for conv kernels (same numbers, faster on CPU)
-    compile: bool = False  # torch.compile the model: slower for seed here (481 vs 589 images/s, 23 s to compile)
 
     def __post_init__(self):
         checks = [
@@ -81,7 +84,7 @@ class TrainConfig:
             (0 <= self.rotation_deg <= 180, "rotation_deg must be in [0, 180]"),
             (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be in [0, 1)"),
             (self.elastic_alpha >= 0 and self.elastic_sigma > 0, "elastic_alpha must be >= 0 and elastic_sigma > 0"),
-            (self.threads >= 0 and self.eval_batch_size >= 1, "threads >= 0 and eval_batch_size >= 1"),
+            (self.val_split in VAL_SPLITS, f"val_split must be one of {VAL_SPLITS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,7 +138,15 @@ def make_config(preset: str = "seed", **overrides) -> TrainConfig:
     return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
 
 
+# Fields of config.json files written before the recipe and the runtime were split: runtime
+# settings are dropped; the split those runs held out is kept.
+LEGACY_RUNTIME_FIELDS = ("threads", "eval_batch_size", "channels_last", "compile")
+LEGACY_DEFAULTS = {"val_split": "numpy"}
+
+
 def config_from_dict(values: dict) -> TrainConfig:
+    """The recipe saved in a run's config.json (any version of this repo's format)."""
+    values = {**LEGACY_DEFAULTS, **{k: v for k, v in values.items() if k not in LEGACY_RUNTIME_FIELDS}}
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -45,6 +45,13 @@ KAGGLE_SPLIT_SEED = 2017  # fixed seed of the Kaggle-like 42k/28k split (any fix
 
 @dataclass(frozen=True)
 class Digits:
+    """A set of digit images with their labels (if known) and Kaggle ids.
+
+    >>> train = load_mnist("train")  # doctest: +SKIP
+    >>> train.images.shape, train.labels[:3]  # doctest: +SKIP
+    ((60000, 28, 28), array([5, 0, 4]))
+    """
+
     images: np.ndarray  # (N, 28, 28) uint8, white ink on black
     labels: np.ndarray | None  # (N,) int64 in 0..9, None for an unlabelled test set
     ids: np.ndarray  # (N,) int64, 1-based
@@ -69,6 +76,13 @@ class Digits:
             digest.update(self.labels.astype(np.int64).tobytes())
         return digest.hexdigest()
 
+    def to_frame(self, labels: bool = True) -> pd.DataFrame:
+        """Kaggle's layout as a DataFrame: `label` (if known and asked for), then pixel0..pixel783 (uint8)."""
+        frame = pd.DataFrame(self.images.reshape(len(self), N_PIXELS), columns=PIXEL_COLUMNS)
+        if labels and self.labels is not None:
+            frame.insert(0, "label", self.labels)
+        return frame
+
     def subset(self, index: np.ndarray, source: str | None = None) -> "Digits":
         labels = None if self.labels is None else self.labels[index]
         return Digits(self.images[index], labels, self.ids[index], source or self.source)
@@ -89,6 +103,8 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
 
     Any problem raises InputError naming the file, the data row (1-based, its file line in
     brackets) and the column.
+
+    >>> train = read_kaggle_csv("kaggle/train.csv", "train")  # doctest: +SKIP
     """
     if kind not in ("train", "test"):
         raise ValueError(f"kind must be 'train' or 'test', not {kind!r}")
@@ -377,7 +393,10 @@ def decode_mnist_member(member: bytes) -> dict[str, np.ndarray]:
 
 
 def load_mnist(split: str, cache_dir: Path | None = None) -> Digits:
-    """The official MNIST `train` (60,000) or `test` (10,000) split, fetched on first use."""
+    """The official MNIST `train` (60,000) or `test` (10,000) split, fetched on first use.
+
+    >>> test = load_mnist("test")  # doctest: +SKIP
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     with np.load(fetch_mnist(cache_dir), allow_pickle=False) as arrays:
@@ -385,7 +404,11 @@ def load_mnist(split: str, cache_dir: Path | None = None) -> Digits:
 
 
 def kaggle_like_split(cache_dir: Path | None = None) -> tuple[Digits, Digits]:
-    """42,000 train / 28,000 test drawn from all 70,000 MNIST images with a fixed seed."""
+    """42,000 train / 28,000 test drawn from all 70,000 MNIST images with a fixed seed (Kaggle's sizes;
+    the test part keeps its labels, so a submission can be scored).
+
+    >>> train, test = kaggle_like_split()  # doctest: +SKIP
+    """
     train, test = load_mnist("train", cache_dir), load_mnist("test", cache_dir)
     images = np.concatenate([train.images, test.images])
     labels = np.concatenate([train.labels, test.labels])
@@ -429,3 +452,115 @@ def describe(digits: Digits) -> str:
         lines.append("no labels (a test file)")
     return "\n".join(lines)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# what notebook users hold, as Digits
+
+
+def _as_uint8_images(x: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) or (N, 784) (also (N, 1, 28, 28), (N, 28, 28, 1), or one image), uint8 0..255 or
+    float 0..1, as uint8 (N, 28, 28); one ValueError naming what is wrong otherwise."""
+    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"images must be numbers (uint8 0..255 or float 0..1), got dtype {x.dtype}")
+    if x.shape in ((28, 28), (N_PIXELS,)):  # one image
+        x = x[None]
+    if x.ndim == 4 and 1 in (x.shape[1], x.shape[3]) and x.shape[1:] in ((1, 28, 28), (28, 28, 1)):
+        x = x.reshape(len(x), 28, 28)  # PyTorch's (N, 1, 28, 28) and Keras's (N, 28, 28, 1)
+    if x.ndim == 2 and x.shape[1] == N_PIXELS:
+        x = x.reshape(len(x), 28, 28)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise ValueError(f"images must have shape (N, 28, 28) or (N, 784), got {x.shape}")
+    if len(x) == 0:
+        raise ValueError("no images (an empty array)")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    low, high = x.min(), x.max()
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        if low < 0 or high > 1:
+            raise ValueError(f"float images must be in [0, 1], got values from {low:g} to {high:g} "
+                             "(divide 0..255 pixels by 255, or pass uint8)")
+        return np.rint(x * 255.0).astype(np.uint8)
+    if low < 0 or high > 255:
+        raise ValueError(f"integer images must be in 0..255, got values from {low} to {high}")
+    return x.astype(np.uint8)
+
+
+def _as_labels(y, n: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"labels must have one entry per image: got shape {y.shape} for {n} images")
+    if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"labels must be integers 0..9, got dtype {y.dtype}")
+    bad = np.flatnonzero(~np.isin(y, np.arange(10)))
+    if len(bad):
+        raise ValueError(f"labels must be integers 0..9, got {y[bad[0]].item()!r} at position {bad[0]}")
+    return y.astype(np.int64)
+
+
+def _read_path(path: Path) -> Digits:
+    """A Kaggle CSV (train or test, told apart by the header) or one image file (a photo, a scan)."""
+    from .images import IMAGE_SUFFIXES, open_image, to_mnist
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = to_mnist(open_image(path, str(path)))
+        if image is None:
+            raise ValueError(f"{path}: no digit found")
+        return make_digits(image[None], None, str(path))
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        kind = "train" if f.readline().split(",")[0].strip() == "label" else "test"
+    return read_kaggle_csv(path, kind)
+
+
+def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train") -> Digits:
+    """Whatever a notebook user holds, as `Digits`: a numpy array (or tensor) of images (N, 28, 28)
+    or (N, 784), uint8 0..255 or float 0..1, with labels `y`; a Kaggle-layout DataFrame (`label`
+    column optional, then pixel0..pixel783); a Kaggle CSV or an image file path (or a list of image
+    paths); "mnist" (the built-in MNIST's `mnist_split`, or "mnist:train" / "mnist:test"); or Digits.
+
+    Wrong shapes, types or ranges raise one ValueError saying what was expected.
+
+    >>> as_digits(np.zeros((2, 784), np.uint8), [3, 7]).images.shape
+    (2, 28, 28)
+    """
+    if isinstance(data, Digits):
+        digits = data
+        if y is not None:
+            digits = Digits(digits.images, _as_labels(y, len(digits)), digits.ids, digits.source)
+    elif isinstance(data, str) and data.split(":")[0] == "mnist" and not Path(data).exists():
+        split = data.split(":", 1)[1] if ":" in data else mnist_split
+        digits = load_mnist(split)
+    elif isinstance(data, (str, os.PathLike)):
+        digits = _read_path(Path(data))
+    elif isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data):
+        parts = [_read_path(Path(p)) for p in data]
+        digits = make_digits(np.concatenate([p.images for p in parts]), None, f"{len(parts)} files")
+    elif isinstance(data, pd.DataFrame):
+        columns = [str(c) for c in data.columns]
+        missing = [c for c in PIXEL_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(f"a DataFrame needs Kaggle's columns pixel0..pixel783 (and 'label' to train); "
+                             f"missing {len(missing)}, the first {missing[0]}")
+        labels = data["label"].to_numpy() if "label" in columns and y is None else y
+        pixels = data[PIXEL_COLUMNS].to_numpy()
+        digits = make_digits(_as_uint8_images(pixels), None, "DataFrame")
+        if labels is not None:
+            digits = Digits(digits.images, _as_labels(labels, len(digits)), digits.ids, digits.source)
+        y = None
+    else:
+        try:
+            x = np.asarray(data)
+        except (TypeError, ValueError, RuntimeError):
+            x = np.asarray(None)
+        if x.dtype == object:
+            raise ValueError(f"cannot read digits from a {type(data).__name__}: pass images as a numpy array "
+                             "(N, 28, 28) or (N, 784), a Kaggle-layout DataFrame, a CSV or image path, or 'mnist'")
+        images = _as_uint8_images(x)
+        digits = make_digits(images, None if y is None else _as_labels(y, len(images)), "array")
+    if need_labels and digits.labels is None:
+        raise ValueError(f"{digits.source}: no labels; pass y= or a DataFrame with a 'label' column")
+    return digits

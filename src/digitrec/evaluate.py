@@ -102,8 +102,14 @@ def tta_probs(model: torch.nn.Module, images: np.ndarray, views=TTA_VIEWS, batch
     return np.concatenate(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Predictions:
+    """One data set's predictions: what every metric, figure, report and submission reads.
+
+    >>> preds = clf.evaluate(dr.load_mnist("test"))  # doctest: +SKIP
+    >>> preds.accuracy, preds.most_confused(3)  # doctest: +SKIP
+    >>> preds.plot_top_losses(6)  # doctest: +SKIP
+    """
     name: str  # which data set: "val", "test", ...
     ids: np.ndarray  # (N,) int64
     y_true: np.ndarray  # (N,) int64; -1 where the label is unknown (a Kaggle test file)
@@ -114,6 +120,12 @@ class Predictions:
     @property
     def has_labels(self) -> bool:
         return bool(len(self.y_true)) and bool((self.y_true >= 0).all())
+
+    @property
+    def accuracy(self) -> float:
+        """Share of images predicted right (needs labels)."""
+        self._need_labels()
+        return float((self.y_pred == self.y_true).mean())
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_write(path, "wb") as f:
@@ -139,6 +151,72 @@ class Predictions:
                              f"{list(getattr(preds, wrong).shape)}, expected {list(shapes[wrong])})")
         return preds
 
+    def _need_labels(self) -> None:
+        if not self.has_labels:
+            raise InputError(f"predictions '{self.name}' have no labels to score against")
+
+    # -- what a notebook asks of it; each figure is built by figures.py, as in the report
+
+    def confusion_matrix(self) -> np.ndarray:
+        """(10, 10) counts; rows are the true digit, columns the predicted one."""
+        self._need_labels()
+        return confusion_matrix(self.y_true, self.y_pred)
+
+    def most_confused(self, top: int = 10) -> list[tuple[int, int, int]]:
+        """(true, predicted, count) of the most frequent mistakes, largest first.
+
+        >>> preds.most_confused(3)  # doctest: +SKIP
+        [(4, 9, 7), (7, 2, 5), (9, 4, 4)]
+        """
+        return most_confused_pairs(self.confusion_matrix(), top)
+
+    def top_losses(self, k: int = 6) -> list[dict]:
+        """The `k` most confident mistakes (the reference's ranking: P(predicted) - P(true))."""
+        self._need_labels()
+        return confident_mistakes(self, k)
+
+    def plot_confusion_matrix(self, normalise: bool = False):
+        """The confusion matrix as a Figure: image counts, or each row as % of its true digit."""
+        from .figures import confusion_figure
+
+        return confusion_figure(self.confusion_matrix(), normalise)
+
+    def plot_top_losses(self, k: int = 6, ncols: int = 3):
+        """The reference's "most important errors": the `k` most confident mistakes with all 10 probabilities."""
+        from .figures import mistakes_figure
+
+        mistakes = self.top_losses(k)
+        if not mistakes:
+            raise ValueError(f"predictions '{self.name}' have no mistakes to show")
+        return mistakes_figure(self, mistakes, ncols)
+
+    def plot_calibration(self, n_bins: int = 15):
+        """Reliability diagram: accuracy against confidence per bin, with the expected calibration error."""
+        from .figures import reliability_figure
+
+        return reliability_figure(calibration(self, n_bins))
+
+    def __repr__(self) -> str:
+        scored = f", accuracy {100 * self.accuracy:.3f}%" if self.has_labels else ", no labels"
+        return f"Predictions('{self.name}', {len(self.ids):,} images{scored})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = [("images", f"{len(self.ids):,}")]
+        if self.has_labels:
+            summary = summarize(self, 0)
+            low, high = summary["accuracy_ci95"]
+            rows += [("accuracy", f"{100 * summary['accuracy']:.3f}% (95% CI {100 * low:.2f}-{100 * high:.2f}%)"),
+                     ("errors", f"{summary['errors']:,}"), ("mean loss", f"{summary['loss']:.4f} nats"),
+                     ("most confused (true → predicted: images)",
+                      ", ".join(f"{t} → {p}: {n}" for t, p, n in self.most_confused(3)) or "none")]
+        else:
+            rows.append(("labels", "none (predictions only)"))
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+                       f"{html.escape(v)}</td></tr>" for k, v in rows)
+        return f"<div><strong>Predictions '{html.escape(self.name)}'</strong><table>{body}</table></div>"
+
 
 def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray) -> Predictions:
     probs = np.asarray(probs, dtype=np.float32)
@@ -155,6 +233,14 @@ def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int =
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
     """(10, 10) counts; rows are the true class, columns the predicted one."""
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def most_confused_pairs(cm: np.ndarray, top: int = 10) -> list[tuple[int, int, int]]:
+    """(true, predicted, count) of the largest off-diagonal cells, largest first."""
+    off = np.array(cm, dtype=np.int64)
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:top]
+    return [(int(i // 10), int(i % 10), int(off.flat[i])) for i in order if off.flat[i] > 0]
 
 
 def confident_mistakes(preds: Predictions, top: int = 6) -> list[dict]:
@@ -247,12 +333,12 @@ def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test",
     """
     from .checkpoint import load_run_model
 
-    model, cfg, _ = load_run_model(run_dir)
+    model, _, _ = load_run_model(run_dir)
     if tta:
         name = f"{name}-tta"
-        preds = predictions_from_probs(name, digits, tta_probs(model, digits.images, batch_size=cfg.eval_batch_size))
+        preds = predictions_from_probs(name, digits, tta_probs(model, digits.images))
     else:
-        preds = predict(model, digits, name, cfg.eval_batch_size)
+        preds = predict(model, digits, name)
     preds.save(Path(run_dir) / f"predictions_{name}.npz")
     if preds.has_labels:
         write_json(Path(run_dir) / f"evaluation_{name}.json", summarize(preds))

@@ -281,8 +281,8 @@ def check_onnx(run_dir: str | os.PathLike, onnx_path: str | os.PathLike, images:
     from .checkpoint import load_run_model
     from .evaluate import predict_probs
 
-    model, cfg, _ = load_run_model(run_dir)
-    torch_probs = predict_probs(model, images, cfg.eval_batch_size)
+    model, _, _ = load_run_model(run_dir)
+    torch_probs = predict_probs(model, images)
     classifier = OnnxClassifier(onnx_path)
     onnx_probs = classifier.predict_probs(images)
     diff = float(np.abs(torch_probs - onnx_probs).max()) if len(images) else 0.0

@@ -34,12 +34,14 @@ class ByteMaskDropout(nn.Dropout):
     PyTorch's CPU dropout draws one Bernoulli sample per value and multiplies by a bool mask, two slow
     passes (10 ms for a (86, 32, 14, 14) batch on 2 cores, 3x the 3x3 conv that follows). Here each random
     byte is compared with 256p, so p must be a multiple of 1/256 (the reference's 0.25 and 0.5 are);
-    other rates fall back to nn.Dropout.
+    other rates, and tensors on a GPU (whose fused dropout is fast already), use nn.Dropout.
+    `train.fit` seeds the default generators for the run and restores the caller's afterwards.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-        if not self.training or not 0 < self.p < 1 or (256 * self.p) % 1 or not dense or self.inplace:
+        cheap = x.device.type == "cpu" and 0 < self.p < 1 and (256 * self.p) % 1 == 0 and dense
+        if not self.training or not cheap or self.inplace:
             return super().forward(x)
         return _ByteMaskDrop.apply(x, self.p)
 
@@ -180,6 +182,11 @@ class Ensemble(nn.Module):
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
+    """The untrained network `cfg.model` names (seed, fast or best), deskewing its inputs if `cfg.deskew`.
+
+    >>> build_model(make_config("seed"))  # doctest: +SKIP
+    SeedNet(...)
+    """
     if cfg.model == "seed":
         return SeedNet()
     if cfg.model == "fast":

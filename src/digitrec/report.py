@@ -11,42 +11,21 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from cycler import cycler  # noqa: E402
+from .config import TrainConfig, config_from_dict
+from .evaluate import Predictions, calibration, most_confused_pairs, summarize
+from .figures import (AUGMENT_SEED, AUGMENTED_COPIES, AUGMENTED_ROWS, augmentation_figure, comparison_figure,
+                      confusion_figure, image_grid_figure, label_distribution_figure, mistakes_figure,
+                      reliability_figure, training_curves_figure)
+from .files import InputError, atomic_write, read_json
 
-from .augment import random_affine  # noqa: E402
-from .config import config_from_dict  # noqa: E402
-from .evaluate import Predictions, calibration, summarize, to_float  # noqa: E402
-from .files import InputError, atomic_write, read_json  # noqa: E402
-
-# Okabe-Ito: distinguishable with every common colour-vision deficiency.
-BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, YELLOW, BLACK = (
-    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
-PALETTE = [BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, BLACK, YELLOW]
-GREY = "#9a9a9a"
-STYLE = {
-    "axes.prop_cycle": cycler(color=PALETTE),
-    "axes.spines.top": False, "axes.spines.right": False,
-    "axes.grid": True, "grid.color": "#e6e6e6", "grid.linewidth": 0.8, "axes.axisbelow": True,
-    "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "legend.frameon": False,
-    "figure.facecolor": "white", "savefig.facecolor": "white", "savefig.dpi": 110, "savefig.bbox": "tight",
-    "image.cmap": "gray",
-}
 SAMPLE_IMAGES = 32  # sample grid: 4 rows of 8
-AUGMENTED_ROWS, AUGMENTED_COPIES = 4, 7  # each row: an original and 7 augmented draws
-AUGMENT_SEED = 0  # the augmented grid is a fixed rendering, the same every time
-CONFUSED_PAIRS = 10
 
 
 @dataclass(frozen=True)
@@ -96,145 +75,6 @@ def read_history(path: Path) -> list[dict]:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in rows]
     except ValueError as e:
         raise InputError(f"{path}: not a history file ({e})") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# figures: each function takes plain numbers and returns a matplotlib Figure
-
-
-def label_distribution_figure(counts: list[int]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    bars = ax.bar(range(10), counts, color=BLUE)
-    ax.bar_label(bars, fontsize=8, padding=2)
-    ax.set(xticks=range(10), xlabel="digit", ylabel="training images (count)",
-           title=f"Label distribution ({sum(counts):,} training images)")
-    ax.grid(axis="x", visible=False)
-    return fig
-
-
-def image_grid_figure(images: np.ndarray, titles: list[str], ncols: int, title: str) -> plt.Figure:
-    """Images (N, 28, 28), uint8 or float in [0, 1], white ink on black, each with a caption above.
-
-    Drawn as one mosaic in one axes (one axes per image is several times slower to render).
-    """
-    images = np.asarray(images, dtype=np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
-    nrows = math.ceil(len(images) / ncols)
-    cell_w, cell_h = 28 + 4, 28 + 12  # room between images and for a caption above each
-    mosaic = np.ones((nrows * cell_h, ncols * cell_w), dtype=np.float32)  # white paper
-    fig, ax = plt.subplots(figsize=(ncols * 0.95, nrows * 1.2 + 0.3))
-    for k, (image, caption) in enumerate(zip(images, titles)):
-        row, col = divmod(k, ncols)
-        top, left = row * cell_h + 10, col * cell_w + 2
-        mosaic[top:top + 28, left:left + 28] = image
-        ax.text(left + 14, top - 2, caption, ha="center", va="bottom", fontsize=8)
-    ax.imshow(mosaic, vmin=0, vmax=1, interpolation="nearest")
-    ax.axis("off")
-    ax.set_title(title)
-    return fig
-
-
-def training_curves_figure(history: list[dict]) -> plt.Figure:
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(12, 3.4))
-    marker = "o" if len(epochs) < 40 else None
-    for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
-        for split, color in (("train", BLUE), ("val", VERMILLION)):
-            values = [row[f"{split}_{key}"] * scale for row in history]
-            if not all(math.isnan(v) for v in values):
-                ax.plot(epochs, values, marker=marker, color=color,
-                        label="train (augmented batches)" if split == "train" else "validation")
-        ax.legend()
-    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy (nats per image)")
-    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
-    ax_lr.plot(epochs, [row["lr"] for row in history], marker=marker, color=GREEN, drawstyle="steps-post")
-    ax_lr.set(title="Learning rate", xlabel="epoch", ylabel="learning rate (log scale)", yscale="log")
-    for ax in (ax_loss, ax_acc, ax_lr):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(cm: np.ndarray, normalise: bool) -> plt.Figure:
-    """Rows: true class; columns: predicted class. Counts, or each row as % of the true class."""
-    values = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalise else cm
-    fig, ax = plt.subplots(figsize=(5.6, 5))
-    shown = ax.imshow(values, cmap="Blues", vmin=0)
-    ax.grid(False)
-    high = values.max() / 2
-    for t in range(10):
-        for p in range(10):
-            text = f"{values[t, p]:.1f}" if normalise else f"{int(values[t, p])}"
-            if normalise and values[t, p] == 0:
-                text = "0"
-            ax.text(p, t, text, ha="center", va="center", fontsize=7 if normalise else 8,
-                    color="white" if values[t, p] > high else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit",
-           title="Confusion matrix, % of each true digit" if normalise else "Confusion matrix (image counts)")
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="% of row" if normalise else "images")
-    return fig
-
-
-def mistakes_figure(preds: Predictions, mistakes: list[dict], ncols: int = 4) -> plt.Figure:
-    """Each mistake: its image and, below it, the probabilities of all 10 digits as bars
-    (the predicted digit vermillion, the true one blue). One axes, units of image pixels."""
-    cell_w, cell_h = 44, 76
-    bar_top, bar_height = 12 + 28 + 4, 22  # caption, image, gap; bars for p = 0..1
-    nrows = math.ceil(len(mistakes) / ncols)
-    mosaic = np.ones((nrows * cell_h, ncols * cell_w), dtype=np.float32)
-    fig, ax = plt.subplots(figsize=(ncols * 2.4, nrows * 2.4 * cell_h / cell_w))
-    xs = np.arange(10) * 3.8 + 4  # bar centres within a cell
-    for k, m in enumerate(mistakes):
-        row, col = divmod(k, ncols)
-        top, left = row * cell_h, col * cell_w
-        mosaic[top + 12:top + 40, left + 8:left + 36] = preds.images[m["index"]] / 255.0
-        ax.text(left + 22, top + 10, f"id {m['id']}: predicted {m['pred']}, true {m['true']}",
-                ha="center", va="bottom", fontsize=8)
-        base = top + bar_top + bar_height
-        colors = [GREY] * 10
-        colors[m["pred"]], colors[m["true"]] = VERMILLION, BLUE
-        ax.add_patch(plt.Rectangle((left + 1.5, base - bar_height), 41, bar_height, color="#f2f2f2", lw=0))
-        ax.bar(left + xs, -bar_height * preds.probs[m["index"]], bottom=base, width=2.9, color=colors)
-        for digit, x in enumerate(xs):
-            ax.text(left + x, base + 1, str(digit), ha="center", va="top", fontsize=6.5)
-        ax.text(left + 1, base - bar_height, "1", ha="right", va="center", fontsize=6, color="#666")
-        ax.text(left + 1, base, "0", ha="right", va="center", fontsize=6, color="#666")
-    ax.imshow(mosaic, vmin=0, vmax=1, interpolation="nearest", extent=(0, mosaic.shape[1], mosaic.shape[0], 0))
-    ax.set(xlim=(0, mosaic.shape[1]), ylim=(mosaic.shape[0], 0))
-    ax.axis("off")
-    ax.set_title("Probability of each digit (0 to 1): predicted vermillion, true blue")
-    return fig
-
-
-def reliability_figure(calib: dict) -> plt.Figure:
-    bins = calib["bins"]
-    width = bins[0]["high"] - bins[0]["low"]
-    lows = [b["low"] for b in bins]
-    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.6, 5.6), sharex=True, height_ratios=[3, 1.3])
-    ax.plot([0, 1], [0, 100], color=GREY, linestyle="--", label="perfect calibration")
-    ax.bar(lows, [100 * (b["accuracy"] or 0) for b in bins], width=width, align="edge", color=BLUE,
-           edgecolor="white", label="accuracy in bin")
-    filled = [b for b in bins if b["count"]]
-    ax.plot([b["confidence"] for b in filled], [100 * b["confidence"] for b in filled], "D", color=VERMILLION,
-            markersize=4, label="mean confidence in bin")
-    ax.set(ylabel="accuracy (%)", ylim=(0, 100), xlim=(0, 1),
-           title=f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}%")
-    ax.legend(loc="upper left")
-    ax_count.bar(lows, [b["count"] for b in bins], width=width, align="edge", color=GREY, edgecolor="white")
-    ax_count.set(yscale="log", xlabel="confidence (top-class probability)", ylabel="images (log)")
-    fig.tight_layout()
-    return fig
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _render(make_figure, *args, **kwargs) -> bytes:
-    with plt.rc_context(STYLE):
-        return _png(make_figure(*args, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,8 +143,15 @@ def _missing(text: str) -> str:
     return _p(text, "missing")
 
 
+NO_VALUE = "—"  # a number the run does not have (validation scores of a run without a hold-out)
+
+
 def _pct(x: float, digits: int = 2) -> str:
-    return f"{100 * x:.{digits}f}%"
+    return NO_VALUE if math.isnan(x) else f"{100 * x:.{digits}f}%"
+
+
+def _number(x: float, digits: int = 4) -> str:
+    return NO_VALUE if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def _member_epochs(members: list[dict]) -> str:
@@ -341,13 +188,17 @@ class _Figures:
         self.pngs: dict[str, bytes] = {}
 
     def add(self, name: str, alt: str, make_figure, *args, **kwargs) -> str:
-        png = _render(make_figure, *args, **kwargs)
+        png = make_figure(*args, **kwargs).png()
         self.pngs[name] = png
         return _img(png, alt)
 
 
 def write_report(run_dir: str | os.PathLike, top_mistakes: int = 24) -> Path:
-    """Write RUN/report.html and RUN/figures/*.png from the run's saved files. Returns the page's path."""
+    """Write RUN/report.html and RUN/figures/*.png from the run's saved files. Returns the page's path.
+
+    >>> write_report("runs/fast")  # doctest: +SKIP
+    PosixPath('runs/fast/report.html')
+    """
     if top_mistakes < 1:
         raise InputError(f"top mistakes must be at least 1, not {top_mistakes}")
     run = read_run(run_dir)
@@ -442,39 +293,58 @@ def _data_section(run: RunFiles, figures: _Figures) -> str:
     if not cfg.augment:
         parts.append(_p("This run trains without augmentation (augment = false), so no augmented samples."))
         return _section("data", "Data", parts)
-    originals = images[:AUGMENTED_ROWS]
-    x = to_float(originals).repeat_interleave(AUGMENTED_COPIES, dim=0)  # (R * C, 1, 28, 28)
-    augmented = random_affine(x, cfg, torch.Generator().manual_seed(AUGMENT_SEED)).squeeze(1).numpy()
-    augmented = augmented.reshape(len(originals), AUGMENTED_COPIES, 28, 28)
-    grid = np.concatenate([to_float(originals).numpy(), augmented], axis=1).reshape(-1, 28, 28)
-    titles = [("original" if k == 0 else f"draw {k}") for _ in originals for k in range(AUGMENTED_COPIES + 1)]
     parts.append(figures.add(
-        "augmented", "grid of augmented samples: each row an original and random draws", image_grid_figure,
-        grid, titles, AUGMENTED_COPIES + 1,
-        f"Augmentation: rotation ±{cfg.rotation_deg:g}°, zoom ±{100 * cfg.zoom:g}%, shift ±{100 * cfg.shift:g}%"
-        + (f", elastic alpha {cfg.elastic_alpha:g} px, sigma {cfg.elastic_sigma:g} px" if cfg.elastic_alpha else "")))
+        "augmented", "grid of augmented samples: each row an original and random draws", augmentation_figure,
+        images[:AUGMENTED_ROWS], cfg, AUGMENTED_COPIES, AUGMENT_SEED))
     parts.append(_p("Each row: an original and random draws of the run's augmentation (fixed seed "
                     f"{AUGMENT_SEED}; a rendering, not the draws seen in training).", "muted"))
     return _section("data", "Data", parts)
+
+
+def learning_rate_steps(cfg: TrainConfig, n_train: int, epochs: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rate of every step of the first `epochs` epochs, as (epoch position, rate), for a
+    schedule that changes it within an epoch ('onecycle'; history.csv keeps one value an epoch);
+    None for the others. It replays train's own scheduler on a stand-in parameter."""
+    if cfg.schedule != "onecycle" or epochs < 1:
+        return None
+    import torch
+
+    from .train import build_optimizer, build_scheduler, steps_per_epoch
+
+    n_steps = steps_per_epoch(n_train, cfg)
+    if n_steps < 1:
+        return None
+    stand_in = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1))])  # no draw from the global RNG
+    optimizer = build_optimizer(stand_in, cfg)
+    scheduler = build_scheduler(optimizer, cfg, n_steps)
+    total = min(epochs, cfg.epochs) * n_steps
+    rates = np.empty(total)
+    for step in range(total):
+        rates[step] = optimizer.param_groups[0]["lr"]
+        optimizer.step()  # no gradients: nothing moves, but the scheduler sees the usual order
+        scheduler.step()
+    return 1 + np.arange(total) / n_steps, rates  # epoch e starts at position e, as in history.csv
+
+
+def run_learning_rate_steps(run: RunFiles) -> tuple[np.ndarray, np.ndarray] | None:
+    n_train = (run.metrics or {}).get("n_train")
+    if not run.history or n_train is None:
+        return None
+    return learning_rate_steps(config_from_dict(run.config), n_train, len(run.history))
 
 
 def _curves_section(run: RunFiles, figures: _Figures) -> str:
     if not run.history:
         return _section("curves", "Training curves", [_missing("No finished epoch yet (history.csv is empty or missing).")])
     parts = [figures.add("training_curves", "training curves: loss, accuracy and learning rate per epoch",
-                         training_curves_figure, run.history)]
-    rows = [[int(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["train_acc"]), f"{r['val_loss']:.4f}",
+                         training_curves_figure, run.history, run_learning_rate_steps(run))]
+    rows = [[int(r["epoch"]), _number(r["train_loss"]), _pct(r["train_acc"]), _number(r["val_loss"]),
              _pct(r["val_acc"]), f"{r['lr']:.2e}", f"{r['seconds']:.1f}"] for r in run.history]
     parts.append(_table(["epoch", "train loss", "train acc", "val loss", "val acc", "learning rate", "seconds"], rows))
+    if all(math.isnan(r["val_acc"]) for r in run.history):
+        parts.append(_p("This run held out no validation images (val_fraction 0): the validation columns are empty.",
+                        "muted"))
     return _section("curves", "Training curves", parts)
-
-
-def most_confused_pairs(cm: np.ndarray, top: int = CONFUSED_PAIRS) -> list[tuple[int, int, int]]:
-    """(true, predicted, count) of the largest off-diagonal cells, largest first."""
-    off = np.array(cm, dtype=np.int64)
-    np.fill_diagonal(off, 0)
-    order = np.argsort(-off, axis=None, kind="stable")[:top]
-    return [(int(i // 10), int(i % 10), int(off.flat[i])) for i in order if off.flat[i] > 0]
 
 
 def _confusion_section(summary: dict | None, figures: _Figures) -> str:
@@ -536,31 +406,6 @@ def _calibration_section(summary: dict | None, calib: dict | None, figures: _Fig
 # several runs side by side
 
 
-def comparison_figure(runs: list[RunFiles], labels: list[str]) -> plt.Figure:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    panels = [("val_acc", 100, "Validation accuracy", "accuracy (%)"),
-              ("val_loss", 1, "Validation loss", "cross-entropy (nats per image)"),
-              ("train_loss", 1, "Training loss (augmented batches)", "cross-entropy (nats per image)"),
-              ("lr", 1, "Learning rate", "learning rate (log scale)")]
-    styles, markers = ["-", "--", "-.", ":"], "osD^v<>p"  # runs that coincide stay visible
-    for ax, (key, scale, title, ylabel) in zip(axes.flat, panels):
-        for k, (run, label) in enumerate(zip(runs, labels)):
-            if run.history:
-                ax.plot([r["epoch"] for r in run.history], [r[key] * scale for r in run.history],
-                        color=PALETTE[k % len(PALETTE)], linestyle=styles[k % len(styles)],
-                        marker=markers[k % len(markers)] if len(run.history) < 40 else None, markersize=4,
-                        drawstyle="steps-post" if key == "lr" else "default", label=label)
-        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
-        if key == "lr":
-            ax.set_yscale("log")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, loc="lower center", ncols=min(len(names), 4), bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
-    return fig
-
-
 def _run_labels(runs: list[RunFiles]) -> list[str]:
     names = [run.name for run in runs]
     return [run.name if names.count(run.name) == 1 else str(run.run_dir) for run in runs]
@@ -594,7 +439,7 @@ def write_comparison(run_dirs: list[str | os.PathLike], out_path: str | os.PathL
              _table(["run", "preset", "model", "parameters", "epochs", "training time", "images/s",
                      "scored on", "accuracy", "95% CI", "errors"], rows)]
     if any(run.history for run in runs):
-        parts.append(_img(_render(comparison_figure, runs, labels),
+        parts.append(_img(comparison_figure([run.history for run in runs], labels).png(),
                           "curves of all runs overlaid: validation accuracy and loss, training loss, learning rate"))
     else:
         parts.append(_missing("None of these runs has a finished epoch: no curves."))

@@ -1,15 +1,17 @@
-"""The training loop: data held as one uint8 tensor, batches sliced and augmented on the fly.
+"""The training loop: data held on the device as one uint8 tensor, batches sliced and augmented there.
 
-`fit` writes a run directory as it goes (config.json, history.csv, checkpoint.safetensors each
-epoch; model.safetensors, predictions_val.npz and metrics.json at the end) and can resume a
-killed run from its last checkpoint with identical results on CPU.
-`train_ensemble` trains several members and `combine_runs` makes them one ensemble run.
+`fit` trains one run: on one process, or as one rank of a DistributedDataParallel job (torchrun),
+each rank computing its share of every global batch. Everything a run writes or prints goes
+through `RunWriter`, which only the main process (rank 0) drives: config.json, history.csv and
+checkpoint.safetensors each epoch; model.safetensors, predictions_val.npz and metrics.json at the
+end. A killed run resumes from its last checkpoint with identical results on the CPU.
+`train_ensemble` trains several members (in parallel, one per rank, under torchrun) and
+`combine_runs` makes them one ensemble run.
 """
 
 from __future__ import annotations
 
 import csv
-import ctypes
 import dataclasses
 import io
 import math
@@ -20,72 +22,38 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
-from .augment import random_affine
+from . import distributed
+from .augment import apply_transforms, sample_transforms
 from .checkpoint import (CHECKPOINT_FILE, WEIGHTS_FILE, environment, load_checkpoint, load_run_model, save_checkpoint,
                          save_weights)
 from .config import TrainConfig, config_from_dict
 from .data import Digits
-from .evaluate import predict, predict_logits, summarize, to_float
+from .evaluate import predict, summarize, to_float
 from .files import InputError, atomic_write, read_json, write_json
 from .model import Ensemble, build_model, count_parameters
+from .runtime import Runtime, RuntimeConfig, resolve
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
 
-def physical_cores() -> int:
-    """Physical cores (hyper-threads share the FPU, so more threads than this only adds contention)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cores = set()
-            physical = core = None
-            for line in f:
-                if line.startswith("physical id"):
-                    physical = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                    cores.add((physical, core))
-        if cores:
-            return min(len(cores), len(os.sched_getaffinity(0)))
-    except OSError:
-        pass
-    return os.cpu_count() or 1
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def prepare_cpu(cfg: TrainConfig) -> int:
-    """Set torch's threads to `cfg.threads` (0: the physical cores) and keep freed memory for reuse.
-
-    glibc's malloc hands large freed blocks back to the OS, so every training step maps its
-    activations and gradients afresh: `digitrec train --preset fast` took 3.0-3.5 million page
-    faults per epoch and ran at ~3,000 images/s; with the mmap and trim thresholds raised, 98
-    thousand and ~4,100 images/s (seed: +2.5%). The peak resident memory stays what a step needs.
-    The setting is process-wide and stays. Returns the thread count.
-    """
-    threads = cfg.threads or physical_cores()
-    torch.set_num_threads(threads)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return threads
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest; bigger blocks are still mapped apart
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    return threads
-
-
 def split_validation(labels: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): a random `val_fraction` held out with `val_seed`, optionally stratified."""
+    """Indices (train, val), each sorted: a random `val_fraction` held out with `val_seed`.
+
+    Unstratified with val_split "sklearn", the held-out images are exactly those of scikit-learn's
+    train_test_split(test_size=val_fraction, random_state=val_seed): numpy's legacy RandomState
+    permutation, the first ceil(n * val_fraction) of it (tests/test_train.py checks it against sklearn).
+    """
     n = len(labels)
-    rng = np.random.default_rng(cfg.val_seed)
     if cfg.val_fraction == 0:
         return np.arange(n), np.arange(0)
     if not cfg.stratify:
+        rng = np.random.RandomState(cfg.val_seed) if cfg.val_split == "sklearn" else np.random.default_rng(cfg.val_seed)
         order = rng.permutation(n)
         n_val = int(math.ceil(n * cfg.val_fraction))  # sklearn's train_test_split rounds the test part up
         return np.sort(order[n_val:]), np.sort(order[:n_val])
+    rng = np.random.default_rng(cfg.val_seed)
     val = []
     for c in range(10):
         members = rng.permutation(np.flatnonzero(labels == c))
@@ -118,79 +86,127 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return None
 
 
+class Schedule:
+    """The learning-rate schedule and when it steps, decided here only: a one-cycle rate after every
+    batch, the plateau rate after every epoch on the validation accuracy, a constant rate never."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+        self.per_batch = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+
+    def after_step(self) -> None:
+        if self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self, val_acc: float) -> None:
+        if self.scheduler is not None and not self.per_batch:
+            self.scheduler.step(val_acc)
+
+
 def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
     return n_train // cfg.batch_size if cfg.drop_last else math.ceil(n_train / cfg.batch_size)
 
 
-def train_one_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, cfg: TrainConfig,
-                    generator: torch.Generator, progress: tqdm | None = None) -> dict:
-    """One pass over a fresh shuffle of (x uint8 (N, 28, 28), y int64 (N,)). Returns loss and accuracy."""
+def _accumulator(device: torch.device) -> torch.Tensor:
+    """(loss sum, correct, images) kept on the device: read once per epoch, never per step (no sync)."""
+    return torch.zeros(3, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+
+
+def train_one_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, schedule: Schedule, cfg: TrainConfig,
+                    generator: torch.Generator, rt: Runtime, scaler: torch.amp.GradScaler | None = None,
+                    progress: tqdm | None = None) -> dict:
+    """One pass over a fresh shuffle of (x uint8 (N, 28, 28), y int64 (N,)), both on rt.device.
+
+    Every rank draws the same global shuffle and the same augmentations of each global batch from
+    `generator`, and computes its own share of the batch: any number of ranks sees the images
+    one process would. Returns loss and accuracy over all ranks.
+    """
     model.train()
-    order = torch.randperm(len(x), generator=generator)
-    total_loss = total_correct = seen = 0
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    sums = _accumulator(x.device)
     start = time.perf_counter()
     for step in range(steps_per_epoch(len(x), cfg)):
-        index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        xb = to_float(x[index])  # (B, 1, 28, 28)
+        batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        transforms = sample_transforms(len(batch), cfg, generator) if cfg.augment else None
+        share = torch.tensor_split(torch.arange(len(batch)), rt.world_size)[rt.rank]  # this rank's images
+        index = batch[share.to(x.device)]
+        xb = to_float(x[index])  # (B / ranks, 1, 28, 28)
         yb = y[index]
-        if cfg.augment:
-            xb = random_affine(xb, cfg, generator)
-        if cfg.channels_last:
+        if transforms is not None:
+            xb = apply_transforms(xb, *(t[share] if t is not None else None for t in transforms))
+        if rt.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
 
         optimizer.zero_grad(set_to_none=True)
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-        loss.backward()
-        optimizer.step()
-        if cfg.schedule == "onecycle":
-            scheduler.step()
+        with rt.autocast():
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        schedule.after_step()
 
-        total_loss += loss.item() * len(yb)
-        total_correct += (logits.argmax(1) == yb).sum().item()
-        seen += len(yb)
+        sums[0] += loss.detach().to(sums.dtype) * len(yb)
+        sums[1] += (logits.argmax(1) == yb).sum()
+        sums[2] += len(yb)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.4f}",
-                                 img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
-    return {"loss": total_loss / max(seen, 1), "acc": total_correct / max(seen, 1),
-            "seconds": time.perf_counter() - start, "images": seen}
+    loss_sum, correct, seen = distributed.all_reduce_sum(rt, sums).tolist()
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1),
+            "seconds": time.perf_counter() - start, "images": int(seen)}
 
 
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> dict:
-    """Loss and accuracy on held-out images, no augmentation, no gradients."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> dict:
+    """Loss and accuracy on held-out images (on rt.device), no augmentation, no gradients. Each rank
+    scores its own slice and the sums are added: every image counts once, none is padded in."""
     if len(x) == 0:
         return {"loss": float("nan"), "acc": float("nan")}
-    logits = predict_logits(model, x, cfg.eval_batch_size, cfg.channels_last)
-    return {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+    sums = _accumulator(x.device)
+    model.eval()
+    part = torch.tensor_split(torch.arange(len(x), device=x.device), rt.world_size)[rt.rank]
+    with torch.inference_mode(), rt.autocast():
+        for index in part.split(rt.eval_batch_size):
+            xb = to_float(x[index])
+            if rt.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            logits = model(xb).float()
+            sums[0] += F.cross_entropy(logits, y[index], reduction="sum").to(sums.dtype)
+            sums[1] += (logits.argmax(1) == y[index]).sum()
+            sums[2] += len(index)
+    loss_sum, correct, seen = distributed.all_reduce_sum(rt, sums).tolist()
+    return {"loss": loss_sum / seen, "acc": correct / seen}
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
+def _history_csv(history: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    with atomic_write(path) as f:
-        f.write(buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _check_same_config(out_dir: Path, cfg: TrainConfig) -> None:
-    """A run is resumed only with the config it was started with."""
+    """A run is resumed only with the recipe it was started with (the runtime may differ)."""
     saved = config_from_dict(read_json(out_dir / "config.json"))
     if saved != cfg:
         diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
         raise InputError(f"{out_dir}: config differs from the run being resumed ({', '.join(diff)})")
 
 
-def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool = False,
-        quiet: bool = False) -> dict:
-    """Train `cfg` on labelled `data`, writing the run into `out_dir`. Returns metrics.json's content.
-
-    With `resume`, continue from `out_dir/checkpoint.safetensors` (the config must match).
-    """
+def check_start(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool, world_size: int = 1) -> None:
+    """Everything that can be wrong before a run starts, read-only: each rank checks before any writes,
+    and the CLI before a process group exists. Raises InputError."""
     out_dir = Path(out_dir)
     if data.labels is None:
         raise InputError(f"{data.source}: training needs labels")
+    if cfg.batch_size % world_size:
+        raise InputError(f"batch_size {cfg.batch_size} is the global batch: it must divide among {world_size} processes")
+    if world_size > 1 and not cfg.drop_last:
+        raise InputError("several processes need drop_last: a partial batch cannot be shared out evenly")
     if resume:
         if not (out_dir / CHECKPOINT_FILE).is_file():
             raise InputError(f"{out_dir}: nothing to resume (no {CHECKPOINT_FILE})")
@@ -198,77 +214,156 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
     elif (out_dir / CHECKPOINT_FILE).exists() or (out_dir / WEIGHTS_FILE).exists():
         raise InputError(f"{out_dir}: already holds a run; use --resume or another --out")
 
-    threads = prepare_cpu(cfg)
-    torch.manual_seed(cfg.seed)  # weights and dropout
-    generator = torch.Generator().manual_seed(cfg.seed + 1)  # shuffling and augmentation
-    train_idx, val_idx = split_validation(data.labels, cfg)
-    x_train, y_train = torch.from_numpy(data.images[train_idx]), torch.from_numpy(data.labels[train_idx])
-    x_val, y_val = torch.from_numpy(data.images[val_idx]), torch.from_numpy(data.labels[val_idx])
 
-    model = build_model(cfg)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
+class RunWriter:
+    """The one place a run writes files and prints. Inactive on every rank but 0, which computes only."""
+
+    def __init__(self, out_dir: Path, active: bool, quiet: bool):
+        self.out_dir, self.active, self.quiet = out_dir, active, quiet
+
+    def say(self, text: str) -> None:
+        if self.active and not self.quiet:
+            print(text)
+
+    def progress(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, disable=self.quiet or not self.active, leave=True, dynamic_ncols=True,
+                    mininterval=1.0)
+
+    def start(self, cfg: TrainConfig) -> None:
+        if self.active:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "config.json", cfg.to_dict())
+            self.history([])
+
+    def history(self, history: list[dict]) -> None:
+        if self.active:
+            with atomic_write(self.out_dir / "history.csv") as f:
+                f.write(_history_csv(history))
+
+    def checkpoint(self, *args, **kwargs) -> None:
+        if self.active:
+            save_checkpoint(self.out_dir / CHECKPOINT_FILE, *args, **kwargs)
+
+    def finish(self, model, cfg: TrainConfig, metrics: dict, val: Digits) -> None:
+        """Validation predictions, then the weights, then metrics.json: a run with metrics is finished."""
+        if not self.active:
+            return
+        if len(val):
+            val_preds = predict(model, val, "val")
+            val_preds.save(self.out_dir / "predictions_val.npz")
+            summary = summarize(val_preds)
+            write_json(self.out_dir / "evaluation_val.json", summary)
+            metrics["val_accuracy"] = summary["accuracy"]
+        save_weights(self.out_dir / WEIGHTS_FILE, model, cfg,
+                     {"metrics": {k: metrics.get(k) for k in ("val_accuracy", "data")}})
+        write_json(self.out_dir / "metrics.json", metrics)
+
+
+def _dropout_seed(cfg: TrainConfig, rank: int, epoch: int) -> int:
+    """Dropout seed of ranks above 0 for an epoch: fixed by the seed, the rank and the epoch, so any
+    rank can resume from rank 0's checkpoint. Rank 0 continues one stream, as a single process does."""
+    return int(np.random.SeedSequence([cfg.seed, rank, epoch]).generate_state(1)[0])
+
+
+def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool = False,
+        quiet: bool = False, runtime: Runtime | None = None) -> dict:
+    """Train `cfg` on labelled `data`, writing the run into `out_dir`. Returns metrics.json's content.
+
+    With `resume`, continue from `out_dir/checkpoint.safetensors` (the recipe must match; the runtime
+    may differ). `runtime` says where to compute (default: runtime.resolve(), the accelerator torch
+    reports, else the CPU, with the threads torch has). Under torch.distributed, every rank calls
+    fit and rank 0 writes. The process's RNG state is left as it was found.
+    """
+    rt = runtime or resolve(RuntimeConfig())
+    out_dir = Path(out_dir)
+    distributed.check_on_main(rt, lambda: check_start(cfg, data, out_dir, resume, rt.world_size))
+    with rt.fork_rng():
+        return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt)
+
+
+def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: RunWriter, rt: Runtime) -> dict:
+    torch.manual_seed(cfg.seed)  # weights and dropout; fit() restores the caller's RNG state afterwards
+    generator = torch.Generator().manual_seed(cfg.seed + 1)  # shuffling and augmentation, on the CPU
+    train_idx, val_idx = split_validation(data.labels, cfg)
+    x_train = torch.from_numpy(data.images[train_idx]).to(rt.device)  # uint8 (N, 28, 28)
+    y_train = torch.from_numpy(data.labels[train_idx]).to(rt.device)
+    x_val = torch.from_numpy(data.images[val_idx]).to(rt.device)
+    y_val = torch.from_numpy(data.labels[val_idx]).to(rt.device)
     n_steps = steps_per_epoch(len(x_train), cfg)
     if n_steps == 0:
         raise InputError(f"{data.source}: {len(x_train)} training images is less than one batch of {cfg.batch_size}")
-    scheduler = build_scheduler(optimizer, cfg, n_steps)
-    forward = torch.compile(model) if cfg.compile else model  # shares model's parameters
 
+    model = build_model(cfg).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    schedule = Schedule(optimizer, cfg, n_steps)
+    scaler = rt.grad_scaler()
     history: list[dict] = []
     train_seconds = 0.0
-    data_sha256 = data.sha256
-    if resume:
-        state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, generator)
-        if state.get("data_sha256", data_sha256) != data_sha256:  # checkpoints from before the field pass
+    if resume:  # every rank reads the checkpoint; rank 0's RNG state is the one saved
+        state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, schedule.scheduler, generator, rt,
+                                scaler)
+        if state.get("data_sha256", data.sha256) != data.sha256:  # checkpoints from before the field pass
             raise InputError(f"{out_dir}: the checkpoint was trained on other data than {data.source}")
         history, train_seconds = state["history"], state["train_seconds"]
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", cfg.to_dict())
-    _write_history(out_dir / "history.csv", history)
+        writer.start(cfg)
+    distributed.same_on_every_rank(rt, len(history), "the epochs done")
 
-    if not quiet:
-        print(f"training {cfg.model} ({count_parameters(model):,} parameters) on {len(x_train):,} images, "
-              f"validating on {len(x_val):,}; {n_steps} steps/epoch, {threads} threads -> {out_dir}")
+    forward = model
+    if rt.distributed:
+        if rt.sync_batchnorm:
+            forward = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward)
+        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=rt.ddp_device_ids())
+    if rt.compile:
+        forward = torch.compile(forward)  # shares model's parameters
+
+    writer.say(f"training {cfg.model} ({count_parameters(model):,} parameters) on {len(x_train):,} images, "
+               f"validating on {len(x_val):,}; {n_steps} steps/epoch; {rt.device}, {rt.precision}, "
+               f"{rt.world_size} process(es) x {rt.threads} threads -> {out_dir}")
     for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if rt.rank > 0:
+            torch.manual_seed(_dropout_seed(cfg, rt.rank, epoch))
         epoch_start = time.perf_counter()
-        with tqdm(total=n_steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=quiet, leave=True,
-                  dynamic_ncols=True, mininterval=1.0) as progress:
+        with writer.progress(n_steps, f"epoch {epoch}/{cfg.epochs}") as progress:
             lr = optimizer.param_groups[0]["lr"]
-            train = train_one_epoch(forward, x_train, y_train, optimizer, scheduler, cfg, generator, progress)
-            val = evaluate(model, x_val, y_val, cfg)
+            train = train_one_epoch(forward, x_train, y_train, optimizer, schedule, cfg, generator, rt, scaler,
+                                    progress)
+            distributed.broadcast_buffers(rt, model)
+            val = evaluate(model, x_val, y_val, rt)
             shown = {"loss": train["loss"], "acc": train["acc"]}
             if len(x_val):
                 shown |= {"val_loss": val["loss"], "val_acc": val["acc"]}
-            progress.set_postfix({k: f"{v:.4f}" for k, v in shown.items()} | {"lr": f"{lr:.2e}"})
-        if cfg.schedule == "plateau":
-            scheduler.step(val["acc"])
+            progress.set_postfix({k: f"{v:.4f}" for k, v in shown.items()} |
+                                 {"lr": f"{lr:.2e}", "img_s": f"{train['images'] / train['seconds']:.0f}"})
+        val_acc = val["acc"]
+        if rt.distributed:  # the plateau decision is rank 0's, sent to all: every rank keeps the same rate
+            val_acc = distributed.broadcast_from_main(rt, torch.tensor(val_acc, dtype=torch.float64, device=rt.device))
+            val_acc = val_acc.item()
+        schedule.after_epoch(val_acc)
         seconds = time.perf_counter() - epoch_start  # training and validation
         train_seconds += seconds
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                         "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "seconds": round(seconds, 3)})
-        save_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, generator,
-                        {"history": history, "train_seconds": train_seconds, "data_sha256": data_sha256})
-        _write_history(out_dir / "history.csv", history)
+        writer.checkpoint(model, optimizer, schedule.scheduler, generator,
+                          {"history": history, "train_seconds": train_seconds, "data_sha256": data.sha256},
+                          rt, scaler)
+        writer.history(history)
+        distributed.barrier(rt)  # the checkpoint is complete before any rank moves on
 
     metrics = {
         "preset": cfg.preset, "model": cfg.model, "parameters": count_parameters(model),
-        "data": data.source, "data_sha256": data_sha256, "n_train": len(x_train), "n_val": len(x_val),
+        "data": data.source, "data_sha256": data.sha256, "n_train": len(x_train), "n_val": len(x_val),
         "epochs": cfg.epochs,
         "label_counts": np.bincount(data.labels, minlength=10).tolist(),
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(len(history) * n_steps * cfg.batch_size / max(train_seconds, 1e-9), 1),
+        "runtime": rt.describe(),
         "environment": environment(),
     }
-    if len(val_idx):
-        val_preds = predict(model, data.subset(val_idx), "val", cfg.eval_batch_size, cfg.channels_last)
-        val_preds.save(out_dir / "predictions_val.npz")
-        summary = summarize(val_preds)
-        write_json(out_dir / "evaluation_val.json", summary)
-        metrics["val_accuracy"] = summary["accuracy"]
-    save_weights(out_dir / WEIGHTS_FILE, model, cfg, {"metrics": {k: metrics.get(k) for k in ("val_accuracy", "data")}})
-    write_json(out_dir / "metrics.json", metrics)
+    writer.finish(model.cpu().float(), cfg, metrics, data.subset(val_idx))
+    distributed.barrier(rt)
     return metrics
 
 
@@ -357,13 +452,8 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
     return metrics
 
 
-def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, size: int = DEFAULT_ENSEMBLE_SIZE,
-                   resume: bool = False, quiet: bool = False) -> dict:
-    """Train `size` members of `cfg` (see member_config) into `out_dir/member-<i>/`, then combine
-    them into `out_dir`. Returns the ensemble's metrics.json content.
-
-    With `resume`, a finished member is kept and a member with a checkpoint continues from it.
-    """
+def check_ensemble_start(cfg: TrainConfig, out_dir: str | os.PathLike, size: int, resume: bool) -> None:
+    """What can be wrong before an ensemble starts, read-only (the members check their own runs)."""
     out_dir = Path(out_dir)
     if size < 2:
         raise InputError(f"an ensemble needs at least 2 members, got {size}")
@@ -372,22 +462,44 @@ def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, s
             raise InputError(f"{out_dir}: nothing to resume (no config.json)")
         _check_same_config(out_dir, cfg)
         if (out_dir / WEIGHTS_FILE).is_file():
-            metrics = read_json(out_dir / "metrics.json")
-            if len(metrics["members"]) != size:
-                raise InputError(f"{out_dir}: holds a finished ensemble of {len(metrics['members'])}, not {size}")
-            return metrics
+            finished = len(read_json(out_dir / "metrics.json")["members"])
+            if finished != size:
+                raise InputError(f"{out_dir}: holds a finished ensemble of {finished}, not {size}")
     elif (out_dir / "config.json").exists() or (out_dir / WEIGHTS_FILE).exists():
         raise InputError(f"{out_dir}: already holds a run; use --resume or another --out")
-    else:
+
+
+def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, size: int = DEFAULT_ENSEMBLE_SIZE,
+                   resume: bool = False, quiet: bool = False, runtime: Runtime | None = None) -> dict:
+    """Train `size` members of `cfg` (see member_config) into `out_dir/member-<i>/`, then combine
+    them into `out_dir`. Returns the ensemble's metrics.json content (on rank 0; {} on the others).
+
+    Under torch.distributed, member i trains on rank i mod world size as a whole single-process run
+    (no gradient traffic); rank 0 then receives the members' files, on its own machine whether or not
+    the machines share a filesystem, and combines them. With `resume`, a finished member is kept and
+    a member with a checkpoint continues from it.
+    """
+    rt = runtime or resolve(RuntimeConfig())
+    out_dir = Path(out_dir)
+    distributed.check_on_main(rt, lambda: check_ensemble_start(cfg, out_dir, size, resume))
+    finished = torch.tensor(int(rt.is_main and resume and (out_dir / WEIGHTS_FILE).is_file()), device=rt.device)
+    if distributed.broadcast_from_main(rt, finished).item():
+        return read_json(out_dir / "metrics.json") if rt.is_main else {}
+    if rt.is_main and not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg.to_dict())
-
-    member_dirs = [train_member(cfg, i, size, data, out_dir, resume, quiet) for i in range(size)]
-    return combine_runs(member_dirs, out_dir)
+    member_rt = dataclasses.replace(rt, rank=0, world_size=1)  # each member is a run of its own
+    mine = [train_member(cfg, i, size, data, out_dir, resume, quiet or not rt.is_main, member_rt)
+            for i in range(rt.rank, size, rt.world_size)]
+    distributed.gather_files(rt, out_dir, [str(path.relative_to(out_dir)) for member_dir in mine
+                                           for path in sorted(member_dir.iterdir()) if path.is_file()])
+    if not rt.is_main:
+        return {}
+    return combine_runs([out_dir / f"member-{i}" for i in range(size)], out_dir)
 
 
 def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir: Path, resume: bool = False,
-                 quiet: bool = False) -> Path:
+                 quiet: bool = False, runtime: Runtime | None = None) -> Path:
     """Member `index` of an ensemble of `size` in out_dir/member-<index>/. A finished member (of the
     same config) is kept; with `resume`, a member with a checkpoint continues from it."""
     member_dir, member_cfg = out_dir / f"member-{index}", member_config(cfg, index)
@@ -403,5 +515,6 @@ def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir:
     if not quiet:
         deskew = ", deskewed inputs" if member_cfg.deskew else ""
         print(f"member {index + 1}/{size}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}{deskew}")
-    fit(member_cfg, data, member_dir, resume=resume and (member_dir / CHECKPOINT_FILE).is_file(), quiet=quiet)
+    fit(member_cfg, data, member_dir, resume=resume and (member_dir / CHECKPOINT_FILE).is_file(), quiet=quiet,
+        runtime=runtime)
     return member_dir
