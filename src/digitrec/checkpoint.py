@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -62,15 +63,29 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and JSON metadata of a safetensors file; InputError naming the file if it is anything else."""
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     try:
+        blob = Path(path).read_bytes()
         with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        tensors = st_load(Path(path).read_bytes())
+            raw_meta = f.metadata() or {}
+        tensors = st_load(blob)
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
-    return tensors, meta
+        raise InputError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    return tensors, {key: _json_or_text(value) for key, value in raw_meta.items()}
+
+
+def _json_or_text(value: str):
+    """digitrec writes every metadata value as JSON; other projects' files hold plain text (`"format": "pt"`)."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def save_weights(path: Path, model: torch.nn.Module, cfg: TrainConfig, extra: dict | None = None) -> None:
@@ -79,15 +94,43 @@ def save_weights(path: Path, model: torch.nn.Module, cfg: TrainConfig, extra: di
 
 
 def load_weights(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
-    """Rebuild a model from its weights file alone; returns (model in eval mode, config, metadata)."""
+    """Rebuild a model from its weights file alone; returns (model in eval mode, config, metadata).
+
+    Anything but a digitrec weights file (truncated, garbled, another project's, another model's
+    weights) raises InputError naming the file. The model is first built on the meta device, where
+    it costs no memory, and its shapes compared with the file's tensors: metadata describing a huge
+    model is refused before anything is allocated.
+    """
     tensors, meta = _read_safetensors(path)
-    if "config" not in meta:
+    if not isinstance(meta.get("config"), dict):
         raise InputError(f"{path}: no config in its metadata; not a digitrec weights file")
-    cfg = config_from_dict(meta["config"])
-    if "members" in meta:  # an ensemble run (train.combine_runs): one member config each
-        model = Ensemble([build_model(config_from_dict(member)) for member in meta["members"]])
-    else:
-        model = build_model(cfg)
+    members = meta.get("members")  # an ensemble run (train.combine_runs): one member config each
+    if members is not None and not (isinstance(members, list) and members and all(isinstance(m, dict) for m in members)):
+        raise InputError(f"{path}: its 'members' metadata is not a list of configs; not a digitrec weights file")
+
+    def build() -> torch.nn.Module:
+        return Ensemble([build_model(c) for c in configs]) if configs is not None else build_model(cfg)
+
+    try:
+        cfg = config_from_dict(meta["config"])
+        configs = [config_from_dict(member) for member in members] if members is not None else None
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a zero-width layer: torch warns that initialising it does nothing
+            expected = build().state_dict()
+    except (TypeError, ValueError, RuntimeError) as e:  # a config field of the wrong type or range
+        raise InputError(f"{path}: its config is not one this digitrec can build ({_first_line(e)})") from None
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    reshaped = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        problems = [f"{len(keys)} {what} (first: {keys[0]!r})" for keys, what in
+                    ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if keys]
+        raise InputError(f"{path}: its tensors do not fit the {cfg.model!r} model its config describes: "
+                         + ", ".join(problems))
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise InputError(f"{path}: tensor {bad!r} holds NaN or infinite values; the file is damaged")
+    model = build()
     model.load_state_dict(tensors)
     return model.eval(), cfg, meta
 

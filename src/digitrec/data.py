@@ -18,6 +18,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -129,14 +130,15 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
         raise InputError(f"{name}: no data rows after the header")
 
     columns = TRAIN_COLUMNS if kind == "train" else PIXEL_COLUMNS
-    values = np.empty((len(frame), len(columns)), dtype=np.int64)
+    # float64 until the range is checked: it holds every integer a valid file has exactly, and a cell
+    # such as 1e30 as itself (cast to int64 it would wrap round, with a RuntimeWarning)
+    values = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
         values[:, j] = _integer_column(name, frame[column], column)
 
     if kind == "train":
-        labels = values[:, 0]
-        pixels = values[:, 1:]
-        _check_range(name, labels[:, None], ["label"], 0, 9)
+        _check_range(name, values[:, :1], ["label"], 0, 9)
+        labels, pixels = values[:, 0].astype(np.int64), values[:, 1:]
     else:
         labels, pixels = None, values
     _check_range(name, pixels, PIXEL_COLUMNS, 0, 255)
@@ -185,13 +187,14 @@ def _raise_first_malformed_row(path: Path, n_columns: int) -> None:
 
 
 def _integer_column(name: str, series: pd.Series, column: str) -> np.ndarray:
+    """The column as float64 holding integers, or InputError at its first cell that is not one."""
     if pd.api.types.is_integer_dtype(series.dtype):
-        return series.to_numpy(dtype=np.int64)
+        return series.to_numpy(dtype=np.float64)
     if pd.api.types.is_float_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
         if len(bad) == 0:
-            return values.astype(np.int64)
+            return values
         row = int(bad[0])
         what = "empty cell (missing value)" if np.isnan(values[row]) else f"{values[row]:g} is not an integer"
         raise InputError(f"{name}: {_where(row)}, column {column}: {what}")
@@ -205,7 +208,7 @@ def _integer_column(name: str, series: pd.Series, column: str) -> np.ndarray:
             raise InputError(f"{name}: {_where(row)}, column {column}: {str(cell)[:20]!r} is not a number") from None
         if not np.isfinite(number) or number != round(number):
             raise InputError(f"{name}: {_where(row)}, column {column}: {str(cell)[:20]!r} is not an integer")
-    return series.astype(np.float64).to_numpy().astype(np.int64)
+    return series.astype(np.float64).to_numpy()
 
 
 def _check_range(name: str, values: np.ndarray, columns: list[str], low: int, high: int) -> None:
@@ -213,7 +216,7 @@ def _check_range(name: str, values: np.ndarray, columns: list[str], low: int, hi
     if len(bad):
         row, col = (int(i) for i in bad[0])
         raise InputError(
-            f"{name}: {_where(row)}, column {columns[col]}: {int(values[row, col])} is outside {low}..{high}"
+            f"{name}: {_where(row)}, column {columns[col]}: {values[row, col]:.15g} is outside {low}..{high}"
         )
 
 
@@ -255,7 +258,7 @@ def read_idx(source: str | os.PathLike, sha256: str | None = None, cache_dir: Pa
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise InputError(f"{name}: corrupt gzip data ({e})") from None
     if len(raw) < 8:
         raise InputError(f"{name}: too short to be an IDX file")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,8 +136,20 @@ class Predictions:
     def load(cls, path: str | os.PathLike) -> "Predictions":
         if not Path(path).is_file():
             raise InputError(f"{path}: no such predictions file")
-        with np.load(path, allow_pickle=False) as z:
-            return cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                preds = cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"])
+        # a truncated, garbled or foreign file: numpy lets each layer's own error through
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            detail = (str(e).splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{path}: not a digitrec predictions file ({detail})") from None
+        n = len(preds.ids)
+        shapes = {"ids": (n,), "y_true": (n,), "y_pred": (n,), "probs": (n, 10), "images": (n, 28, 28)}
+        wrong = next((key for key, shape in shapes.items() if getattr(preds, key).shape != shape), None)
+        if wrong is not None:
+            raise InputError(f"{path}: not a digitrec predictions file ({wrong} has shape "
+                             f"{list(getattr(preds, wrong).shape)}, expected {list(shapes[wrong])})")
+        return preds
 
     def _need_labels(self) -> None:
         if not self.has_labels:

@@ -10,8 +10,10 @@ from local copies of Swagger UI, so everything works offline).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -252,8 +254,17 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
     # onnxruntime runs one `fast` image in ~0.1 ms where torch's eager modules take ~0.45 ms. One
     # thread: one image is too little work to split across cores (on the shared 2-core machine a
     # batch-1 forward took ~90 ms with 2 threads spinning for a busy core); concurrent uploads use
-    # the cores instead, each in its own thread-pool thread.
+    # the cores instead, each decoded in its own thread.
     engine = OnnxClassifier.from_model(model, threads=1)
+    # Uploads are decoded by one thread per core: decoding is CPU-bound, so more would not answer
+    # sooner, and memory stays bounded. A ~70 KB PNG can hold a 40-megapixel image that takes
+    # ~0.5 GB while it is read, and the allocator keeps each decoding thread's peak: decoded in
+    # FastAPI's pool of 40 threads, 24 such uploads at once took the server from 0.5 GB to a peak
+    # of 10 GB; one thread per core, 1.5 GB on 2 cores (`benchmarks/fuzz.py --heavy 24`).
+    decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="digitrec-decode")
+
+    def read_upload(data: bytes, name: str) -> np.ndarray | None:
+        return to_mnist(open_image(data, name))
 
     def classify(image: np.ndarray) -> Response:
         """One (28, 28) uint8 image -> a Prediction: label, probabilities and the image itself."""
@@ -282,10 +293,9 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
     @app.post("/api/predict", summary="Classify an image file (PNG, JPEG, ...)", response_model=Prediction,
               responses={400: {"description": "not a readable image, too many pixels, or no digit in it"},
                          413: {"description": "body over the limit"}})
-    def api_predict(file: Annotated[UploadFile, File(description="the image; any size up to the body limit")]):
-        # plain def: FastAPI runs it in its thread pool, so decoding an image never blocks the event loop
+    async def api_predict(file: Annotated[UploadFile, File(description="the image; any size up to the body limit")]):
         name = Path(file.filename or "upload").name[:100]
-        image = to_mnist(open_image(file.file.read(), name))
+        image = await asyncio.wrap_future(decoder.submit(read_upload, await file.read(), name))
         if image is None:
             raise InputError(f"{name}: {NO_DIGIT}")
         return classify(image)

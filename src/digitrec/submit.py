@@ -13,6 +13,9 @@ from .evaluate import Predictions
 from .files import InputError, atomic_write
 
 SUBMISSION_COLUMNS = ["ImageId", "Label"]
+# Cells are read as float64, which holds every integer up to this exactly; a larger ImageId (no
+# Kaggle file has one) would be rounded, and two different ones could look the same.
+MAX_IMAGE_ID = 2 ** 53 - 1
 
 
 def write_submission(preds: Predictions, path: str | os.PathLike) -> Path:
@@ -41,13 +44,12 @@ def read_label_file(path: str | os.PathLike) -> pd.DataFrame:
     if len(frame) == 0:
         raise InputError(f"{name}: no rows after the header")
     frame.columns = columns
-    for column, low, high in (("ImageId", 1, None), ("Label", 0, 9)):
+    for column, low, high in (("ImageId", 1, MAX_IMAGE_ID), ("Label", 0, 9)):
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (values < low)
-                             | ((values > high) if high is not None else False))
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (values < low) | (values > high))
         if len(bad):
             row = int(bad[0])
-            limits = f"{low}..{high}" if high is not None else f"an integer >= {low}"
+            limits = f"{low}..{high}" if column == "Label" else f"an integer from {low} to 2^53 - 1"
             raise InputError(f"{name}: row {row + 1} (line {row + 2}), column {column}: "
                              f"{str(frame[column].iloc[row])!r} is not {limits}")
         frame[column] = values.astype(np.int64)
