@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from digitrec.config import make_config
 from digitrec.data import load_mnist
-from digitrec.distributed import DistEnv, broadcast_buffers, init, shutdown
+from digitrec.distributed import DistEnv, barrier, broadcast_buffers, init, shutdown
 from digitrec.model import ByteMaskDropout, build_model
 from digitrec.runtime import RuntimeConfig, resolve, setup_process
 from digitrec.train import Schedule, build_optimizer, steps_per_epoch, train_one_epoch
@@ -43,8 +43,9 @@ ddp = torch.nn.parallel.DistributedDataParallel(model)
 stats = train_one_epoch(ddp, torch.from_numpy(digits.images), torch.from_numpy(digits.labels), optimizer, schedule,
                         cfg, torch.Generator().manual_seed(1), rt)
 broadcast_buffers(rt, model)  # as fit does after each epoch
-del ddp  # before the group goes, as fit's return does: gloo work left behind aborts the exit
+del ddp  # before the group goes, as fit's return does
 out_dir.mkdir(parents=True, exist_ok=True)
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / f"rank{env.rank}.safetensors"),
           metadata={"images": str(stats["images"]), "loss": repr(stats["loss"])})
+barrier(rt)  # as the CLI does: all ranks leave together (a gloo peer gone mid-exchange aborts the exit)
 shutdown()

@@ -163,6 +163,7 @@ def cmd_train(args) -> None:
             metrics = train_ensemble(cfg, digits, out, size, resume=resume, quiet=args.quiet, runtime=rt)
         else:
             metrics = fit(cfg, digits, out, resume=resume, quiet=args.quiet, runtime=rt)
+        distributed.barrier(rt)  # all ranks leave together: a gloo peer gone mid-exchange aborts the exit
     finally:
         distributed.shutdown()
     if not rt.is_main:
