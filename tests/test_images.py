@@ -14,7 +14,7 @@ from PIL import Image
 
 from digitrec.cli import main
 from digitrec.files import InputError
-from digitrec.images import (CENTRE, FORMATS, MAX_PIXELS, label_components, naive_resize, open_image,
+from digitrec.images import (CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image,
                              read_images, split_digits, to_grey, to_mnist)
 from .image_variants import VARIANTS, strip
 
