@@ -49,7 +49,8 @@ BOX = 20  # the ink's longer side after scaling, px
 CENTRE = 14.0  # where MNIST puts the ink's centre of mass (row, col); measured on the test set: 13.99, 14.01
 
 # Preprocessing thresholds, on ink intensity in [0, 1] after background removal.
-MIN_CONTRAST = 0.25  # ink must differ from the paper by this much (of full scale), else "no digit"
+NOISE_FLOOR = 4.0  # ... and be this many standard deviations of the page's noise darker than its paper
+MIN_CONTRAST = 0.1  # ink must differ from the paper by this much (of full scale), else "no digit"
 INK_THRESHOLD = 0.2  # pixels fainter than this are paper texture, JPEG noise or shadow
 MIN_PART = 0.08  # a blob smaller than this fraction of the largest one is a speck, not a stroke
 FRAGMENT_HEIGHT = 0.6  # in a number, a piece shorter than this fraction of the median digit is part of a neighbour
@@ -61,7 +62,7 @@ NEAR = 0.35  # a stroke further from the main stroke than this fraction of its s
 # The page's illumination: a closing (max then min filter) this fraction of the image's shorter
 # side wide, far wider than any stroke of a digit that fits in the picture, so it erases strokes
 # and keeps the light's gradient, a shadow's edge and the paper's colour.
-BACKGROUND_FRACTION = 0.5
+BACKGROUND_FRACTION = 0.3
 BACKGROUND_CELLS = 15  # ... computed on a copy shrunk so the filter is this many pixels wide: fast
 
 # Printed lines: runs of ink at least LINE_RUN of the image long (horizontal or vertical, a tilt of
@@ -199,7 +200,14 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     page = grey if np.median(border) > 127 else 255 - grey  # dark ink on light paper
-    ink = 255 - cv2.divide(page, _background(page), scale=255)  # 0 = as light as the paper around it
+    background = _background(page)
+    contrast = cv2.subtract(background, page)  # grey levels darker than the paper around it
+    # sensor and JPEG noise, from the spread of the contrast over the page (mostly paper): anything
+    # within NOISE_FLOOR of it is paper, however dark the paper is where a shadow falls
+    sample = contrast[::4, ::4].astype(np.float32)
+    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    contrast[contrast < NOISE_FLOOR * noise] = 0
+    ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
     # the strongest ink that fills a 2x2 block: a stroke, not a hot pixel or JPEG ringing
     peak = int(cv2.erode(ink, np.ones((2, 2), np.uint8)).max())
     if peak < MIN_CONTRAST * 255:
