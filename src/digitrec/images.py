@@ -71,6 +71,8 @@ BACKGROUND_CELLS = 15  # ... computed on a copy shrunk so the filter is this man
 LINE_RUN = 0.1
 LINE_SLACK = 0.004
 LINE_SPAN = 0.8
+LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that runs off the edge, across 30%
+LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
@@ -243,7 +245,8 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     """The ink without long straight printed lines: ruled lines, a form's box, underlines.
 
     Candidates are runs of ink at least LINE_RUN of the image long, horizontal or vertical (give or
-    take LINE_SLACK of the image across, for a page shot at an angle), each fitted with a straight
+    take LINE_SLACK of the image across, for a page shot at an angle; gaps up to LINE_GAP, for a
+    faint line that binarised into dashes), each fitted with a straight
     line. A candidate is a printed line if it crosses LINE_SPAN of the image (a digit that fits in
     the picture is shorter), or if it is a side of a box: two horizontal candidates joined at both
     ends by two vertical ones. Only the ink on the fitted line goes, so a stroke that merges into a
@@ -256,20 +259,23 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     for axis, (length, across) in {"h": (width, height), "v": (height, width)}.items():
         slack = 2 * max(1, round(LINE_SLACK * across)) + 1
         run = max(3, round(LINE_RUN * length))
-        along, sideways = ((run, 1), (1, slack)) if axis == "h" else ((1, run), (slack, 1))  # (columns, rows)
-        thick = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_RECT, sideways))  # a tilted line's steps joined
-        runs = cv2.morphologyEx(thick, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
+        gap = max(3, round(LINE_GAP * length))
+        along, sideways, gaps = ((run, 1), (1, slack), (gap, 1)) if axis == "h" else ((1, run), (slack, 1), (1, gap))  # (columns, rows)
+        joined = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_RECT, sideways))  # a tilted line's steps joined
+        joined = cv2.morphologyEx(joined, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, gaps))  # and a faint one's dashes
+        runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
         candidates[axis] = []
         if not runs.any():
             continue
         n, labels, stats = cv2.connectedComponentsWithStats(runs, connectivity=8)[:3]
         for k in range(1, n):
             x, y, w, h = (int(v) for v in stats[k, :4])
-            if (w if axis == "h" else h) >= min(LINE_SPAN * length, BOX_SIDE * min(width, height)):
+            if (w if axis == "h" else h) >= min(LINE_EDGE_SPAN * length, BOX_SIDE * min(width, height)):
                 pixels = (labels[y:y + h, x:x + w] == k) & (mask[y:y + h, x:x + w] > 0)
-                candidates[axis].append(_Line.fit(pixels, axis, x, y))
-    lines = {"h": [line for line in candidates["h"] if line.end - line.start >= LINE_SPAN * width],
-             "v": [line for line in candidates["v"] if line.end - line.start >= LINE_SPAN * height]}
+                if pixels.any():
+                    candidates[axis].append(_Line.fit(pixels, axis, x, y))
+    lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
+             for axis, size in (("h", width), ("v", height))}
     for top, bottom, left, right in _boxes(candidates["h"], candidates["v"]):
         lines["h"] += [top, bottom]
         lines["v"] += [left, right]
@@ -302,17 +308,26 @@ class _Line:
     pixels: np.ndarray
     box: tuple[slice, slice]
 
+    def crosses(self, size: int) -> bool:
+        """Whether it is a line across the page (of `size` along it): LINE_SPAN of it, or, where it
+        runs off the picture's edge, LINE_EDGE_SPAN of it and thin (a faint line partly lost)."""
+        length = self.end - self.start
+        off_edge = self.start <= LINE_EDGE * size or self.end >= (1 - LINE_EDGE) * size
+        return length >= LINE_SPAN * size or (off_edge and length >= LINE_EDGE_SPAN * size and self.thick <= LINE_THIN * length)
+
     @classmethod
     def fit(cls, pixels: np.ndarray, axis: str, x: int, y: int) -> _Line:
         """The line through a run component's ink (bool (h, w) at x, y), fitted to the middle of the
-        ink in each column (row, for "v"), twice: the second fit leaves out the columns where a
-        stroke merging into the line pulled the middle away."""
+        ink in each column (row, for "v") where the line is alone, then again to every column whose
+        middle lies on that line."""
         ink = pixels if axis == "h" else pixels.T
         count = ink.sum(0)
         cols = np.flatnonzero(count)
         middle = np.argmax(np.cumsum(ink, 0) >= (count + 1) / 2, axis=0)[cols]  # the median row per column
         thick = int(np.percentile(count[cols], 20))  # not the median: strokes may run along it for a while
-        fit = np.polyfit(cols, middle, 1) if len(cols) > 1 else np.array([0.0, float(middle.mean())])
+        # fitted where the column holds the line alone (no stroke crossing or running along it)
+        alone = count[cols] <= thick + 2
+        fit = np.polyfit(cols[alone], middle[alone], 1) if alone.sum() > 1 else np.array([0.0, float(np.median(middle))])
         close = np.abs(np.polyval(fit, cols) - middle) <= thick
         if 1 < close.sum() < len(cols):
             fit = np.polyfit(cols[close], middle[close], 1)
