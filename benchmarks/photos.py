@@ -72,13 +72,13 @@ def read_all(module, files: list[bytes], multi: bool = False) -> tuple[list, flo
     return results, 1000 * statistics.median(times)
 
 
-def accuracy(classify, digits: list, labels: np.ndarray) -> float:
-    """Share read right; no digit found counts as wrong."""
+def read_right(classify, digits: list, labels: np.ndarray) -> np.ndarray:
+    """Per image, whether it was read right (bool); no digit found counts as wrong."""
     found = [i for i, d in enumerate(digits) if d is not None]
-    right = 0
+    ok = np.zeros(len(digits), bool)
     if found:
-        right = int((classify(np.stack([digits[i] for i in found])).argmax(1) == labels[found]).sum())
-    return right / len(digits)
+        ok[found] = classify(np.stack([digits[i] for i in found])).argmax(1) == labels[found]
+    return ok
 
 
 def phone_jpeg(megapixels: float, digit: np.ndarray) -> bytes:
@@ -118,8 +118,8 @@ def main() -> None:
     # the photo conditions' digits take the strengths in turn: a third of them each
     conditions = {f"{name} (clean)": lambda d, rng, i, f=f: f(d, rng) for name, f in VARIANTS.items()}
     conditions |= {name: lambda d, rng, i, f=f: f(d, rng, STRENGTHS[i % len(STRENGTHS)]) for name, f in CONDITIONS.items()}
-    print("| condition | before | after | change | ms/image before | ms/image after |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| condition | before | after | change | after, by strength 1 / 2 / 3 | ms/image before | ms/image after |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, make in conditions.items():
         if args.only not in name:
             continue
@@ -127,8 +127,11 @@ def main() -> None:
         files = [encode(make(digit, rng, i)) for i, digit in enumerate(images)]
         old, old_ms = read_all(before, files)
         new, new_ms = read_all(after, files)
-        a, b = accuracy(classify, old, labels), accuracy(classify, new, labels)
-        print(f"| {name} | {a:.1%} | {b:.1%} | {100 * (b - a):+.1f} | {old_ms:.1f} | {new_ms:.1f} |", flush=True)
+        a, b = read_right(classify, old, labels), read_right(classify, new, labels)
+        strengths = "—" if "clean" in name else " / ".join(
+            f"{b[i::len(STRENGTHS)].mean():.1%}" for i in range(len(STRENGTHS)))
+        print(f"| {name} | {a.mean():.1%} | {b.mean():.1%} | {100 * (b.mean() - a.mean()):+.1f} | {strengths} "
+              f"| {old_ms:.1f} | {new_ms:.1f} |", flush=True)
 
     # numbers: every digit of a 2-4 digit number, on plain and on ruled paper
     for name, make in {"number (clean)": strip, "number on ruled paper": ruled_strip}.items():
@@ -144,10 +147,10 @@ def main() -> None:
         row = [name]
         for module in (before, after):
             found, ms = read_all(module, files, multi=True)
-            right = sum(len(d) == len(t) and bool((classify(np.stack(d)).argmax(1) == t).all())
+            whole = sum(len(d) == len(t) and bool((classify(np.stack(d)).argmax(1) == t).all())
                         for d, t in zip(found, truth))
-            row += [right / len(files), ms]
-        print(f"| {name}: whole number right | {row[1]:.1%} | {row[3]:.1%} | {100 * (row[3] - row[1]):+.1f} "
+            row += [whole / len(files), ms]
+        print(f"| {name}: whole number right | {row[1]:.1%} | {row[3]:.1%} | {100 * (row[3] - row[1]):+.1f} | — "
               f"| {row[2]:.1f} | {row[4]:.1f} |", flush=True)
 
     print("\n| phone photo (JPEG) | before, ms | after, ms |")
