@@ -249,12 +249,11 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
 
     Candidates are runs of ink at least LINE_RUN of the image long, horizontal or vertical (give or
     take LINE_SLACK of the image across, for a page shot at an angle; gaps up to LINE_GAP, for a
-    faint line that binarised into dashes), each fitted with a straight
-    line. A candidate is a printed line if it crosses LINE_SPAN of the image (a digit that fits in
-    the picture is shorter), or if it is a side of a box: two horizontal candidates joined at both
-    ends by two vertical ones. Only the ink on the fitted line goes, so a stroke that merges into a
-    line stays, and strokes that crossed a line are joined again across it (a closing across the
-    line, kept only where the line was).
+    faint line that binarised into dashes), each fitted with a straight line. A candidate is a
+    printed line if it crosses the picture (`_Line.crosses`), or if it is a side of a box: two
+    horizontal candidates joined at both ends by two vertical ones. Only the ink on the fitted line
+    goes, so a stroke that merges into a line stays, and strokes that crossed a line are joined
+    again across it (a closing across the line, kept only where the line was).
     """
     mask = (ink > 0).astype(np.uint8)
     height, width = mask.shape
