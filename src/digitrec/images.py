@@ -88,7 +88,7 @@ def open_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
 
     Only FORMATS are decoded; images over MAX_PIXELS, truncated or corrupt files, empty files
     and non-images are refused. `name` is what the message calls the input. A large JPEG comes
-    back greyscale at 1/2, 1/4 or 1/8 of its size (no smaller than 3/4 of WORK_SIDE): all that
+    back greyscale at 1/2, 1/4 or 1/8 of its size (no smaller than half WORK_SIDE): all that
     preprocessing reads, for a fraction of the decoding.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -116,8 +116,8 @@ def open_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
             if pixels <= MAX_PIXELS:
                 if image.format == "JPEG":
                     # libjpeg decodes at 1/2, 1/4 or 1/8 size for a fraction of the work: a phone
-                    # photo is read at 1000-odd px, never at 12 megapixels (and grey, if colour)
-                    scale = 0.75 * WORK_SIDE / max(image.size)
+                    # photo is read at 500-1000 px, never at 12 megapixels (and grey, if colour)
+                    scale = 0.5 * WORK_SIDE / max(image.size)
                     image.draft("L", (max(1, int(image.width * scale)), max(1, int(image.height * scale))))
                 image.load()
     except Image.DecompressionBombError as e:
