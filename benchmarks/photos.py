@@ -10,7 +10,8 @@ both pipelines, measured side by side in this one process. Then phone-sized JPEG
 megapixels, open + preprocess, median of --repeats.
 
 Prints a Markdown table. Usage (a `fast` run trains in 2-4 minutes: `digitrec train --preset fast --out RUN`):
-    python benchmarks/photos.py RUN [--digits 1000] [--repeats 15]
+    python benchmarks/photos.py RUN [--digits 1000] [--repeats 15] [--only ruled]
+The README's table: `--digits 1000 --repeats 21` (about 5 minutes on 2 busy cores).
 """
 
 from __future__ import annotations
