@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 PAPER = (250, 247, 235)  # off-white paper
 
@@ -89,3 +89,171 @@ def strip(digits: list[np.ndarray], rng) -> Image.Image:
         x += part.shape[1] + gap + 2
     canvas = canvas[:, :x + 4]
     return _on_paper(Image.fromarray(canvas).resize((canvas.shape[1] * 3, 120), Image.Resampling.BICUBIC))
+
+
+# ---------------------------------------------------------------------------------------------
+# Phone-photo conditions (issue 17): each at STRENGTHS 1 (mild) to 3 (harsh). A digit about 80-110
+# px tall on a page a few times its size, as a photo framed on the digit would show it.
+
+STRENGTHS = (1, 2, 3)
+
+
+def _page(digit, rng, size=(360, 270), scale=None, ink_rgb=(25, 25, 45), paper_rgb=PAPER):
+    """The digit (3-4x) somewhere near the middle of a paper-coloured page: (page RGB float32, box)."""
+    scale = scale or int(rng.integers(3, 5))
+    ink = _big(digit, scale)
+    width, height = size
+    x = int(rng.integers(width // 2 - ink.width // 2 - 30, width // 2 - ink.width // 2 + 31))
+    y = int(rng.integers(height // 2 - ink.height // 2 - 20, height // 2 - ink.height // 2 + 21))
+    page = np.asarray(_on_paper(ink, ink_rgb, paper_rgb, canvas=size, offset=(x, y)), dtype=np.float32)
+    return page, (x, y, ink.width, ink.height)
+
+
+def _photo(page: np.ndarray, rng, noise: float = 3.0, quality: int = 85) -> Image.Image:
+    """Sensor noise and a JPEG round trip, as a phone would save it."""
+    noisy = page + rng.normal(0, noise, page.shape[:2] + (1,))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _darken(page: np.ndarray, mask: np.ndarray, rgb) -> np.ndarray:
+    """Printed ink (mask in [0, 1]) multiplied onto the page: a line under a stroke darkens it."""
+    colour = np.asarray(rgb, np.float32) / 255.0
+    return page * (1.0 - mask[..., None] * (1.0 - colour))
+
+
+def _line_mask(shape, p0, p1, width: float) -> np.ndarray:
+    """An anti-aliased straight line from p0 to p1 (x, y), `width` px thick, as a [0, 1] mask."""
+    layer = Image.new("L", (shape[1] * 4, shape[0] * 4), 0)
+    ImageDraw.Draw(layer).line([(p0[0] * 4, p0[1] * 4), (p1[0] * 4, p1[1] * 4)], fill=255, width=max(1, round(width * 4)))
+    return np.asarray(layer.resize((shape[1], shape[0]), Image.Resampling.BOX), dtype=np.float32) / 255.0
+
+
+def ruled(digit, rng, strength=2):
+    """Notebook paper: blue ruled lines across the page, one through the digit and one under it;
+    harsher: thicker, darker lines, a red margin line and a slight tilt."""
+    page, (x, y, w, h) = _page(digit, rng)
+    height, width = page.shape[:2]
+    spacing = h * float(rng.uniform(0.55, 0.8))
+    base = y + h * float(rng.uniform(0.78, 0.9))  # the line the digit sits on, just under its ink
+    tilt = float(rng.uniform(-1, 1)) * (0.02 if strength == 3 else 0.005) * width
+    thickness = (1.0, 2.0, 3.0)[strength - 1]
+    rgb = [(175, 205, 240), (130, 170, 230), (90, 125, 210)][strength - 1]
+    mask = np.zeros((height, width), np.float32)
+    for row in np.arange(base - spacing * np.ceil(base / spacing), height + spacing, spacing):
+        mask = np.maximum(mask, _line_mask((height, width), (0, row - tilt / 2), (width, row + tilt / 2), thickness))
+    if strength == 3:
+        margin = x - int(rng.integers(15, 40))
+        mask = np.maximum(mask, _line_mask((height, width), (margin, 0), (margin, height), 2.0) * 0.8)
+    return _photo(_darken(page, mask, rgb), rng)
+
+
+def _light(page: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(the page, where each pixel lies along a random direction across it: 0 to 1)."""
+    height, width = page.shape[:2]
+    angle = float(rng.uniform(0, 2 * np.pi))
+    ys, xs = np.mgrid[:height, :width].astype(np.float32)
+    along = ((xs - width / 2) * np.cos(angle) + (ys - height / 2) * np.sin(angle)) / max(width, height) + 0.5
+    return page, np.clip(along, 0, 1)
+
+
+def shadow(digit, rng, strength=2):
+    """Light falling from one side to the other: the page (and ink) darken steadily across it, from
+    a random direction, to 65%, 45% or 25% of the light on the other side."""
+    page, along = _light(_page(digit, rng)[0], rng)
+    light = 1.0 - (0.35, 0.55, 0.75)[strength - 1] * along
+    return _photo(page * light[..., None], rng)
+
+
+def shadow_edge(digit, rng, strength=2):
+    """A shadow's soft edge (a hand or a phone between the lamp and the page) across the page near
+    the digit, on top of a gradient; harsher: a sharper edge (10-90% over 37%, 18% or 11% of the
+    page)."""
+    page, along = _light(_page(digit, rng)[0], rng)
+    edge = float(rng.uniform(0.35, 0.65))
+    slope = (12, 25, 40)[strength - 1]
+    light = (1.0 - 0.3 * along) * (1.0 - 0.4 / (1.0 + np.exp(-(along - edge) * slope)))
+    return _photo(page * light[..., None], rng)
+
+
+def boxed(digit, rng, strength=2):
+    """A digit written in a printed box of a form, somewhere on the page; harsher: a tighter box
+    (at 3 the strokes nearly touch its sides) with thicker edges."""
+    page, (x, y, w, h) = _page(digit, rng, size=(300, 260), scale=3)
+    height, width = page.shape[:2]
+    # MNIST's ink fills about 20 of the 28 px: the margin around that ink, as a fraction of its size
+    margin = (0.3, 0.15, 0.03)[strength - 1]
+    ink_x, ink_y, ink_side = x + w * 4 / 28, y + h * 4 / 28, w * 20 / 28
+    pad = margin * ink_side
+    left, top = ink_x - pad + float(rng.uniform(-5, 5)), ink_y - pad + float(rng.uniform(-5, 5))
+    right, bottom = ink_x + ink_side + pad, ink_y + ink_side + pad
+    thickness = (1.5, 2.5, 3.5)[strength - 1]
+    mask = np.zeros((height, width), np.float32)
+    corners = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)]
+    for p0, p1 in zip(corners, corners[1:]):
+        mask = np.maximum(mask, _line_mask((height, width), p0, p1, thickness))
+    return _photo(_darken(page, mask, (40, 40, 40)), rng)
+
+
+def specks(digit, rng, strength=2):
+    """Dust, dots and stray pen marks around the digit; more and bigger with strength."""
+    page, (x, y, w, h) = _page(digit, rng)
+    height, width = page.shape[:2]
+    mask = np.zeros((height, width), np.float32)
+    layer = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(layer)
+    for _ in range((15, 40, 80)[strength - 1]):  # dots, 1-4 px across
+        cx, cy, r = float(rng.uniform(0, width)), float(rng.uniform(0, height)), float(rng.uniform(0.5, 2.0))
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=int(rng.integers(120, 256)))
+    mask = np.maximum(mask, np.asarray(layer, np.float32) / 255.0)
+    for _ in range(strength):  # stray strokes away from the digit (a tick, a scribble's end)
+        while True:
+            cx, cy = float(rng.uniform(10, width - 10)), float(rng.uniform(10, height - 10))
+            if not (x - 25 < cx < x + w + 25 and y - 25 < cy < y + h + 25):
+                break
+        angle, length = float(rng.uniform(0, np.pi)), float(rng.uniform(10, 30))
+        dx, dy = length * np.cos(angle) / 2, length * np.sin(angle) / 2
+        mask = np.maximum(mask, _line_mask((height, width), (cx - dx, cy - dy), (cx + dx, cy + dy), 3.0))
+    return _photo(_darken(page, mask, (30, 30, 40)), rng)
+
+
+def pencil(digit, rng, strength=2):
+    """Soft grey pencil on off-white paper with grain: the ink barely darker than the paper."""
+    contrast = (0.4, 0.25, 0.15)[strength - 1]  # how much of the paper's light the stroke cores take
+    paper = np.asarray(PAPER, np.float32)
+    ink = tuple(int(v) for v in paper * (1.0 - contrast))
+    page, _ = _page(digit, rng, ink_rgb=ink)
+    blurred = np.asarray(Image.fromarray(page.astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.0)), np.float32)
+    return _photo(blurred, rng, noise=(3.0, 4.0, 5.0)[strength - 1])
+
+
+def angled(digit, rng, strength=2):
+    """The page shot at an angle: a perspective distortion (one side nearer the camera) and the
+    uneven light that comes with it."""
+    page, _ = _page(digit, rng)
+    height, width = page.shape[:2]
+    k = (0.08, 0.16, 0.24)[strength - 1] * width
+    squeeze = [float(rng.uniform(0, k)) for _ in range(4)]
+    # where each corner of the output comes from in the page (top-left, bottom-left, bottom-right, top-right)
+    quad = (squeeze[0], squeeze[1] / 2, squeeze[1], height - squeeze[0] / 2,
+            width - squeeze[2], height - squeeze[3] / 2, width - squeeze[3], squeeze[2] / 2)
+    warped = Image.fromarray(page.astype(np.uint8)).transform((width, height), Image.Transform.QUAD, quad,
+                                                              Image.Resampling.BILINEAR, fillcolor=PAPER)
+    xs = np.linspace(1.0, 1.0 - 0.25 * strength / 3, width, dtype=np.float32)
+    return _photo(np.asarray(warped, np.float32) * xs[None, :, None], rng)
+
+
+CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled)}
+
+
+def ruled_strip(digits: list[np.ndarray], rng) -> Image.Image:
+    """A handwritten number on ruled paper: `strip` with blue lines through and under it."""
+    number = np.asarray(strip(digits, rng), dtype=np.float32)
+    height, width = number.shape[:2]
+    page = np.full((height + 80, width + 60, 3), PAPER, np.float32)
+    page[40:40 + height, 30:30 + width] = number
+    mask = np.zeros(page.shape[:2], np.float32)
+    for row in (40 + 0.45 * height, 40 + 0.9 * height, 40 + 0.9 * height - 0.9 * 0.45 * height * 2):
+        mask = np.maximum(mask, _line_mask(page.shape[:2], (0, row), (page.shape[1], row), 2.0))
+    return _photo(_darken(page, mask, (130, 170, 230)), rng)

@@ -227,7 +227,7 @@ def _classifier(args):
 def cmd_predict(args) -> None:
     from .images import format_readings, read_images, save_preprocessed
 
-    readings = read_images(args.images, _classifier(args), multi=args.multi)
+    readings = read_images(args.images, _classifier(args), multi=args.multi, keep_steps=bool(args.show_preprocessed))
     if not readings:
         raise InputError(f"no image files in {', '.join(args.images)}")
     print(format_readings(readings, args.format))
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files, or folders of them")
     p.add_argument("--multi", action="store_true", help="each image is a number: read every digit, left to right")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    p.add_argument("--show-preprocessed", type=Path, metavar="DIR", help="save the 28x28 images the model saw")
+    p.add_argument("--show-preprocessed", type=Path, metavar="DIR", help="save the 28x28 images the model saw, and each preprocessing step's image")
     p.add_argument("--onnx", action="store_true", help="RUN is an ONNX file; run it with onnxruntime, without torch")
 
     p = command("export", cmd_export, "export a run's model for deployment, checked against PyTorch")
