@@ -31,11 +31,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from digitrec.checkpoint import save_weights
 from digitrec.config import make_config
 from digitrec.data import kaggle_like_split, load_mnist
-from digitrec.evaluate import predict, predict_logits, summarize, to_float
+from digitrec.evaluate import predict_logits, to_float
 from digitrec.export import CALIBRATION_IMAGES, INPUT_NAME, OnnxClassifier, export_onnx
 from digitrec.model import build_model, count_parameters
 from digitrec.runtime import RuntimeConfig, resolve, setup_process
-from digitrec.train import Schedule, build_optimizer, steps_per_epoch, train_one_epoch
+from digitrec.train import Schedule, build_optimizer, evaluate, steps_per_epoch, train_one_epoch
 
 RUNTIME = RuntimeConfig(device="cpu")  # what `digitrec train` uses here: channels-last, fp32
 
@@ -94,22 +94,26 @@ def train_throughput(cfg, train, steps: int, repeats: int) -> float:
     return len(x) / seconds
 
 
-def time_to_accuracy(cfg, train, test) -> list[tuple[int, float, float]]:
-    """(epoch, cumulative training seconds, official-test accuracy) after every epoch.
-
-    The test set is only read here, for this curve: no choice is made from it.
+def time_to_accuracy(cfg, train, test, rt=None, quiet: bool = False) -> list[tuple[int, float, float]]:
+    """(epoch, cumulative training seconds, official-test accuracy) after every epoch, on `rt`'s
+    device (default: this CPU). The test set is only read here, for this curve: no choice is made from it.
     """
-    x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    rt = rt or resolve(RUNTIME)
+    x, y = torch.from_numpy(train.images).to(rt.device), torch.from_numpy(train.labels).to(rt.device)
+    x_test, y_test = torch.from_numpy(test.images).to(rt.device), torch.from_numpy(test.labels).to(rt.device)
     model, optimizer, schedule, generator = setup(cfg, len(x))
-    rt = resolve(RUNTIME)
+    model = model.to(rt.device)
+    forward = torch.compile(model) if rt.compile else model  # as fit does
+    scaler = rt.grad_scaler()
     points, elapsed = [], 0.0
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)
+        train_one_epoch(forward, x, y, optimizer, schedule, cfg, generator, rt, scaler)  # ends in a device sync
         elapsed += time.perf_counter() - start
-        accuracy = summarize(predict(model, test, "test", RUNTIME.eval_batch_size, channels_last=True))["accuracy"]
+        accuracy = evaluate(model, x_test, y_test, rt)["acc"]
         points.append((epoch, elapsed, accuracy))
-        print(f"  {cfg.preset}: epoch {epoch}  {elapsed:7.1f} s  test {100 * accuracy:.2f}%", flush=True)
+        if not quiet:
+            print(f"  {cfg.preset}: epoch {epoch}  {elapsed:7.1f} s  test {100 * accuracy:.2f}%", flush=True)
     return points
 
 
