@@ -45,8 +45,7 @@ def test_import_is_light_and_leaves_matplotlib_alone():
     for name in set(dr.__all__) - {"__version__", "PRESETS"}:
         doc = getattr(dr, name).__doc__ or ""
         assert doc.strip(), f"{name} has no docstring"
-        if name not in ("TrainConfig", "make_config"):  # config.py's examples: see README
-            assert ">>> " in doc, f"{name}'s docstring has no example"
+        assert ">>> " in doc, f"{name}'s docstring has no example"
 
 
 def test_fit_returns_self_with_learned_attributes(clf):
