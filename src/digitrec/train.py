@@ -126,14 +126,16 @@ def train_one_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, schedule
     sums = _accumulator(x.device)
     start = time.perf_counter()
     for step in range(steps_per_epoch(len(x), cfg)):
-        batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        transforms = sample_transforms(len(batch), cfg, generator) if cfg.augment else None
-        share = torch.tensor_split(torch.arange(len(batch)), rt.world_size)[rt.rank]  # this rank's images
-        index = batch[share.to(x.device)]
+        index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        transforms = sample_transforms(len(index), cfg, generator) if cfg.augment else None
+        if rt.distributed:  # this rank's share of the global batch, and of its transforms
+            share = torch.tensor_split(torch.arange(len(index)), rt.world_size)[rt.rank]
+            index = index[share.to(x.device)]
+            transforms = transforms and tuple(t[share] if t is not None else None for t in transforms)
         xb = to_float(x[index])  # (B / ranks, 1, 28, 28)
         yb = y[index]
         if transforms is not None:
-            xb = apply_transforms(xb, *(t[share] if t is not None else None for t in transforms))
+            xb = apply_transforms(xb, *transforms)
         if rt.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
 
