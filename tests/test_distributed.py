@@ -141,10 +141,11 @@ def test_the_schedule_steps_where_its_kind_says():
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has one")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
 def test_a_device_that_is_not_here_is_one_error_line(tmp_path, capsys, device):
-    assert main(["train", "--device", device, "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"error: device '{device}' is not available here (available: cpu)"
-    assert not (tmp_path / "run").exists()
+    for launch in ([], ["--nproc", "2"]):  # one process, or the launcher before any worker starts
+        assert main(["train", "--device", device, "--out", str(tmp_path / "run"), "--epochs", "1", *launch]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: device '{device}' is not available here (available: cpu)"
+        assert not (tmp_path / "run").exists()
 
 
 def test_auto_is_the_cpu_here_and_fp16_needs_cuda():

@@ -130,7 +130,8 @@ def cmd_train(args) -> None:
     ensemble = args.ensemble is not None
     size = DEFAULT_ENSEMBLE_SIZE if args.ensemble == "default" else args.ensemble
     # after a worker died, torchrun --max-restarts restarts the group: it continues from the checkpoint
-    resume = args.resume or (env.restart_count > 0 and (out / ("config.json" if ensemble else CHECKPOINT_FILE)).is_file())
+    restarted_from = out / ("config.json" if ensemble else CHECKPOINT_FILE)
+    resume = args.resume or (env.restart_count > 0 and restarted_from.is_file())
     if resume:
         # the saved recipe, with any flag given now; fit() refuses if that changes anything
         saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
@@ -147,6 +148,9 @@ def cmd_train(args) -> None:
     if args.nproc > 1:
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+        from .runtime import resolve_device
+
+        resolve_device(runtime_cfg.device)  # a missing GPU is one line here, not one per worker
         try:
             distributed.launch_local(args.nproc, distributed.strip_option(args.argv, "--nproc"))
         except ChildFailedError as e:
