@@ -81,11 +81,12 @@ def all_reduce_sum(rt: Runtime, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_max(rt: Runtime, tensor: torch.Tensor) -> torch.Tensor:
-    """The maximum over ranks, in place."""
-    if rt.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
+def all_reduce_max(rt: Runtime, tensor: torch.Tensor, async_op: bool = False):
+    """The maximum over ranks, in place; with `async_op`, the work to wait() for (None in one process)."""
+    if not rt.distributed:
+        return None if async_op else tensor
+    work = dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=async_op)
+    return work if async_op else tensor
 
 
 def rng_states(rt: Runtime) -> dict[str, torch.Tensor]:

@@ -326,20 +326,43 @@ class StopRequest:
         self.signum = 0
 
 
-def _stop_check(rt: Runtime, stop: StopRequest | None) -> Callable[[], int]:
-    """The signal any rank was asked to stop with (0: none). Under several ranks every rank must stop
-    at the same step: the flags are combined by an all-reduce of one number after each step."""
-    if stop is None:
-        return lambda: 0
-    if not rt.distributed:
-        return lambda: stop.signum
-    flag = torch.zeros(1, dtype=torch.int32, device=rt.device)
+class _StopCheck:
+    """Whether any rank was asked to stop (its signal number, 0: none), asked after every step.
 
-    def check() -> int:
-        flag.fill_(stop.signum)
-        return int(distributed.all_reduce_max(rt, flag).item())
+    One process reads its flag. Several ranks must stop at the same step, so their flags are combined
+    by an all-reduce of one number, pipelined: the one started after a step is read after the next,
+    so no rank waits on it (every rank stops one step after the signal, the same step everywhere).
+    `now()`, at an epoch's end, waits for the flags as they are.
+    """
 
-    return check
+    def __init__(self, rt: Runtime, stop: StopRequest | None):
+        self.rt, self.stop, self.pending = rt, stop, None
+
+    def _mine(self) -> torch.Tensor:
+        return torch.full((1,), self.stop.signum if self.stop is not None else 0, dtype=torch.int32,
+                          device=self.rt.device)
+
+    def _previous(self) -> int:
+        if self.pending is None:
+            return 0
+        work, flag = self.pending
+        self.pending = None
+        work.wait()
+        return int(flag.item())
+
+    def __call__(self) -> int:
+        if not self.rt.distributed:
+            return self.stop.signum if self.stop is not None else 0
+        previous = self._previous()
+        flag = self._mine()
+        self.pending = (distributed.all_reduce_max(self.rt, flag, async_op=True), flag)
+        return previous
+
+    def now(self) -> int:
+        if not self.rt.distributed:
+            return self()
+        previous = self._previous()
+        return max(previous, int(distributed.all_reduce_max(self.rt, self._mine()).item()))
 
 
 def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool = False,
@@ -408,7 +431,7 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
         writer.start(cfg)
     distributed.same_on_every_rank(rt, len(history), "the epochs done")
     distributed.same_on_every_rank(rt, partial["step"] if partial else 0, "the steps done")
-    should_stop = _stop_check(rt, stop)
+    should_stop = _StopCheck(rt, stop)
 
     forward = model
     if rt.distributed:
@@ -442,7 +465,7 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
                          "epoch_seconds": time.perf_counter() - epoch_start} | distributed.rng_states(rt)
                 writer.checkpoint(model, optimizer, schedule.scheduler, generator, state, rt, scaler)
                 distributed.barrier(rt)
-                raise Interrupted(should_stop(), f"stopped at epoch {epoch}, step {stopped['step']} of {n_steps}; "
+                raise Interrupted(should_stop.now(), f"stopped at epoch {epoch}, step {stopped['step']} of {n_steps}; "
                                                  f"checkpoint written to {out_dir / CHECKPOINT_FILE}")
             distributed.broadcast_buffers(rt, model)
             val = evaluate(model, x_val, y_val, rt)
@@ -465,7 +488,7 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
                           rt, scaler)
         writer.history(history)
         distributed.barrier(rt)  # the checkpoint is complete before any rank moves on
-        signum = should_stop()
+        signum = should_stop.now()
         if signum:
             raise Interrupted(signum, f"stopped after epoch {epoch}; checkpoint written to {out_dir / CHECKPOINT_FILE}")
 
