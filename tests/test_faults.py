@@ -585,3 +585,20 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_is_bit_iden
                              text=True, timeout=LIMIT_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _same_weights(out, tmp_path / "whole")
+
+
+def test_a_read_only_run_folder_is_refused_at_the_lock(tmp_path, monkeypatch):
+    """The first write of a run is its lock file: a read-only folder is refused there, naming it."""
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if Path(path).name == ".lock":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(tmp_path / 'run'))}: cannot be written \(Read-only file "
+                                         r"system \[EROFS\]\); its files are unchanged$"):
+        fit(make_config(**TINY), synthetic_digits(320, seed=4), tmp_path / "run", quiet=True)
+    assert list((tmp_path / "run").iterdir()) == []

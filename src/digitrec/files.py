@@ -38,10 +38,13 @@ TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside t
 LOCK_FILE = ".lock"
 
 
-def _cannot_write(path: Path, e: OSError) -> str:
-    reason = e.strerror or str(e)
+def _reason(e: OSError) -> str:
     code = f" [{errno.errorcode[e.errno]}]" if e.errno in errno.errorcode else ""
-    return f"{path}: could not be written ({reason}{code}); any earlier version of it is unchanged"
+    return f"{e.strerror or e}{code}"
+
+
+def _cannot_write(path: Path, e: OSError) -> str:
+    return f"{path}: could not be written ({_reason(e)}); any earlier version of it is unchanged"
 
 
 @contextlib.contextmanager
@@ -134,8 +137,8 @@ class RunLock:
                 os.close(fd)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        except OSError as e:
-            raise WriteError(_cannot_write(self.path, e)) from e
+        except OSError as e:  # a read-only folder, most often
+            raise WriteError(f"{self.folder}: cannot be written ({_reason(e)}); its files are unchanged") from e
         self._fd = fd
         remove_stale_temps(self.folder)
         return self
