@@ -579,6 +579,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_is_bit_iden
     assert f"interrupted: resume with: torchrun --nproc-per-node=2 ... -m digitrec train --out {out} --resume" in stderr
     assert stderr.count("interrupted: stopped") == 1  # rank 0 speaks for the group
     state = _load_checkpoint_state(out)
+    print(f"stopped at epoch {len(state['history']) + 1}, step {state.get('epoch_step')}")
     if "epoch_step" in state:  # both ranks' dropout streams were saved to continue them
         assert {"rng.rank0.cpu", "rng.rank1.cpu"} <= set(state)
     resumed = subprocess.run(TORCHRUN + flags + ["--out", str(out), "--resume"], env=_env(), capture_output=True,
