@@ -603,3 +603,34 @@ def test_a_read_only_run_folder_is_refused_at_the_lock(tmp_path, monkeypatch):
                                          r"system \[EROFS\]\); its files are unchanged$"):
         fit(make_config(**TINY), synthetic_digits(320, seed=4), tmp_path / "run", quiet=True)
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                kids.append(int(stat.parent.name))
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+    return kids
+
+
+def test_sigterm_to_one_worker_of_nproc_stops_the_group_and_its_resume_command_works(tmp_path):
+    """`--nproc 2`: a signal to one worker reaches the other through the per-step all-reduce; the
+    launcher exits 143 too, and the printed command (with --nproc 2) finishes the run."""
+    csv = tmp_path / "train.csv"
+    write_kaggle_csv(csv, synthetic_digits(3008, seed=5), with_labels=True)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(DIGITREC + ["train", "--train", str(csv), *DDP_FLAGS, "--out", str(out), "--nproc", "2"],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _epochs_done(out) >= 1, proc, "epoch 1")
+    os.kill(max(_children(proc.pid)), signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=LIMIT_S)
+    assert proc.returncode == 143, stderr[-3000:]
+    command = next(line for line in stderr.splitlines() if line.startswith("interrupted: resume with: "))
+    assert command.endswith(f"--out {out} --resume --train {csv} --nproc 2")
+    done = subprocess.run(DIGITREC + shlex.split(command.removeprefix("interrupted: resume with: "))[1:] + DDP_FLAGS,
+                          env=_env(), capture_output=True, text=True, timeout=LIMIT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _epochs_done(out) == 3 and (out / "model.safetensors").exists()

@@ -206,6 +206,9 @@ def cmd_train(args) -> None:
         except SignalException as e:
             raise Interrupted(int(e.sigval), "") from None
         except ChildFailedError as e:
+            codes = {failure.exitcode for failure in e.failures.values()}
+            if codes <= {128 + signal.SIGINT, 128 + signal.SIGTERM}:  # a worker was sent the signal: all stopped
+                raise Interrupted(max(codes) - 128, "") from None
             raise SystemExit(f"error: {len(e.failures)} of {args.nproc} workers failed (their messages are above)")
         return
 
