@@ -206,9 +206,12 @@ def cmd_train(args) -> None:
         except SignalException as e:
             raise Interrupted(int(e.sigval), "") from None
         except ChildFailedError as e:
+            # a worker was sent a signal: the group stopped at one step (exit 130/143); torchrun then sends the
+            # workers still leaving its own SIGTERM (exit -15)
+            stopped = {128 + signal.SIGINT, 128 + signal.SIGTERM}
             codes = {failure.exitcode for failure in e.failures.values()}
-            if codes <= {128 + signal.SIGINT, 128 + signal.SIGTERM}:  # a worker was sent the signal: all stopped
-                raise Interrupted(max(codes) - 128, "") from None
+            if codes & stopped and codes <= stopped | {-signal.SIGINT, -signal.SIGTERM}:
+                raise Interrupted(max(codes & stopped) - 128, "") from None
             raise SystemExit(f"error: {len(e.failures)} of {args.nproc} workers failed (their messages are above)")
         return
 
