@@ -148,7 +148,8 @@ def load_run_model(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, TrainCo
 def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, state: dict,
                     runtime=None, scaler: torch.amp.GradScaler | None = None) -> None:
     """Everything needed to continue exactly: weights, optimizer, scheduler, the RNGs (the CPU's, the
-    run's generator and the runtime device's), the fp16 grad scaler, and `state`. Saved on the CPU."""
+    run's generator and the runtime device's), the fp16 grad scaler, and `state` (JSON values, and
+    tensors stored as `state.<key>`). Saved on the CPU."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_state = optimizer.state_dict()
     optim_scalars = {}
@@ -163,8 +164,9 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
     device_rng = runtime.device_rng_state() if runtime is not None else None
     if device_rng is not None:
         tensors[device_rng[0]] = device_rng[1]
+    tensors |= {f"state.{k}": v for k, v in state.items() if torch.is_tensor(v)}
     meta = {
-        "state": state,
+        "state": {k: v for k, v in state.items() if not torch.is_tensor(v)},
         "optimizer_param_groups": optim_state["param_groups"],
         "optimizer_scalars": optim_scalars,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -173,27 +175,49 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
     _write_safetensors(path, tensors, meta)
 
 
+CHECKPOINT_META = ("state", "optimizer_param_groups", "optimizer_scalars", "scheduler")
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator,
                     runtime=None, scaler: torch.amp.GradScaler | None = None) -> dict:
     """Restore what save_checkpoint wrote, in place; returns the saved `state` dict. A checkpoint
-    from another device restores all but that device's RNG; one from an fp16 run restores the scaler."""
+    from another device restores all but that device's RNG; one from an fp16 run restores the scaler.
+
+    Anything but a checkpoint of this model (truncated, garbled, another project's safetensors file,
+    a weights file, another model's checkpoint) raises InputError naming the file, before anything
+    is restored.
+    """
     tensors, meta = _read_safetensors(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optim_state: dict = {"state": {}, "param_groups": meta["optimizer_param_groups"]}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
+    missing = [k for k in CHECKPOINT_META if k not in meta] + [k for k in ("rng.torch", "rng.generator")
+                                                               if k not in tensors]
+    if missing or not isinstance(meta.get("state"), dict):
+        raise InputError(f"{path}: not a digitrec checkpoint (no {(missing or ['state'])[0]!r} in it)")
+    expected = model.state_dict()
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    misfits = [k for k in expected if k not in weights or weights[k].shape != expected[k].shape]
+    misfits += [k for k in weights if k not in expected]
+    if misfits:
+        raise InputError(f"{path}: its weights do not fit this run's model ({len(misfits)} tensors missing, "
+                         f"unexpected or of another shape, first: {misfits[0]!r})")
+    try:
+        model.load_state_dict(weights)
+        optim_state: dict = {"state": {}, "param_groups": meta["optimizer_param_groups"]}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                optim_state["state"].setdefault(int(pid), {})[name] = value
+        for key, value in meta["optimizer_scalars"].items():
+            pid, name = key.split(".", 1)
             optim_state["state"].setdefault(int(pid), {})[name] = value
-    for key, value in meta["optimizer_scalars"].items():
-        pid, name = key.split(".", 1)
-        optim_state["state"].setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict(optim_state)
-    if scheduler is not None:
-        scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    generator.set_state(tensors["rng.generator"])
-    if runtime is not None:
-        runtime.set_device_rng_state(tensors)
-    if scaler is not None and meta.get("grad_scaler"):
-        scaler.load_state_dict(meta["grad_scaler"])
-    return meta["state"]
+        optimizer.load_state_dict(optim_state)
+        if scheduler is not None:
+            scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        generator.set_state(tensors["rng.generator"])
+        if runtime is not None:
+            runtime.set_device_rng_state(tensors)
+        if scaler is not None and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:  # metadata of the wrong shape
+        raise InputError(f"{path}: a damaged or foreign checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+    return meta["state"] | {k[6:]: v for k, v in tensors.items() if k.startswith("state.")}

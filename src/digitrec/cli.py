@@ -6,16 +6,21 @@ Training flags are generated from TrainConfig's fields, so the CLI and the libra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from . import data as data_mod
 from .config import PRESETS, TrainConfig, config_from_dict, make_config
 from .runtime import RuntimeConfig
-from .files import InputError, read_json
+from .files import InputError, Interrupted, read_json
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_class, title: str) -> None:
@@ -83,6 +88,54 @@ def _default_run_dir(preset: str) -> Path:
     return Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@contextlib.contextmanager
+def _stop_on_signals(stop, repeat_kills: bool):
+    """SIGINT and SIGTERM set `stop` (train.StopRequest): the loop finishes its step, checkpoints and
+    raises Interrupted. With `repeat_kills`, a second signal ends the process at once (the default
+    action; atomic writes leave every file whole). Under torchrun the launcher forwards the user's
+    signal a second time and kills its workers itself after 30 s, so there repeats are ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    signums = (signal.SIGINT, signal.SIGTERM)
+
+    def handler(signum, frame):
+        if stop.signum:
+            return
+        stop.signum = signum
+        if repeat_kills:
+            for s in signums:
+                signal.signal(s, signal.SIG_DFL)
+        again = "; again to quit at once" if repeat_kills else ""
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step to write a checkpoint{again}\n".encode())
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _resume_command(args, out: Path, env) -> str:
+    """The command that continues an interrupted `digitrec train`: its data flags, --out and --resume."""
+    words = ["digitrec", "train", "--out", str(out), "--resume"]
+    if args.train:
+        words += ["--train", args.train]
+    elif args.idx:
+        words += ["--idx", *args.idx] + (["--sha256", *args.sha256] if args.sha256 else [])
+    if args.cache_dir:
+        words += ["--cache-dir", str(args.cache_dir)]
+    if args.ensemble is not None:
+        words += ["--ensemble"] + ([] if args.ensemble == "default" else [str(args.ensemble)])
+    nproc = os.environ.get("DIGITREC_NPROC")  # set by `--nproc N`'s launcher (distributed.launch_local)
+    if nproc:
+        words += ["--nproc", nproc]
+    elif env.under_launcher:  # the same torchrun command as before, with --resume
+        words = ["torchrun", f"--nproc-per-node={env.local_world_size}", "...", "-m"] + words
+    return shlex.join(words)
+
+
 # ---------------------------------------------------------------------------------------------
 # commands
 
@@ -114,7 +167,7 @@ def cmd_train(args) -> None:
     """One process, one rank of a torchrun job, or (--nproc N) the launcher of N local workers."""
     from . import distributed
     from .checkpoint import CHECKPOINT_FILE
-    from .train import DEFAULT_ENSEMBLE_SIZE, check_ensemble_start, check_start, fit, train_ensemble
+    from .train import DEFAULT_ENSEMBLE_SIZE, StopRequest, check_ensemble_start, check_start, fit, train_ensemble
 
     env = distributed.DistEnv.from_environ()
     if args.nproc < 1:
@@ -146,14 +199,23 @@ def cmd_train(args) -> None:
     elif not ensemble:
         check_start(cfg, digits, out, resume, world_size)
     if args.nproc > 1:
+        from torch.distributed.elastic.multiprocessing import SignalException
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
         from .runtime import resolve_device
 
         resolve_device(runtime_cfg.device)  # a missing GPU is one line here, not one per worker
-        try:
+        try:  # torchrun's launcher forwards SIGINT/SIGTERM to the workers; rank 0 prints how to resume
             distributed.launch_local(args.nproc, distributed.strip_option(args.argv, "--nproc"))
+        except SignalException as e:
+            raise Interrupted(int(e.sigval), "") from None
         except ChildFailedError as e:
+            # a worker was sent a signal: the group stopped at one step (exit 130/143); torchrun then sends the
+            # workers still leaving its own SIGTERM (exit -15)
+            stopped = {128 + signal.SIGINT, 128 + signal.SIGTERM}
+            codes = {failure.exitcode for failure in e.failures.values()}
+            if codes & stopped and codes <= stopped | {-signal.SIGINT, -signal.SIGTERM}:
+                raise Interrupted(max(codes & stopped) - 128, "") from None
             raise SystemExit(f"error: {len(e.failures)} of {args.nproc} workers failed (their messages are above)")
         return
 
@@ -163,11 +225,17 @@ def cmd_train(args) -> None:
     if rt.distributed:
         distributed.init(rt.device, env)
     try:
-        if ensemble:
-            metrics = train_ensemble(cfg, digits, out, size, resume=resume, quiet=args.quiet, runtime=rt)
-        else:
-            metrics = fit(cfg, digits, out, resume=resume, quiet=args.quiet, runtime=rt)
+        with _stop_on_signals(StopRequest(), repeat_kills=not env.under_launcher) as stop:
+            if ensemble:
+                metrics = train_ensemble(cfg, digits, out, size, resume=resume, quiet=args.quiet, runtime=rt, stop=stop)
+            else:
+                metrics = fit(cfg, digits, out, resume=resume, quiet=args.quiet, runtime=rt, stop=stop)
         distributed.barrier(rt)  # all ranks leave together: a gloo peer gone mid-exchange aborts the exit
+    except Interrupted as e:
+        distributed.barrier(rt)  # every rank stopped at the same step; they leave together
+        if rt.is_main:
+            print(f"interrupted: {e}\ninterrupted: resume with: {_resume_command(args, out, env)}", file=sys.stderr)
+        raise Interrupted(e.signum, "") from None
     finally:
         distributed.shutdown()
     if not rt.is_main:
@@ -466,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: digitrec {args.command} needs {e.name}, from the '{extra}' extra: "
               f"pip install 'digitrec[{extra}]'", file=sys.stderr)
         return 2
+    except Interrupted as e:  # the training command printed how to resume
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

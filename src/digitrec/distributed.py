@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .files import InputError, atomic_write
+from .files import LOCK_FILE, InputError, atomic_write
 from .runtime import Runtime, default_threads
 
 # How long a rank waits for the others at a collective step. Ensemble members are whole runs, so a
@@ -81,6 +81,31 @@ def all_reduce_sum(rt: Runtime, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(rt: Runtime, tensor: torch.Tensor, async_op: bool = False):
+    """The maximum over ranks, in place; with `async_op`, the work to wait() for (None in one process)."""
+    if not rt.distributed:
+        return None if async_op else tensor
+    work = dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=async_op)
+    return work if async_op else tensor
+
+
+def rng_states(rt: Runtime) -> dict[str, torch.Tensor]:
+    """Every rank's default generators (the CPU's, the device's), gathered on every rank as checkpoint
+    tensors `rng.rank<r>.cpu` / `rng.rank<r>.<device>`: ranks above 0 draw their own dropout, and an
+    epoch stopped midway continues them. Empty in one process (the checkpoint holds its generators)."""
+    if not rt.distributed:
+        return {}
+    states: list = [None] * rt.world_size
+    device_rng = rt.device_rng_state()
+    dist.all_gather_object(states, (torch.get_rng_state(), device_rng and (device_rng[0], device_rng[1].cpu())))
+    out = {}
+    for rank, (cpu, device) in enumerate(states):
+        out[f"rng.rank{rank}.cpu"] = cpu
+        if device is not None:
+            out[f"rng.rank{rank}.{device[0][4:]}"] = device[1]
+    return out
+
+
 def broadcast_from_main(rt: Runtime, tensor: torch.Tensor) -> torch.Tensor:
     """Rank 0's value on every rank, in place."""
     if rt.distributed:
@@ -136,7 +161,7 @@ def gather_files(rt: Runtime, root: Path, relative_paths: list[str]) -> list[str
         return []
     device = rt.device if dist.get_backend() == "nccl" else torch.device("cpu")
     manifests: list = [None] * dist.get_world_size()
-    sizes = [(name, (root / name).stat().st_size) for name in relative_paths]
+    sizes = [(name, (root / name).stat().st_size) for name in relative_paths if Path(name).name != LOCK_FILE]
     dist.all_gather_object(manifests, sizes)
     written = []
     for sender, manifest in enumerate(manifests):
@@ -157,12 +182,16 @@ def gather_files(rt: Runtime, root: Path, relative_paths: list[str]) -> list[str
     return written
 
 
+LAUNCHED_BY_NPROC = "DIGITREC_NPROC"
+
+
 def launch_local(nproc: int, argv: list[str]) -> None:
     """Run `digitrec <argv>` in `nproc` workers on this machine through torchrun's elastic launcher."""
     from torch.distributed.run import main as torchrun
 
     # the workers set their own threads (runtime.setup_process); this only spares torchrun's warning
     os.environ.setdefault("OMP_NUM_THREADS", str(default_threads(nproc)))
+    os.environ[LAUNCHED_BY_NPROC] = str(nproc)  # an interrupted worker then says how to resume: with --nproc
     torchrun(["--standalone", f"--nproc-per-node={nproc}", "--module", "digitrec", *argv])
 
 

@@ -4,7 +4,9 @@
 each rank computing its share of every global batch. Everything a run writes or prints goes
 through `RunWriter`, which only the main process (rank 0) drives: config.json, history.csv and
 checkpoint.safetensors each epoch; model.safetensors, predictions_val.npz and metrics.json at the
-end. A killed run resumes from its last checkpoint with identical results on the CPU.
+end. A killed run resumes from its last checkpoint with identical results on the CPU; a run
+asked to stop (`StopRequest`, set by the CLI's SIGINT/SIGTERM handler) checkpoints at the next step
+boundary, mid-epoch, and raises `Interrupted`. One process at a time writes a run folder (`RunLock`).
 `train_ensemble` trains several members (in parallel, one per rank, under torchrun) and
 `combine_runs` makes them one ensemble run.
 """
@@ -18,6 +20,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ from .checkpoint import (CHECKPOINT_FILE, WEIGHTS_FILE, environment, load_checkp
 from .config import TrainConfig, config_from_dict
 from .data import Digits
 from .evaluate import predict, summarize, to_float
-from .files import InputError, atomic_write, read_json, write_json
+from .files import InputError, Interrupted, RunLock, atomic_write, read_json, write_json
 from .model import Ensemble, build_model, count_parameters
 from .runtime import Runtime, RuntimeConfig, resolve
 
@@ -114,18 +117,32 @@ def _accumulator(device: torch.device) -> torch.Tensor:
 
 def train_one_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, schedule: Schedule, cfg: TrainConfig,
                     generator: torch.Generator, rt: Runtime, scaler: torch.amp.GradScaler | None = None,
-                    progress: tqdm | None = None) -> dict:
+                    progress: tqdm | None = None, should_stop: Callable[[], bool] | None = None,
+                    partial: dict | None = None) -> dict:
     """One pass over a fresh shuffle of (x uint8 (N, 28, 28), y int64 (N,)), both on rt.device.
 
     Every rank draws the same global shuffle and the same augmentations of each global batch from
     `generator`, and computes its own share of the batch: any number of ranks sees the images
-    one process would. Returns loss and accuracy over all ranks.
+    one process would. Returns loss and accuracy over all ranks, and `bad_step`: the first step
+    (1-based) whose loss was not finite, else None.
+
+    `should_stop` is asked after every step but the last; when it says so, the epoch ends there and
+    the result's `partial` holds what `partial=` takes to finish the epoch as if never stopped: the
+    shuffle, the steps done and the sums over all ranks so far (the generator is the caller's).
     """
     model.train()
-    order = torch.randperm(len(x), generator=generator).to(x.device)
+    n_steps = steps_per_epoch(len(x), cfg)
     sums = _accumulator(x.device)
+    if partial is None:
+        order, first = torch.randperm(len(x), generator=generator).to(x.device), 0
+    else:
+        order, first = partial["order"].to(x.device), partial["step"]
+        if rt.is_main:  # the sums over all ranks so far, counted once
+            sums += partial["sums"].to(x.device, sums.dtype)
+    bad_step = torch.full((), n_steps, dtype=torch.int64, device=x.device)  # n_steps: none yet
     start = time.perf_counter()
-    for step in range(steps_per_epoch(len(x), cfg)):
+    done = first
+    for step in range(first, n_steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         transforms = sample_transforms(len(index), cfg, generator) if cfg.augment else None
         if rt.distributed:  # this rank's share of the global batch, and of its transforms
@@ -152,14 +169,28 @@ def train_one_epoch(model, x: torch.Tensor, y: torch.Tensor, optimizer, schedule
             optimizer.step()
         schedule.after_step()
 
-        sums[0] += loss.detach().to(sums.dtype) * len(yb)
+        loss = loss.detach()
+        sums[0] += loss.to(sums.dtype) * len(yb)
         sums[1] += (logits.argmax(1) == yb).sum()
         sums[2] += len(yb)
+        # on the device, no sync: read only if the epoch's loss is not finite
+        bad_step = torch.where(torch.isfinite(loss) | (bad_step < n_steps), bad_step, step)
         if progress is not None:
             progress.update(1)
-    loss_sum, correct, seen = distributed.all_reduce_sum(rt, sums).tolist()
-    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1),
-            "seconds": time.perf_counter() - start, "images": int(seen)}
+        done = step + 1
+        if done < n_steps and should_stop is not None and should_stop():
+            break
+    sums = distributed.all_reduce_sum(rt, sums)
+    loss_sum, correct, seen = sums.tolist()
+    stats = {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1),
+             "seconds": time.perf_counter() - start, "images": int(seen - (partial["sums"][2].item() if partial else 0)),
+             "bad_step": None, "partial": None}
+    if not math.isfinite(loss_sum):  # the first bad step over all ranks: the max of minus each rank's
+        first_bad = -distributed.all_reduce_max(rt, -bad_step).item()
+        stats["bad_step"] = first_bad + 1 if first_bad < n_steps else None
+    if done < n_steps:
+        stats["partial"] = {"order": order.cpu(), "sums": sums.cpu(), "step": done}
+    return stats
 
 
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> dict:
@@ -209,8 +240,8 @@ def check_start(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resu
         raise InputError(f"batch_size {cfg.batch_size} is the global batch: it must divide among {world_size} processes")
     if world_size > 1 and not cfg.drop_last:
         raise InputError("several processes need drop_last: a partial batch cannot be shared out evenly")
-    if resume:
-        if not (out_dir / CHECKPOINT_FILE).is_file():
+    if resume:  # a run killed before its first checkpoint starts again from its config
+        if not (out_dir / CHECKPOINT_FILE).is_file() and not (out_dir / "config.json").is_file():
             raise InputError(f"{out_dir}: nothing to resume (no {CHECKPOINT_FILE})")
         _check_same_config(out_dir, cfg)
     elif (out_dir / CHECKPOINT_FILE).exists() or (out_dir / WEIGHTS_FILE).exists():
@@ -261,29 +292,112 @@ class RunWriter:
         write_json(self.out_dir / "metrics.json", metrics)
 
 
+def _restore_rank_rng(cfg: TrainConfig, rt: Runtime, state: dict, epoch: int) -> None:
+    """Ranks above 0 continue their own dropout stream in an epoch stopped midway, if the stopped
+    run had this rank (else a fresh one from the seed: the run continues, not bit-identically)."""
+    if rt.rank == 0:
+        return
+    cpu = state.get(f"rng.rank{rt.rank}.cpu")
+    if cpu is None:
+        torch.manual_seed(_dropout_seed(cfg, rt.rank, epoch))
+        return
+    torch.set_rng_state(cpu)
+    rt.set_device_rng_state({f"rng.{k.rsplit('.', 1)[1]}": v for k, v in state.items()
+                             if k.startswith(f"rng.rank{rt.rank}.")})
+
+
+def _stop_non_finite(train: dict, epoch: int, n_steps: int, out_dir: Path, epochs_done: int) -> None:
+    step = f"step {train['bad_step']} of {n_steps}" if train["bad_step"] else f"a step of {n_steps}"
+    kept = (f"the checkpoint of epoch {epochs_done} is kept" if epochs_done else "no checkpoint was written")
+    raise InputError(f"{out_dir}: the training loss became {train['loss']} at epoch {epoch}, {step}; "
+                     f"stopped, {kept} (a lower --lr often helps)")
+
+
 def _dropout_seed(cfg: TrainConfig, rank: int, epoch: int) -> int:
     """Dropout seed of ranks above 0 for an epoch: fixed by the seed, the rank and the epoch, so any
     rank can resume from rank 0's checkpoint. Rank 0 continues one stream, as a single process does."""
     return int(np.random.SeedSequence([cfg.seed, rank, epoch]).generate_state(1)[0])
 
 
+class StopRequest:
+    """A request to stop training, which the entry point's signal handler sets (cli.py): the loop reads
+    `signum` after every step, checkpoints at that step boundary and raises Interrupted. A plain
+    Python attribute: reading it costs nothing and needs no device sync."""
+
+    def __init__(self):
+        self.signum = 0
+
+
+class _StopCheck:
+    """Whether any rank was asked to stop (its signal number, 0: none), asked after every step.
+
+    One process reads its flag. Several ranks must stop at the same step, so their flags are combined
+    by an all-reduce of one number, pipelined: the one started after a step is read after the next,
+    so no rank waits on it (every rank stops one step after the signal, the same step everywhere).
+    `now()`, at an epoch's end, waits for the flags as they are.
+    """
+
+    def __init__(self, rt: Runtime, stop: StopRequest | None):
+        self.rt, self.stop, self.pending = rt, stop, None
+
+    def _mine(self) -> torch.Tensor:
+        return torch.full((1,), self.stop.signum if self.stop is not None else 0, dtype=torch.int32,
+                          device=self.rt.device)
+
+    def _previous(self) -> int:
+        if self.pending is None:
+            return 0
+        work, flag = self.pending
+        self.pending = None
+        work.wait()
+        return int(flag.item())
+
+    def __call__(self) -> int:
+        if not self.rt.distributed:
+            return self.stop.signum if self.stop is not None else 0
+        previous = self._previous()
+        flag = self._mine()
+        self.pending = (distributed.all_reduce_max(self.rt, flag, async_op=True), flag)
+        return previous
+
+    def now(self) -> int:
+        if not self.rt.distributed:
+            return self()
+        previous = self._previous()
+        return max(previous, int(distributed.all_reduce_max(self.rt, self._mine()).item()))
+
+
 def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool = False,
-        quiet: bool = False, runtime: Runtime | None = None) -> dict:
+        quiet: bool = False, runtime: Runtime | None = None, stop: StopRequest | None = None) -> dict:
     """Train `cfg` on labelled `data`, writing the run into `out_dir`. Returns metrics.json's content.
 
     With `resume`, continue from `out_dir/checkpoint.safetensors` (the recipe must match; the runtime
     may differ). `runtime` says where to compute (default: runtime.resolve(), the accelerator torch
     reports, else the CPU, with the threads torch has). Under torch.distributed, every rank calls
     fit and rank 0 writes. The process's RNG state is left as it was found.
+
+    Rank 0 holds `out_dir`'s RunLock while it trains: a second process on the same folder gets
+    InputError at once. When `stop` is set (see StopRequest), the run checkpoints at the next step
+    boundary and raises Interrupted; `resume` continues from that step exactly.
     """
     rt = runtime or resolve(RuntimeConfig())
     out_dir = Path(out_dir)
-    distributed.check_on_main(rt, lambda: check_start(cfg, data, out_dir, resume, rt.world_size))
-    with rt.fork_rng():
-        return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt)
+    lock = RunLock(out_dir)
+
+    def check():
+        check_start(cfg, data, out_dir, resume, rt.world_size)
+        lock.acquire()
+
+    distributed.check_on_main(rt, check)
+    try:
+        with rt.fork_rng():
+            return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt, stop)
+    finally:
+        lock.release()
 
 
-def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: RunWriter, rt: Runtime) -> dict:
+def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: RunWriter, rt: Runtime,
+         stop: StopRequest | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # weights and dropout; fit() restores the caller's RNG state afterwards
     generator = torch.Generator().manual_seed(cfg.seed + 1)  # shuffling and augmentation, on the CPU
     train_idx, val_idx = split_validation(data.labels, cfg)
@@ -303,15 +417,23 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
     scaler = rt.grad_scaler()
     history: list[dict] = []
     train_seconds = 0.0
-    if resume:  # every rank reads the checkpoint; rank 0's RNG state is the one saved
+    partial = None  # an epoch stopped midway: where it stands
+    if resume and (out_dir / CHECKPOINT_FILE).is_file():  # every rank reads it; rank 0's RNG state is the one saved
         state = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, schedule.scheduler, generator, rt,
                                 scaler)
         if state.get("data_sha256", data.sha256) != data.sha256:  # checkpoints from before the field pass
             raise InputError(f"{out_dir}: the checkpoint was trained on other data than {data.source}")
         history, train_seconds = state["history"], state["train_seconds"]
+        writer.history(history)  # the checkpoint's, should a full disk have kept the last one from the file
+        if state.get("epoch_step"):
+            partial = {"order": state["epoch_order"], "sums": state["epoch_sums"], "step": state["epoch_step"],
+                       "lr": state["epoch_lr"], "seconds": state["epoch_seconds"]}
+            _restore_rank_rng(cfg, rt, state, len(history) + 1)
     else:
         writer.start(cfg)
     distributed.same_on_every_rank(rt, len(history), "the epochs done")
+    distributed.same_on_every_rank(rt, partial["step"] if partial else 0, "the steps done")
+    should_stop = _StopCheck(rt, stop)
 
     forward = model
     if rt.distributed:
@@ -325,13 +447,28 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
                f"validating on {len(x_val):,}; {n_steps} steps/epoch; {rt.device}, {rt.precision}, "
                f"{rt.world_size} process(es) x {rt.threads} threads -> {out_dir}")
     for epoch in range(len(history) + 1, cfg.epochs + 1):
-        if rt.rank > 0:
+        if rt.rank > 0 and partial is None:
             torch.manual_seed(_dropout_seed(cfg, rt.rank, epoch))
-        epoch_start = time.perf_counter()
+        epoch_start = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         with writer.progress(n_steps, f"epoch {epoch}/{cfg.epochs}") as progress:
-            lr = optimizer.param_groups[0]["lr"]
+            lr = partial["lr"] if partial else optimizer.param_groups[0]["lr"]
+            if partial:
+                progress.update(partial["step"])
             train = train_one_epoch(forward, x_train, y_train, optimizer, schedule, cfg, generator, rt, scaler,
-                                    progress)
+                                    progress, should_stop, partial)
+            partial = None
+            if not math.isfinite(train["loss"]):
+                _stop_non_finite(train, epoch, n_steps, out_dir, len(history))
+            if train["partial"] is not None:  # asked to stop: checkpoint this step boundary, then stop
+                stopped = train["partial"]
+                state = {"history": history, "train_seconds": train_seconds, "data_sha256": data.sha256,
+                         "epoch_step": stopped["step"], "epoch_order": stopped["order"],
+                         "epoch_sums": stopped["sums"], "epoch_lr": lr,
+                         "epoch_seconds": time.perf_counter() - epoch_start} | distributed.rng_states(rt)
+                writer.checkpoint(model, optimizer, schedule.scheduler, generator, state, rt, scaler)
+                distributed.barrier(rt)
+                raise Interrupted(should_stop.now(), f"stopped at epoch {epoch}, step {stopped['step']} of {n_steps}; "
+                                                 f"checkpoint written to {out_dir / CHECKPOINT_FILE}")
             distributed.broadcast_buffers(rt, model)
             val = evaluate(model, x_val, y_val, rt)
             shown = {"loss": train["loss"], "acc": train["acc"]}
@@ -353,6 +490,9 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
                           rt, scaler)
         writer.history(history)
         distributed.barrier(rt)  # the checkpoint is complete before any rank moves on
+        signum = should_stop.now()
+        if signum:
+            raise Interrupted(signum, f"stopped after epoch {epoch}; checkpoint written to {out_dir / CHECKPOINT_FILE}")
 
     metrics = {
         "preset": cfg.preset, "model": cfg.model, "parameters": count_parameters(model),
@@ -472,7 +612,8 @@ def check_ensemble_start(cfg: TrainConfig, out_dir: str | os.PathLike, size: int
 
 
 def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, size: int = DEFAULT_ENSEMBLE_SIZE,
-                   resume: bool = False, quiet: bool = False, runtime: Runtime | None = None) -> dict:
+                   resume: bool = False, quiet: bool = False, runtime: Runtime | None = None,
+                   stop: StopRequest | None = None) -> dict:
     """Train `size` members of `cfg` (see member_config) into `out_dir/member-<i>/`, then combine
     them into `out_dir`. Returns the ensemble's metrics.json content (on rank 0; {} on the others).
 
@@ -483,7 +624,21 @@ def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, s
     """
     rt = runtime or resolve(RuntimeConfig())
     out_dir = Path(out_dir)
-    distributed.check_on_main(rt, lambda: check_ensemble_start(cfg, out_dir, size, resume))
+    lock = RunLock(out_dir)  # rank 0's, as for one run; each member's fit locks its member folder
+
+    def check():
+        check_ensemble_start(cfg, out_dir, size, resume)
+        lock.acquire()
+
+    distributed.check_on_main(rt, check)
+    try:
+        return _train_ensemble(cfg, data, out_dir, size, resume, quiet, rt, stop)
+    finally:
+        lock.release()
+
+
+def _train_ensemble(cfg: TrainConfig, data: Digits, out_dir: Path, size: int, resume: bool, quiet: bool,
+                    rt: Runtime, stop: StopRequest | None) -> dict:
     finished = torch.tensor(int(rt.is_main and resume and (out_dir / WEIGHTS_FILE).is_file()), device=rt.device)
     if distributed.broadcast_from_main(rt, finished).item():
         return read_json(out_dir / "metrics.json") if rt.is_main else {}
@@ -491,7 +646,7 @@ def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, s
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", cfg.to_dict())
     member_rt = dataclasses.replace(rt, rank=0, world_size=1)  # each member is a run of its own
-    mine = [train_member(cfg, i, size, data, out_dir, resume, quiet or not rt.is_main, member_rt)
+    mine = [train_member(cfg, i, size, data, out_dir, resume, quiet or not rt.is_main, member_rt, stop)
             for i in range(rt.rank, size, rt.world_size)]
     distributed.gather_files(rt, out_dir, [str(path.relative_to(out_dir)) for member_dir in mine
                                            for path in sorted(member_dir.iterdir()) if path.is_file()])
@@ -501,7 +656,7 @@ def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, s
 
 
 def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir: Path, resume: bool = False,
-                 quiet: bool = False, runtime: Runtime | None = None) -> Path:
+                 quiet: bool = False, runtime: Runtime | None = None, stop: StopRequest | None = None) -> Path:
     """Member `index` of an ensemble of `size` in out_dir/member-<index>/. A finished member (of the
     same config) is kept; with `resume`, a member with a checkpoint continues from it."""
     member_dir, member_cfg = out_dir / f"member-{index}", member_config(cfg, index)
@@ -518,5 +673,5 @@ def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir:
         deskew = ", deskewed inputs" if member_cfg.deskew else ""
         print(f"member {index + 1}/{size}: seed {member_cfg.seed}, val_seed {member_cfg.val_seed}{deskew}")
     fit(member_cfg, data, member_dir, resume=resume and (member_dir / CHECKPOINT_FILE).is_file(), quiet=quiet,
-        runtime=runtime)
+        runtime=runtime, stop=stop)
     return member_dir
