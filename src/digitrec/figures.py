@@ -217,8 +217,12 @@ def mistakes_figure(preds, mistakes: list[dict], ncols: int = 4) -> Figure:
 
 
 @_styled
-def reliability_figure(calib: dict) -> Figure:
-    """evaluate.calibration's bins: accuracy against mean confidence, and how many images each bin holds."""
+def reliability_figure(calib: dict, before: dict | None = None) -> Figure:
+    """evaluate.calibration's bins: accuracy against mean confidence, and how many images each bin holds.
+
+    `before`: the same images' bins with every temperature 1 (the uncalibrated model), drawn over them
+    as accuracy against mean confidence per bin, with its own counts.
+    """
     bins = calib["bins"]
     width = bins[0]["high"] - bins[0]["low"]
     lows = [b["low"] for b in bins]
@@ -230,10 +234,21 @@ def reliability_figure(calib: dict) -> Figure:
     filled = [b for b in bins if b["count"]]
     ax.plot([b["confidence"] for b in filled], [100 * b["confidence"] for b in filled], "D", color=VERMILLION,
             markersize=4, label="mean confidence in bin")
-    ax.set(ylabel="accuracy (%)", ylim=(0, 100), xlim=(0, 1),
-           title=f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}%")
-    ax.legend(loc="upper left")
-    ax_count.bar(lows, [b["count"] for b in bins], width=width, align="edge", color=GREY, edgecolor="white")
+    title = f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}%"
+    if before is not None:
+        shown = [b for b in before["bins"] if b["count"]]
+        ax.plot([b["confidence"] for b in shown], [100 * b["accuracy"] for b in shown], "o-", color=ORANGE,
+                markersize=4, label=f"uncalibrated: accuracy vs confidence (ECE {100 * before['ece']:.2f}%)")
+        title = f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}% (uncalibrated {100 * before['ece']:.2f}%)"
+    ax.set(ylabel="accuracy (%)", ylim=(0, 100), xlim=(0, 1), title=title)
+    ax.legend(loc="upper left", fontsize="small")
+    ax_count.bar(lows, [b["count"] for b in bins], width=width, align="edge", color=GREY, edgecolor="white",
+                 label="calibrated" if before is not None else None)
+    if before is not None:
+        ax_count.step([b["low"] for b in before["bins"]] + [1.0],
+                      [b["count"] for b in before["bins"]] + [before["bins"][-1]["count"]], where="post",
+                      color=ORANGE, label="uncalibrated")
+        ax_count.legend(loc="upper left", fontsize="small")
     ax_count.set(yscale="log", xlabel="confidence (top-class probability)", ylabel="images (log)")
     fig.tight_layout()
     return fig
