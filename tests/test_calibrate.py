@@ -74,6 +74,17 @@ def test_calibrate_sets_the_models_temperature_and_changes_no_prediction(mnist_t
     assert float(model.temperature) == pytest.approx(fitted["temperature"])  # restored after the block
 
 
+def test_a_state_dict_from_before_temperatures_loads_strictly_at_1():
+    """Old weights and old checkpoints (resume) hold no temperature: they load, at temperature 1."""
+    torch.manual_seed(0)
+    trained = FastNet(8)
+    old = {k: v for k, v in trained.state_dict().items() if k != "temperature"}
+    model = FastNet(8)
+    model.temperature.fill_(2.0)
+    model.load_state_dict(old)  # strict
+    assert float(model.temperature) == 1.0 and "temperature" not in old
+
+
 def test_calibration_hold_out_is_disjoint_seeded_and_the_same_for_every_member():
     labels = np.arange(1000) % 10
     cfg = make_config("fast", calibration_fraction=0.05)

@@ -246,8 +246,9 @@ def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray,
 
 def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int = 1000,
             channels_last: bool = False, tta: bool = False) -> Predictions:
-    """The model's predictions of `digits`; a calibrated model's record also holds its uncalibrated
-    probabilities (a second pass with every temperature 1), for the reliability diagram's before / after."""
+    """The model's predictions of `digits`. For labelled digits, a calibrated model's record also holds
+    its uncalibrated probabilities (a second pass with every temperature 1), for the reliability
+    diagram's before / after; unlabelled ones (a submission) are not scored, so they skip that pass."""
     from .calibrate import is_calibrated, temperatures_off
 
     def probs() -> np.ndarray:
@@ -256,7 +257,7 @@ def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int =
         return predict_probs(model, digits.images, batch_size, channels_last)
 
     uncalibrated = None
-    if is_calibrated(model):
+    if digits.labels is not None and is_calibrated(model):
         with temperatures_off(model):
             uncalibrated = probs()
     return predictions_from_probs(name, digits, probs(), uncalibrated)

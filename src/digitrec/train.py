@@ -4,7 +4,8 @@
 each rank computing its share of every global batch. Everything a run writes or prints goes
 through `RunWriter`, which only the main process (rank 0) drives: config.json, history.csv and
 checkpoint.safetensors each epoch; at the end the temperature of the probabilities (fitted on
-held-out images, calibrate.py), model.safetensors, predictions_val.npz and metrics.json. A killed run resumes from its last checkpoint with identical results on the CPU.
+held-out images, calibrate.py), model.safetensors, predictions_val.npz and metrics.json. A killed
+run resumes from its last checkpoint with identical results on the CPU.
 `train_ensemble` trains several members (in parallel, one per rank, under torchrun) and
 `combine_runs` makes them one ensemble run.
 """
@@ -26,9 +27,9 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .augment import apply_transforms, sample_transforms
+from .calibrate import calibrate
 from .checkpoint import (CHECKPOINT_FILE, WEIGHTS_FILE, environment, load_checkpoint, load_run_model, save_checkpoint,
                          save_weights)
-from .calibrate import calibrate
 from .config import TrainConfig, config_from_dict
 from .data import Digits
 from .evaluate import Predictions, predict, summarize, to_float
