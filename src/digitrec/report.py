@@ -409,7 +409,8 @@ def _calibration_section(run: RunFiles, summary: dict | None, calib: dict | None
                         f"{fitted['nll_before']:.4f} and {fitted['nll_after']:.4f} nats. Logits are divided by it; "
                         "no prediction changes."))
     elif calib_before is None:
-        parts.append(_p("This model is not calibrated (temperature 1): it had no held-out images to fit one on."))
+        parts.append(_p("No temperature was fitted for this model, so it shows its probabilities as trained: it had "
+                        "no held-out images to fit one on, or was trained before digitrec calibrated."))
     parts.append(figures.add("reliability", "reliability diagram: accuracy against confidence per bin",
                              reliability_figure, calib, calib_before))
     return _section("calibration", "Calibration", parts)
