@@ -221,10 +221,20 @@ def _kill_after_first_checkpoint(proc: subprocess.Popen, run_dir: Path, victim=N
     while not (history.exists() and len(history.read_text().splitlines()) >= 2):
         assert time.time() < deadline and proc.poll() is None, "no checkpoint came"
         time.sleep(0.02)
-    if victim is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    else:
-        os.kill(victim(), signal.SIGKILL)
+    # the launcher and its torchrun workers (children in sessions of their own), or one victim
+    victims = [victim()] if victim else _children(proc.pid) + [proc.pid]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    while any(_alive(pid) for pid in victims if pid != proc.pid):  # their run lock goes with them
+        assert time.time() < deadline, "a killed worker lives on"
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _children(pid: int) -> list[int]:

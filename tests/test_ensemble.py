@@ -69,7 +69,8 @@ def test_ensemble_probabilities_are_the_members_mean():
     assert torch.allclose(logits.softmax(1), mean, atol=1e-6)
     assert torch.allclose(logits.exp().sum(1), torch.ones(16), atol=1e-6)  # log-probabilities already
     assert not torch.allclose(mean, members[0](x).softmax(1), atol=1e-3)  # the members do disagree
-    assert list(ensemble.state_dict())[0] == "members.0.features.0.weight"
+    assert list(ensemble.state_dict())[:2] == ["temperature", "members.0.temperature"]
+    assert list(ensemble.state_dict())[2] == "members.0.features.0.weight"
 
 
 # ---------------------------------------------------------------------------------------------

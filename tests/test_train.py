@@ -400,7 +400,7 @@ def test_compact_presets_learn_quickly(small_train, mnist_test, preset, paramete
     """The preset's recipe, 3 epochs on 3,000 images (3-10 s): at least 90% on 2,000 test images."""
     cfg = make_config(preset, epochs=3)
     assert cfg.model == preset and cfg.schedule == "onecycle" and cfg.label_smoothing == 0.1
-    assert cfg.val_fraction == 0  # the design is done: the preset trains on every image
+    assert cfg.val_fraction == 0  # the design is done: the preset trains on every image but its calibration hold-out
     model = build_model(cfg)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs

@@ -119,7 +119,8 @@ def load_weights(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
             expected = build().state_dict()
     except (TypeError, ValueError, RuntimeError) as e:  # a config field of the wrong type or range
         raise InputError(f"{path}: its config is not one this digitrec can build ({_first_line(e)})") from None
-    missing = [k for k in expected if k not in tensors]
+    # a temperature is optional: files from before calibration load with temperature 1
+    missing = [k for k in expected if k not in tensors and not _is_temperature(k)]
     unexpected = [k for k in tensors if k not in expected]
     reshaped = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
     if missing or unexpected or reshaped:
@@ -130,9 +131,16 @@ def load_weights(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
     bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise InputError(f"{path}: tensor {bad!r} holds NaN or infinite values; the file is damaged")
+    cold = next((k for k, v in tensors.items() if _is_temperature(k) and not (v > 0).all()), None)
+    if cold is not None:
+        raise InputError(f"{path}: tensor {cold!r} is not a positive temperature; the file is damaged")
     model = build()
     model.load_state_dict(tensors)
     return model.eval(), cfg, meta
+
+
+def _is_temperature(key: str) -> bool:
+    return key == "temperature" or key.endswith(".temperature")
 
 
 def load_run_model(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, TrainConfig, dict]:

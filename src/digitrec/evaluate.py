@@ -116,6 +116,9 @@ class Predictions:
     y_pred: np.ndarray  # (N,) int64 = probs.argmax(1)
     probs: np.ndarray  # (N, 10) float32, rows sum to 1
     images: np.ndarray  # (N, 28, 28) uint8, kept so galleries need no data re-read
+    # (N, 10) float32: the same model's probabilities with every temperature 1, for the report's
+    # before / after; None when the model is not calibrated (or the record predates calibration)
+    probs_uncalibrated: np.ndarray | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -129,8 +132,9 @@ class Predictions:
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_write(path, "wb") as f:
+            extra = {} if self.probs_uncalibrated is None else {"probs_uncalibrated": self.probs_uncalibrated}
             np.savez_compressed(f, name=np.array(self.name), ids=self.ids, y_true=self.y_true,
-                                y_pred=self.y_pred, probs=self.probs, images=self.images)
+                                y_pred=self.y_pred, probs=self.probs, images=self.images, **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Predictions":
@@ -138,14 +142,17 @@ class Predictions:
             raise InputError(f"{path}: no such predictions file")
         try:
             with np.load(path, allow_pickle=False) as z:
-                preds = cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"])
+                preds = cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"],
+                            z["probs_uncalibrated"] if "probs_uncalibrated" in z.files else None)
         # a truncated, garbled or foreign file: numpy lets each layer's own error through
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             detail = (str(e).splitlines() or [type(e).__name__])[0]
             raise InputError(f"{path}: not a digitrec predictions file ({detail})") from None
         n = len(preds.ids)
-        shapes = {"ids": (n,), "y_true": (n,), "y_pred": (n,), "probs": (n, 10), "images": (n, 28, 28)}
-        wrong = next((key for key, shape in shapes.items() if getattr(preds, key).shape != shape), None)
+        shapes = {"ids": (n,), "y_true": (n,), "y_pred": (n,), "probs": (n, 10), "images": (n, 28, 28),
+                  "probs_uncalibrated": (n, 10)}
+        wrong = next((key for key, shape in shapes.items()
+                      if getattr(preds, key) is not None and getattr(preds, key).shape != shape), None)
         if wrong is not None:
             raise InputError(f"{path}: not a digitrec predictions file ({wrong} has shape "
                              f"{list(getattr(preds, wrong).shape)}, expected {list(shapes[wrong])})")
@@ -191,10 +198,19 @@ class Predictions:
         return mistakes_figure(self, mistakes, ncols)
 
     def plot_calibration(self, n_bins: int = 15):
-        """Reliability diagram: accuracy against confidence per bin, with the expected calibration error."""
+        """Reliability diagram: accuracy against confidence per bin, with the expected calibration error
+        (and the uncalibrated model's, where the record holds its probabilities)."""
         from .figures import reliability_figure
 
-        return reliability_figure(calibration(self, n_bins))
+        before = self.uncalibrated()
+        return reliability_figure(calibration(self, n_bins), calibration(before, n_bins) if before else None)
+
+    def uncalibrated(self) -> "Predictions | None":
+        """The record as the model scored it with every temperature 1, if the record holds that."""
+        if self.probs_uncalibrated is None:
+            return None
+        return Predictions(f"{self.name} (uncalibrated)", self.ids, self.y_true, self.probs_uncalibrated.argmax(1),
+                           self.probs_uncalibrated, self.images)
 
     def __repr__(self) -> str:
         scored = f", accuracy {100 * self.accuracy:.3f}%" if self.has_labels else ", no labels"
@@ -218,16 +234,33 @@ class Predictions:
         return f"<div><strong>Predictions '{html.escape(self.name)}'</strong><table>{body}</table></div>"
 
 
-def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray) -> Predictions:
+def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray,
+                           probs_uncalibrated: np.ndarray | None = None) -> Predictions:
     probs = np.asarray(probs, dtype=np.float32)
     y_true = digits.labels if digits.labels is not None else np.full(len(digits), -1, dtype=np.int64)
+    if probs_uncalibrated is not None:
+        probs_uncalibrated = np.asarray(probs_uncalibrated, dtype=np.float32)
     return Predictions(name, digits.ids, y_true.astype(np.int64), probs.argmax(1).astype(np.int64),
-                       probs, digits.images)
+                       probs, digits.images, probs_uncalibrated)
 
 
 def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int = 1000,
-            channels_last: bool = False) -> Predictions:
-    return predictions_from_probs(name, digits, predict_probs(model, digits.images, batch_size, channels_last))
+            channels_last: bool = False, tta: bool = False) -> Predictions:
+    """The model's predictions of `digits`. For labelled digits, a calibrated model's record also holds
+    its uncalibrated probabilities (a second pass with every temperature 1), for the reliability
+    diagram's before / after; unlabelled ones (a submission) are not scored, so they skip that pass."""
+    from .calibrate import is_calibrated, temperatures_off
+
+    def probs() -> np.ndarray:
+        if tta:
+            return tta_probs(model, digits.images, batch_size=batch_size, channels_last=channels_last)
+        return predict_probs(model, digits.images, batch_size, channels_last)
+
+    uncalibrated = None
+    if digits.labels is not None and is_calibrated(model):
+        with temperatures_off(model):
+            uncalibrated = probs()
+    return predictions_from_probs(name, digits, probs(), uncalibrated)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
@@ -284,6 +317,8 @@ def summarize(preds: Predictions, top_mistakes: int = 6) -> dict:
         "errors": total - correct,
         "accuracy_ci95": list(wilson_interval(correct, total)),
         "loss": float(nll),
+        "ece": calibration(preds)["ece"],
+        "ece_uncalibrated": calibration(preds.uncalibrated())["ece"] if preds.probs_uncalibrated is not None else None,
         "per_class": [{"class": c, "precision": float(precision[c]), "recall": float(recall[c]),
                        "f1": float(f1[c]), "support": int(cm[c].sum())} for c in range(10)],
         "confusion_matrix": cm.tolist(),
@@ -314,8 +349,12 @@ def format_summary(summary: dict) -> str:
     """The summary as text for the terminal."""
     low, high = summary["accuracy_ci95"]
     lines = [f"{summary['name']}: accuracy {100 * summary['accuracy']:.3f}% "
-             f"({summary['errors']} errors in {summary['n']}; 95% CI {100 * low:.2f}-{100 * high:.2f}%)",
-             "", "class  precision  recall     f1  support"]
+             f"({summary['errors']} errors in {summary['n']}; 95% CI {100 * low:.2f}-{100 * high:.2f}%)"]
+    if summary.get("ece") is not None:  # summaries written before calibration lack it
+        before = summary.get("ece_uncalibrated")
+        lines.append(f"expected calibration error {100 * summary['ece']:.2f}%"
+                     + (f" (uncalibrated: {100 * before:.2f}%)" if before is not None else ""))
+    lines += ["", "class  precision  recall     f1  support"]
     lines += [f"{r['class']:>5}  {r['precision']:>9.4f}  {r['recall']:>6.4f}  {r['f1']:.4f}  {r['support']:>7}"
               for r in summary["per_class"]]
     lines += ["", "confusion matrix (rows: true, columns: predicted)", "     " + "".join(f"{c:>6}" for c in range(10))]
@@ -334,11 +373,8 @@ def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test",
     from .checkpoint import load_run_model
 
     model, _, _ = load_run_model(run_dir)
-    if tta:
-        name = f"{name}-tta"
-        preds = predictions_from_probs(name, digits, tta_probs(model, digits.images))
-    else:
-        preds = predict(model, digits, name)
+    preds = predict(model, digits, f"{name}-tta" if tta else name, tta=tta)
+    name = preds.name
     preds.save(Path(run_dir) / f"predictions_{name}.npz")
     if preds.has_labels:
         write_json(Path(run_dir) / f"evaluation_{name}.json", summarize(preds))

@@ -1,7 +1,8 @@
 """ONNX export of a run's model, and a classifier that runs the file with onnxruntime alone.
 
 The graph takes `images` float32 (N, 1, 28, 28) = uint8 pixels / 255, white ink on black (the
-training normalisation), and returns `logits` and `probs` (N, 10); the batch axis is dynamic.
+training normalisation), and returns `logits` and `probs` (N, 10); the batch axis is dynamic. The
+logits are already divided by the model's temperature (calibrate.py), so `probs` are calibrated.
 What a deployment needs to feed it is written into the file's metadata.
 
 `export_onnx(..., int8=True)` writes the same graph quantised to 8 bits by onnxruntime's own
@@ -54,6 +55,7 @@ def export_onnx(run_dir: str | os.PathLike, out_path: str | os.PathLike, int8: b
     model, cfg, _ = load_run_model(run_dir)
     onnx_model = onnx.load_model_from_string(onnx_program(model))
     meta = _metadata(Path(run_dir), cfg)
+    meta["temperature"] = f"{float(model.temperature):.6g}"  # applied inside the graph; members apply their own
     if int8:
         onnx_model = quantize(onnx_model, calibration.images)
         source = calibration.source or "training data"

@@ -217,23 +217,39 @@ def mistakes_figure(preds, mistakes: list[dict], ncols: int = 4) -> Figure:
 
 
 @_styled
-def reliability_figure(calib: dict) -> Figure:
-    """evaluate.calibration's bins: accuracy against mean confidence, and how many images each bin holds."""
+def reliability_figure(calib: dict, before: dict | None = None) -> Figure:
+    """evaluate.calibration's bins: accuracy against mean confidence, and how many images each bin holds.
+
+    `before`: the same images' bins with every temperature 1 (the uncalibrated model), drawn over them
+    as accuracy against mean confidence per bin, with its own counts.
+    """
     bins = calib["bins"]
     width = bins[0]["high"] - bins[0]["low"]
     lows = [b["low"] for b in bins]
     fig = Figure(figsize=(5.6, 5.6))
     ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
     ax.plot([0, 1], [0, 100], color=GREY, linestyle="--", label="perfect calibration")
+    which = "calibrated: " if before is not None else ""
     ax.bar(lows, [100 * (b["accuracy"] or 0) for b in bins], width=width, align="edge", color=BLUE,
-           edgecolor="white", label="accuracy in bin")
+           edgecolor="white", label=f"{which}accuracy in bin")
     filled = [b for b in bins if b["count"]]
     ax.plot([b["confidence"] for b in filled], [100 * b["confidence"] for b in filled], "D", color=VERMILLION,
-            markersize=4, label="mean confidence in bin")
-    ax.set(ylabel="accuracy (%)", ylim=(0, 100), xlim=(0, 1),
-           title=f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}%")
-    ax.legend(loc="upper left")
-    ax_count.bar(lows, [b["count"] for b in bins], width=width, align="edge", color=GREY, edgecolor="white")
+            markersize=4, label=f"{which}mean confidence in bin")
+    title = f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}%"
+    if before is not None:
+        shown = [b for b in before["bins"] if b["count"]]
+        ax.plot([b["confidence"] for b in shown], [100 * b["accuracy"] for b in shown], "o-", color=ORANGE,
+                markersize=4, label="uncalibrated: accuracy at the bin's mean confidence")
+        title = f"Reliability ({calib['n_bins']} bins), ECE {100 * calib['ece']:.2f}% (uncalibrated {100 * before['ece']:.2f}%)"
+    ax.set(ylabel="accuracy (%)", ylim=(0, 100), xlim=(0, 1), title=title)
+    ax.legend(loc="upper left" if before is None else "lower left", fontsize="small")
+    ax_count.bar(lows, [b["count"] for b in bins], width=width, align="edge", color=GREY, edgecolor="white",
+                 label="calibrated" if before is not None else None)
+    if before is not None:
+        ax_count.step([b["low"] for b in before["bins"]] + [1.0],
+                      [b["count"] for b in before["bins"]] + [before["bins"][-1]["count"]], where="post",
+                      color=ORANGE, label="uncalibrated")
+        ax_count.legend(loc="upper left", fontsize="small")
     ax_count.set(yscale="log", xlabel="confidence (top-class probability)", ylabel="images (log)")
     fig.tight_layout()
     return fig

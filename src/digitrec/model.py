@@ -1,4 +1,9 @@
-"""The networks. Each returns logits (B, 10) for a batch (B, 1, 28, 28) scaled to [0, 1]."""
+"""The networks. Each returns logits (B, 10) for a batch (B, 1, 28, 28) scaled to [0, 1].
+
+Every network divides its logits by its own `temperature` (a buffer saved with the weights; 1 until
+calibrate.py fits one at the end of training), so every path that loads a model (evaluate, predict,
+submit, serve, the ONNX export, ensembles) shows calibrated probabilities without code of its own.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +51,23 @@ class ByteMaskDropout(nn.Dropout):
         return _ByteMaskDrop.apply(x, self.p)
 
 
-class SeedNet(nn.Module):
+class Classifier(nn.Module):
+    """A network whose logits are divided by `temperature`, a scalar buffer in its state dict.
+
+    Temperature scaling (Guo et al., 2017) changes no argmax, only how sure the probabilities are.
+    Weights saved before temperatures existed load with temperature 1.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("temperature", torch.ones(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))  # a file from before calibration
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class SeedNet(Classifier):
     """The reference Keras CNN, 887,530 parameters, padding 'same'.
 
     conv32 5x5 -> conv32 5x5 -> pool -> drop .25 -> conv64 3x3 -> conv64 3x3 -> pool -> drop .25
@@ -77,7 +98,7 @@ class SeedNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x)) / self.temperature
 
 
 class Deskew(nn.Module):
@@ -116,7 +137,7 @@ def conv_pool_bn(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-class FastNet(nn.Module):
+class FastNet(Classifier):
     """A compact batch-normalised CNN for the `fast` preset: few FLOPs, downsampling at every stage.
 
     `width` sets the channels of the three stages (w, 2w, 4w).
@@ -134,7 +155,7 @@ class FastNet(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 9, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(self.deskew(x)))
+        return self.classifier(self.features(self.deskew(x))) / self.temperature
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -143,7 +164,7 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-class BestNet(nn.Module):
+class BestNet(Classifier):
     """FastNet with a second 3x3 conv in the last two stages, for the `best` preset.
 
     Twice the depth at 2.8x the FLOPs of FastNet of the same width (width 24: 25 MFLOP/image forward).
@@ -161,15 +182,17 @@ class BestNet(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 9, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(self.deskew(x)))
+        return self.classifier(self.features(self.deskew(x))) / self.temperature
 
 
-class Ensemble(nn.Module):
+class Ensemble(Classifier):
     """Trained networks voting by averaged probabilities.
 
     Returns log(mean_k softmax(member_k(x))), a valid logits tensor (B, 10): its softmax is the
     members' mean probability. Averaging probabilities, not logits, keeps one over-confident
-    member from outvoting the rest.
+    member from outvoting the rest. Each member applies its own temperature; the ensemble's own
+    `temperature` then rescales the average (train.combine_runs fits it when the members share a
+    calibration hold-out, else it stays 1).
     """
 
     def __init__(self, members: list[nn.Module]):
@@ -178,7 +201,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_probs = torch.stack([member(x).log_softmax(1) for member in self.members])  # (K, B, 10)
-        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
+        return (torch.logsumexp(log_probs, 0) - math.log(len(self.members))) / self.temperature
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:

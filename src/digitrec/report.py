@@ -204,6 +204,8 @@ def write_report(run_dir: str | os.PathLike, top_mistakes: int = 24) -> Path:
     run = read_run(run_dir)
     summary = summarize(run.preds, top_mistakes) if run.preds is not None and run.preds.has_labels else None
     calib = calibration(run.preds) if summary is not None else None
+    before = run.preds.uncalibrated() if summary is not None else None
+    calib_before = calibration(before) if before is not None else None
     figures = _Figures()
     sections = [
         _summary_section(run, summary, calib),
@@ -212,7 +214,7 @@ def write_report(run_dir: str | os.PathLike, top_mistakes: int = 24) -> Path:
         _confusion_section(summary, figures),
         _per_class_section(summary),
         _mistakes_section(run, summary, top_mistakes, figures),
-        _calibration_section(summary, calib, figures),
+        _calibration_section(run, summary, calib, calib_before, figures),
     ]
     title = f"digitrec run {run.name}"
     body = (f"<header><h1>{_e(title)}</h1>"
@@ -392,13 +394,25 @@ def _mistakes_section(run: RunFiles, summary: dict | None, top: int, figures: _F
     return _section("mistakes", title, parts)
 
 
-def _calibration_section(summary: dict | None, calib: dict | None, figures: _Figures) -> str:
+def _calibration_section(run: RunFiles, summary: dict | None, calib: dict | None, calib_before: dict | None,
+                         figures: _Figures) -> str:
     if summary is None:
         return _section("calibration", "Calibration", [_missing("Needs labelled predictions.")])
-    parts = [_p(f"Expected calibration error: {_pct(calib['ece'])} ({calib['n_bins']} equal-width bins on the "
-                "top-class probability; 0 means the stated confidence matches the accuracy).", "headline"),
-             figures.add("reliability", "reliability diagram: accuracy against confidence per bin",
-                         reliability_figure, calib)]
+    before = f"; uncalibrated (every temperature 1): {_pct(calib_before['ece'])}" if calib_before else ""
+    parts = [_p(f"Expected calibration error: {_pct(calib['ece'])}{before} ({calib['n_bins']} equal-width bins on "
+                "the top-class probability; 0 means the stated confidence matches the accuracy).", "headline")]
+    fitted = (run.metrics or {}).get("calibration")
+    if fitted:
+        parts.append(_p(f"Temperature {fitted['temperature']:.3f}, fitted at the end of training on the "
+                        f"{fitted['on']} ({fitted['n']:,} images the model did not train on): there, ECE "
+                        f"{_pct(fitted['ece_before'])} before and {_pct(fitted['ece_after'])} after, mean loss "
+                        f"{fitted['nll_before']:.4f} and {fitted['nll_after']:.4f} nats. Logits are divided by it; "
+                        "no prediction changes."))
+    elif calib_before is None:
+        parts.append(_p("No temperature was fitted for this model, so it shows its probabilities as trained: it had "
+                        "no held-out images to fit one on, or was trained before digitrec calibrated."))
+    parts.append(figures.add("reliability", "reliability diagram: accuracy against confidence per bin",
+                             reliability_figure, calib, calib_before))
     return _section("calibration", "Calibration", parts)
 
 

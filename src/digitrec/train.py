@@ -3,10 +3,11 @@
 `fit` trains one run: on one process, or as one rank of a DistributedDataParallel job (torchrun),
 each rank computing its share of every global batch. Everything a run writes or prints goes
 through `RunWriter`, which only the main process (rank 0) drives: config.json, history.csv and
-checkpoint.safetensors each epoch; model.safetensors, predictions_val.npz and metrics.json at the
-end. A killed run resumes from its last checkpoint with identical results on the CPU; a run
-asked to stop (`StopRequest`, set by the CLI's SIGINT/SIGTERM handler) checkpoints at the next step
-boundary, mid-epoch, and raises `Interrupted`. One process at a time writes a run folder (`RunLock`).
+checkpoint.safetensors each epoch; at the end the temperature of the probabilities (fitted on
+held-out images, calibrate.py), model.safetensors, predictions_val.npz and metrics.json. A killed
+run resumes from its last checkpoint with identical results on the CPU; a run asked to stop
+(`StopRequest`, set by the CLI's SIGINT/SIGTERM handler) checkpoints at the next step boundary,
+mid-epoch, and raises `Interrupted`. One process at a time writes a run folder (`RunLock`).
 `train_ensemble` trains several members (in parallel, one per rank, under torchrun) and
 `combine_runs` makes them one ensemble run.
 """
@@ -29,11 +30,12 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .augment import apply_transforms, sample_transforms
+from .calibrate import calibrate
 from .checkpoint import (CHECKPOINT_FILE, WEIGHTS_FILE, environment, load_checkpoint, load_run_model, save_checkpoint,
                          save_weights)
 from .config import TrainConfig, config_from_dict
 from .data import Digits
-from .evaluate import predict, summarize, to_float
+from .evaluate import Predictions, predict, summarize, to_float
 from .files import InputError, Interrupted, RunLock, atomic_write, read_json, write_json
 from .model import Ensemble, build_model, count_parameters
 from .runtime import Runtime, RuntimeConfig, resolve
@@ -63,6 +65,16 @@ def split_validation(labels: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, 
         val.append(members[:int(round(len(members) * cfg.val_fraction))])
     val = np.sort(np.concatenate(val))
     return np.setdiff1d(np.arange(n), val), val
+
+
+def split_calibration(train_idx: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, calibration), each sorted: a random `calibration_fraction` of the training
+    indices, drawn with `calibration_seed`, left out of training to fit the temperature on."""
+    if cfg.calibration_fraction == 0:
+        return train_idx, train_idx[:0]
+    order = np.random.default_rng(cfg.calibration_seed).permutation(len(train_idx))
+    n_calibration = int(math.ceil(len(train_idx) * cfg.calibration_fraction))
+    return np.sort(train_idx[order[n_calibration:]]), np.sort(train_idx[order[:n_calibration]])
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -277,10 +289,21 @@ class RunWriter:
         if self.active:
             save_checkpoint(self.out_dir / CHECKPOINT_FILE, *args, **kwargs)
 
-    def finish(self, model, cfg: TrainConfig, metrics: dict, val: Digits) -> None:
-        """Validation predictions, then the weights, then metrics.json: a run with metrics is finished."""
+    def finish(self, model, cfg: TrainConfig, metrics: dict, val: Digits, held_out: Digits) -> None:
+        """The temperature, validation predictions, then the weights, then metrics.json: a run with
+        metrics is finished. The temperature is fitted on the calibration hold-out `held_out`, else
+        on the validation split, else left at 1."""
         if not self.active:
             return
+        calibration_set = held_out if len(held_out) else val
+        if len(calibration_set):
+            on = "calibration hold-out" if len(held_out) else "validation split"
+            metrics["calibration"] = {"on": on, **calibrate(model, calibration_set)}
+            self.say(f"temperature {metrics['calibration']['temperature']:.3f} (fitted on the {on}, "
+                     f"{len(calibration_set):,} images): ECE there {100 * metrics['calibration']['ece_before']:.2f}% "
+                     f"-> {100 * metrics['calibration']['ece_after']:.2f}%")
+        if len(held_out):  # an ensemble of members sharing this hold-out fits its own temperature on it
+            predict(model, held_out, "calibration").save(self.out_dir / "predictions_calibration.npz")
         if len(val):
             val_preds = predict(model, val, "val")
             val_preds.save(self.out_dir / "predictions_val.npz")
@@ -288,7 +311,7 @@ class RunWriter:
             write_json(self.out_dir / "evaluation_val.json", summary)
             metrics["val_accuracy"] = summary["accuracy"]
         save_weights(self.out_dir / WEIGHTS_FILE, model, cfg,
-                     {"metrics": {k: metrics.get(k) for k in ("val_accuracy", "data")}})
+                     {"metrics": {k: metrics.get(k) for k in ("val_accuracy", "data", "calibration")}})
         write_json(self.out_dir / "metrics.json", metrics)
 
 
@@ -401,6 +424,7 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
     torch.manual_seed(cfg.seed)  # weights and dropout; fit() restores the caller's RNG state afterwards
     generator = torch.Generator().manual_seed(cfg.seed + 1)  # shuffling and augmentation, on the CPU
     train_idx, val_idx = split_validation(data.labels, cfg)
+    train_idx, calibration_idx = split_calibration(train_idx, cfg)
     x_train = torch.from_numpy(data.images[train_idx]).to(rt.device)  # uint8 (N, 28, 28)
     y_train = torch.from_numpy(data.labels[train_idx]).to(rt.device)
     x_val = torch.from_numpy(data.images[val_idx]).to(rt.device)
@@ -497,14 +521,14 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
     metrics = {
         "preset": cfg.preset, "model": cfg.model, "parameters": count_parameters(model),
         "data": data.source, "data_sha256": data.sha256, "n_train": len(x_train), "n_val": len(x_val),
-        "epochs": cfg.epochs,
+        "n_calibration": len(calibration_idx), "epochs": cfg.epochs,
         "label_counts": np.bincount(data.labels, minlength=10).tolist(),
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(len(history) * n_steps * cfg.batch_size / max(train_seconds, 1e-9), 1),
         "runtime": rt.describe(),
         "environment": environment(),
     }
-    writer.finish(model.cpu().float(), cfg, metrics, data.subset(val_idx))
+    writer.finish(model.cpu().float(), cfg, metrics, data.subset(val_idx), data.subset(calibration_idx))
     distributed.barrier(rt)
     return metrics
 
@@ -565,7 +589,8 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
             raise InputError(f"the runs were trained on different data: {run_dirs[0]} on {_data_name(first)}, "
                              f"{run_dir} on {_data_name(metrics)}")
 
-    ensemble = Ensemble(members)
+    ensemble = Ensemble(members)  # each member keeps the temperature its own run fitted
+    held_out = _shared_calibration_set(run_dirs)
     seconds = sum(m["train_seconds"] for m in member_metrics)
     images = sum(m["train_seconds"] * m["images_per_second"] for m in member_metrics)
     models = sorted({cfg.model for cfg in configs})
@@ -583,6 +608,8 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
                      "train_seconds": m["train_seconds"]}
                     for run_dir, cfg, m in zip(run_dirs, configs, member_metrics)],
     }
+    if held_out is not None:
+        metrics["calibration"] = {"on": "members' shared calibration hold-out", **calibrate(ensemble, held_out)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", configs[0].to_dict())
     write_json(out_dir / "metrics.json", metrics)
@@ -590,8 +617,23 @@ def combine_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) 
     member_val_accuracies = [row["val_accuracy"] for row in metrics["members"]]
     save_weights(out_dir / WEIGHTS_FILE, ensemble, configs[0],
                  {"members": [cfg.to_dict() for cfg in configs],
-                  "metrics": {"data": metrics["data"], "member_val_accuracies": member_val_accuracies}})
+                  "metrics": {"data": metrics["data"], "member_val_accuracies": member_val_accuracies,
+                              "calibration": metrics.get("calibration")}})
     return metrics
+
+
+def _shared_calibration_set(run_dirs: list[Path]) -> Digits | None:
+    """The calibration hold-out every member left out of its training (members of one `--ensemble`
+    share it: the same calibration_seed), on which the ensemble fits its own temperature; None if
+    any member lacks one or they differ."""
+    paths = [run_dir / "predictions_calibration.npz" for run_dir in run_dirs]
+    if not all(path.is_file() for path in paths):
+        return None
+    records = [Predictions.load(path) for path in paths]
+    first = records[0]
+    if any(not np.array_equal(r.ids, first.ids) or not np.array_equal(r.images, first.images) for r in records):
+        return None
+    return Digits(first.images, first.y_true, first.ids, "calibration hold-out")
 
 
 def check_ensemble_start(cfg: TrainConfig, out_dir: str | os.PathLike, size: int, resume: bool) -> None:
