@@ -255,8 +255,10 @@ def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_checkpoint(tmp_path, 
 # ---------------------------------------------------------------------------------------------
 # in-process runs of a narrow fast net: 320 synthetic images, 10 steps of 32 per epoch
 
-TINY = dict(preset="fast", width=8, epochs=2, batch_size=32)
-TINY_FLAGS = ["--preset", "fast", "--width", "8", "--epochs", "2", "--batch-size", "32", "--threads", "1", "--quiet"]
+# every image trains (no calibration hold-out), so the steps per epoch below are the file's rows / 32
+TINY = dict(preset="fast", width=8, epochs=2, batch_size=32, calibration_fraction=0.0)
+TINY_FLAGS = ["--preset", "fast", "--width", "8", "--epochs", "2", "--batch-size", "32", "--calibration-fraction", "0",
+              "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -555,7 +557,8 @@ def test_a_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoi
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "digitrec"]
 # a narrow fast net on 3,008 images, 3 epochs of 94 steps of 32 (split 16 + 16 between the ranks)
-DDP_FLAGS = ["--preset", "fast", "--width", "8", "--epochs", "3", "--batch-size", "32", "--quiet"]
+DDP_FLAGS = ["--preset", "fast", "--width", "8", "--epochs", "3", "--batch-size", "32", "--calibration-fraction", "0",
+             "--quiet"]
 
 
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_is_bit_identical(tmp_path):
