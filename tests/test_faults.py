@@ -77,11 +77,15 @@ SEED_FLAGS = ["--epochs", "6", "--batch-size", "32", "--threads", "1", "--seed",
 STEPS = 11
 
 
+def _train_csv(tmp_path_factory, n: int, seed: int) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    write_kaggle_csv(path, synthetic_digits(n, seed=seed), with_labels=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def seed_csv(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.csv"
-    write_kaggle_csv(path, synthetic_digits(400, seed=3), with_labels=True)
-    return path
+    return _train_csv(tmp_path_factory, 400, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -263,9 +267,7 @@ TINY_FLAGS = ["--preset", "fast", "--width", "8", "--epochs", "2", "--batch-size
 
 @pytest.fixture(scope="module")
 def tiny_csv(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "train.csv"
-    write_kaggle_csv(path, synthetic_digits(320, seed=4), with_labels=True)
-    return path
+    return _train_csv(tmp_path_factory, 320, seed=4)
 
 
 @pytest.fixture(scope="module")
