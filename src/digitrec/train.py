@@ -14,6 +14,7 @@ mid-epoch, and raises `Interrupted`. One process at a time writes a run folder (
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -405,16 +406,23 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
     """
     rt = runtime or resolve(RuntimeConfig())
     out_dir = Path(out_dir)
+    with _run_folder(rt, out_dir, lambda: check_start(cfg, data, out_dir, resume, rt.world_size)), rt.fork_rng():
+        return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt, stop)
+
+
+@contextlib.contextmanager
+def _run_folder(rt: Runtime, out_dir: Path, check: Callable[[], None]):
+    """Check the run folder on rank 0 (its InputError raised on every rank) and hold the folder's
+    RunLock there until the run ends: a second process on the same folder is refused at once."""
     lock = RunLock(out_dir)
 
-    def check():
-        check_start(cfg, data, out_dir, resume, rt.world_size)
+    def check_and_lock():
+        check()
         lock.acquire()
 
-    distributed.check_on_main(rt, check)
+    distributed.check_on_main(rt, check_and_lock)
     try:
-        with rt.fork_rng():
-            return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt, stop)
+        yield
     finally:
         lock.release()
 
@@ -666,35 +674,22 @@ def train_ensemble(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, s
     """
     rt = runtime or resolve(RuntimeConfig())
     out_dir = Path(out_dir)
-    lock = RunLock(out_dir)  # rank 0's, as for one run; each member's fit locks its member folder
-
-    def check():
-        check_ensemble_start(cfg, out_dir, size, resume)
-        lock.acquire()
-
-    distributed.check_on_main(rt, check)
-    try:
-        return _train_ensemble(cfg, data, out_dir, size, resume, quiet, rt, stop)
-    finally:
-        lock.release()
-
-
-def _train_ensemble(cfg: TrainConfig, data: Digits, out_dir: Path, size: int, resume: bool, quiet: bool,
-                    rt: Runtime, stop: StopRequest | None) -> dict:
-    finished = torch.tensor(int(rt.is_main and resume and (out_dir / WEIGHTS_FILE).is_file()), device=rt.device)
-    if distributed.broadcast_from_main(rt, finished).item():
-        return read_json(out_dir / "metrics.json") if rt.is_main else {}
-    if rt.is_main and not resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", cfg.to_dict())
-    member_rt = dataclasses.replace(rt, rank=0, world_size=1)  # each member is a run of its own
-    mine = [train_member(cfg, i, size, data, out_dir, resume, quiet or not rt.is_main, member_rt, stop)
-            for i in range(rt.rank, size, rt.world_size)]
-    distributed.gather_files(rt, out_dir, [str(path.relative_to(out_dir)) for member_dir in mine
-                                           for path in sorted(member_dir.iterdir()) if path.is_file()])
-    if not rt.is_main:
-        return {}
-    return combine_runs([out_dir / f"member-{i}" for i in range(size)], out_dir)
+    # rank 0 locks the ensemble's folder, as for one run; each member's fit locks its member folder
+    with _run_folder(rt, out_dir, lambda: check_ensemble_start(cfg, out_dir, size, resume)):
+        finished = torch.tensor(int(rt.is_main and resume and (out_dir / WEIGHTS_FILE).is_file()), device=rt.device)
+        if distributed.broadcast_from_main(rt, finished).item():
+            return read_json(out_dir / "metrics.json") if rt.is_main else {}
+        if rt.is_main and not resume:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / "config.json", cfg.to_dict())
+        member_rt = dataclasses.replace(rt, rank=0, world_size=1)  # each member is a run of its own
+        mine = [train_member(cfg, i, size, data, out_dir, resume, quiet or not rt.is_main, member_rt, stop)
+                for i in range(rt.rank, size, rt.world_size)]
+        distributed.gather_files(rt, out_dir, [str(path.relative_to(out_dir)) for member_dir in mine
+                                               for path in sorted(member_dir.iterdir()) if path.is_file()])
+        if not rt.is_main:
+            return {}
+        return combine_runs([out_dir / f"member-{i}" for i in range(size)], out_dir)
 
 
 def train_member(cfg: TrainConfig, index: int, size: int, data: Digits, out_dir: Path, resume: bool = False,
