@@ -121,13 +121,19 @@ def test_predict_with_onnx_needs_no_torch(onnx_path, tiny_run, mnist_test, tmp_p
     assert result.stderr.splitlines()[-1] == "error: 1 of 1 images could not be read"
 
 
-@pytest.mark.parametrize("model_name, deskew", [(name, False) for name in MODELS] + [("best", True)])
-def test_every_architecture_exports(model_name, deskew, tmp_path, mnist_test):
+@pytest.mark.parametrize("model_name, deskew, tta", [(name, False, False) for name in MODELS]
+                         + [("best", True, False), ("fast", False, True)])
+def test_every_architecture_exports(model_name, deskew, tta, tmp_path, mnist_test):
     """Untrained weights are enough: the ops and the batch axis are what could break."""
-    cfg = make_config("seed", model=model_name, deskew=deskew)
+    cfg = make_config("seed", model=model_name, deskew=deskew, tta=tta)
     save_weights(tmp_path / "model.safetensors", build_model(cfg), cfg)
     check = check_onnx(tmp_path, export_onnx(tmp_path, tmp_path / "m.onnx"), mnist_test.images[:300])
     assert check["ok"] and check["disagreements"] == 0
+    model, _, _ = load_run_model(tmp_path)
+    for batch in (1, 7):  # the views are batched with the images: the batch axis must stay dynamic
+        images = mnist_test.images[:batch]
+        probs = OnnxClassifier(tmp_path / "m.onnx").predict_probs(images, batch_size=batch)
+        assert np.abs(probs - predict_probs(model, images)).max() < MAX_PROB_DIFF
 
 
 # int8: the same graph quantised by onnxruntime, calibrated on training images

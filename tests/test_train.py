@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from digitrec.augment import affine_matrices, elastic_displacement, random_affine, sample_affine_params
 from digitrec.config import make_config
 from digitrec.data import write_kaggle_csv
-from digitrec.evaluate import predict, summarize
+from digitrec.evaluate import TTA_VIEWS, predict, predict_probs, summarize, tta_probs
 from digitrec.checkpoint import load_run_model
 from digitrec.files import InputError
-from digitrec.model import ByteMaskDropout, Deskew, SeedNet, build_model, count_parameters
+from digitrec.model import TTA, ByteMaskDropout, Deskew, SeedNet, build_model, count_parameters
 from digitrec.runtime import RuntimeConfig, resolve
 from digitrec.train import Schedule, build_optimizer, build_scheduler, fit, split_validation, steps_per_epoch, train_one_epoch
 from tests.conftest import synthetic_digits
@@ -138,6 +138,42 @@ def test_deskew_is_part_of_the_model_but_not_of_its_weights():
     message = r"deskew and alternate_deskew need model 'fast' or 'best' \(seed is the reference\)$"
     with pytest.raises(ValueError, match=message):
         make_config("seed", deskew=True)
+
+
+def test_tta_model_predicts_by_its_views_and_trains_on_single_images():
+    model = build_model(make_config("fast", tta=True))
+    assert isinstance(model, TTA) and "grids" not in model.state_dict()  # views are no weights
+    assert model.state_dict().keys() == {"temperature"} | {f"net.{k}" for k in model.net.state_dict()}
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 2), m.weight.uniform_(0.5, 2)
+    images = synthetic_digits(40, seed=3, labels=False).images
+    # eval: the probabilities evaluate.tta_probs averages over TTA_VIEWS, in one batched pass
+    np.testing.assert_allclose(predict_probs(model, images), tta_probs(model.net, images), atol=1e-6)
+    assert len(TTA_VIEWS) == len(model.grids) > 1
+    assert not np.allclose(predict_probs(model, images), predict_probs(model.net, images), atol=1e-3)
+    x = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(model.train()(x), model.net.train()(x))  # training: the net, one view
+    with torch.no_grad():
+        model.temperature.fill_(2.0)
+    logits = model.eval()(x)
+    with torch.no_grad():
+        model.temperature.fill_(1.0)
+    torch.testing.assert_close(logits * 2, model(x))  # the temperature divides the averaged logits
+
+
+def test_on_epoch_sees_every_epoch_and_changes_nothing(tmp_path):
+    digits, seen = synthetic_digits(320, seed=5), []
+
+    def score(epoch, model):  # as benchmarks/speedrun.py draws its curve: predicting in between epochs
+        seen.append((epoch, predict_probs(model, digits.images[:50]).shape))
+
+    fit(_tiny_cfg(), digits, tmp_path / "scored", quiet=True, on_epoch=score)
+    fit(_tiny_cfg(), digits, tmp_path / "plain", quiet=True)
+    assert seen == [(1, (50, 10)), (2, (50, 10))]
+    scored, plain = _weights(tmp_path / "scored"), _weights(tmp_path / "plain")
+    assert all(torch.equal(scored[k], plain[k]) for k in plain)
 
 
 MALLOC_PROBE = """

@@ -30,6 +30,9 @@ class TrainConfig:
     width: int = 32  # channels of the first stage, for the models that take a width (not "seed")
     deskew: bool = False  # "fast"/"best": straighten each digit's slant inside the model (model.Deskew)
     alternate_deskew: bool = False  # ensembles: members 1, 3, 5, ... deskew, so they err unlike the rest
+    # predict by test-time augmentation: the model averages its probabilities over small shifts and
+    # rotations of each image (evaluate.TTA_VIEWS) in every path that loads it (model.TTA)
+    tta: bool = False
     epochs: int = 30  # the reference trained 30 epochs
     batch_size: int = 86  # images per step; 37,800 // 86 = 439 steps per epoch
     drop_last: bool = True  # Keras steps_per_epoch = N // batch: the partial batch is skipped

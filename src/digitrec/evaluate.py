@@ -62,23 +62,30 @@ TTA_VIEWS: tuple[tuple[float, float, float], ...] = (
 )
 
 
-def view_images(x: torch.Tensor, view: tuple[float, float, float]) -> torch.Tensor:
-    """A float batch (B, 1, 28, 28) moved by `view` = (dx, dy, degrees), sampled as in augment.py."""
+def view_grid(view: tuple[float, float, float], shape: list[int]) -> torch.Tensor:
+    """Where `view` = (dx, dy, degrees) samples each output pixel of a batch of `shape` (B, 1, H, W):
+    an affine_grid (B, H, W, 2), as augment.py draws them."""
     import torch
     import torch.nn.functional as F
 
     from .augment import affine_matrices
 
     dx, dy, degrees = view
-    if (dx, dy, degrees) == (0, 0, 0):
-        return x
-    n, _, height, width = x.shape
+    n, _, height, width = shape
     full = torch.full((n,), 1.0)
     # affine_matrices maps output to input coordinates: moving the digit right samples from the left
     params = {"angle_deg": full * degrees, "zoom_x": full, "zoom_y": full,
               "shift_x": full * (-dx / width), "shift_y": full * (-dy / height)}
-    theta = affine_matrices(params).to(x.dtype)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.affine_grid(affine_matrices(params), list(shape), align_corners=False)
+
+
+def view_images(x: torch.Tensor, view: tuple[float, float, float]) -> torch.Tensor:
+    """A float batch (B, 1, 28, 28) moved by `view` = (dx, dy, degrees), sampled as in augment.py."""
+    import torch.nn.functional as F
+
+    if tuple(view) == (0, 0, 0):
+        return x
+    grid = view_grid(view, list(x.shape)).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -204,19 +204,49 @@ class Ensemble(Classifier):
         return (torch.logsumexp(log_probs, 0) - math.log(len(self.members))) / self.temperature
 
 
+class TTA(Classifier):
+    """`net` trained on single images, predicting by test-time augmentation: in eval mode it returns
+    log(mean_v softmax(net(view_v(x)))) over evaluate.TTA_VIEWS (small shifts and rotations), the
+    views batched into one forward pass. In training mode it is `net`. Living in the model, the
+    views reach every path that loads it (evaluate, predict, submit, serve, the ONNX export); the
+    temperature calibrate.py fits is this module's, on the averaged probabilities.
+    """
+
+    def __init__(self, net: nn.Module, size: int = 28):
+        super().__init__()
+        from .evaluate import TTA_VIEWS, view_grid
+
+        self.net = net
+        grids = torch.cat([view_grid(view, [1, 1, size, size]) for view in TTA_VIEWS])
+        self.register_buffer("grids", grids, persistent=False)  # (V, H, W, 2): no weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.net(x)
+        n_views, batch = len(self.grids), x.shape[0]
+        grid = self.grids[:, None].expand(-1, batch, -1, -1, -1).flatten(0, 1)  # (V * B, H, W, 2)
+        views = F.grid_sample(x.repeat(n_views, 1, 1, 1), grid, mode="bilinear", padding_mode="border",
+                              align_corners=False)
+        log_probs = self.net(views).log_softmax(1).unflatten(0, (n_views, batch))  # (V, B, 10)
+        return (torch.logsumexp(log_probs, 0) - math.log(n_views)) / self.temperature
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The untrained network `cfg.model` names (seed, fast or best), deskewing its inputs if `cfg.deskew`.
+    """The untrained network `cfg.model` names (seed, fast or best), deskewing its inputs if `cfg.deskew`
+    and predicting by test-time augmentation if `cfg.tta`.
 
     >>> build_model(make_config("seed"))  # doctest: +SKIP
     SeedNet(...)
     """
     if cfg.model == "seed":
-        return SeedNet()
-    if cfg.model == "fast":
-        return FastNet(cfg.width, cfg.deskew)
-    if cfg.model == "best":
-        return BestNet(cfg.width, cfg.deskew)
-    raise ValueError(f"unknown model {cfg.model!r}")
+        net = SeedNet()
+    elif cfg.model == "fast":
+        net = FastNet(cfg.width, cfg.deskew)
+    elif cfg.model == "best":
+        net = BestNet(cfg.width, cfg.deskew)
+    else:
+        raise ValueError(f"unknown model {cfg.model!r}")
+    return TTA(net) if cfg.tta else net
 
 
 def count_parameters(model: nn.Module) -> int:

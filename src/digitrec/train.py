@@ -392,7 +392,8 @@ class _StopCheck:
 
 
 def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool = False,
-        quiet: bool = False, runtime: Runtime | None = None, stop: StopRequest | None = None) -> dict:
+        quiet: bool = False, runtime: Runtime | None = None, stop: StopRequest | None = None,
+        on_epoch: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     """Train `cfg` on labelled `data`, writing the run into `out_dir`. Returns metrics.json's content.
 
     With `resume`, continue from `out_dir/checkpoint.safetensors` (the recipe must match; the runtime
@@ -402,12 +403,14 @@ def fit(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resume: bool
 
     Rank 0 holds `out_dir`'s RunLock while it trains: a second process on the same folder gets
     InputError at once. When `stop` is set (see StopRequest), the run checkpoints at the next step
-    boundary and raises Interrupted; `resume` continues from that step exactly.
+    boundary and raises Interrupted; `resume` continues from that step exactly. `on_epoch(epoch,
+    model)` is called on rank 0 after each epoch's checkpoint, outside the timed epoch, e.g. to
+    score the model on other images (benchmarks/speedrun.py draws its time-to-accuracy curve so).
     """
     rt = runtime or resolve(RuntimeConfig())
     out_dir = Path(out_dir)
     with _run_folder(rt, out_dir, lambda: check_start(cfg, data, out_dir, resume, rt.world_size)), rt.fork_rng():
-        return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt, stop)
+        return _fit(cfg, data, out_dir, resume, RunWriter(out_dir, rt.is_main, quiet), rt, stop, on_epoch)
 
 
 @contextlib.contextmanager
@@ -428,7 +431,7 @@ def _run_folder(rt: Runtime, out_dir: Path, check: Callable[[], None]):
 
 
 def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: RunWriter, rt: Runtime,
-         stop: StopRequest | None = None) -> dict:
+         stop: StopRequest | None = None, on_epoch: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # weights and dropout; fit() restores the caller's RNG state afterwards
     generator = torch.Generator().manual_seed(cfg.seed + 1)  # shuffling and augmentation, on the CPU
     train_idx, val_idx = split_validation(data.labels, cfg)
@@ -521,6 +524,8 @@ def _fit(cfg: TrainConfig, data: Digits, out_dir: Path, resume: bool, writer: Ru
                           {"history": history, "train_seconds": train_seconds, "data_sha256": data.sha256},
                           rt, scaler)
         writer.history(history)
+        if on_epoch is not None and rt.is_main:
+            on_epoch(epoch, model)
         distributed.barrier(rt)  # the checkpoint is complete before any rank moves on
         signum = should_stop.now()
         if signum:
