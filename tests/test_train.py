@@ -152,6 +152,7 @@ def test_tta_model_predicts_by_its_views_and_trains_on_single_images():
     # eval: the probabilities evaluate.tta_probs averages over TTA_VIEWS, in one batched pass
     np.testing.assert_allclose(predict_probs(model, images), tta_probs(model.net, images), atol=1e-6)
     assert len(TTA_VIEWS) == len(model.grids) > 1
+    np.testing.assert_array_equal(tta_probs(model, images), predict_probs(model, images))  # no views of views
     assert not np.allclose(predict_probs(model, images), predict_probs(model.net, images), atol=1e-3)
     x = torch.rand(8, 1, 28, 28)
     torch.testing.assert_close(model.train()(x), model.net.train()(x))  # training: the net, one view

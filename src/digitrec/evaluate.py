@@ -91,8 +91,15 @@ def view_images(x: torch.Tensor, view: tuple[float, float, float]) -> torch.Tens
 
 def tta_probs(model: torch.nn.Module, images: np.ndarray, views=TTA_VIEWS, batch_size: int = 1000,
               channels_last: bool = False) -> np.ndarray:
-    """Class probabilities (N, 10) averaged over `views` of each uint8 image (N, 28, 28)."""
+    """Class probabilities (N, 10) averaged over `views` of each uint8 image (N, 28, 28). A model that
+    predicts by test-time augmentation already (recipe field `tta`, model.TTA) is asked once: views
+    of its views would be other views, not these."""
     import torch
+
+    from .model import TTA
+
+    if any(isinstance(m, TTA) for m in model.modules()):
+        return predict_probs(model, images, batch_size, channels_last)
 
     model.eval()
     out = [np.empty((0, 10), dtype=np.float32)]
