@@ -108,8 +108,8 @@ def main() -> None:
     args = parser.parse_args()
 
     before = load_before()
-    model, cfg, _ = load_run_model(args.run)
-    classify = lambda x: predict_probs(model, np.asarray(x), cfg.eval_batch_size)  # noqa: E731
+    model, _, _ = load_run_model(args.run)
+    classify = lambda x: predict_probs(model, np.asarray(x))  # noqa: E731
     test = load_mnist("test")
     index = np.random.default_rng(0).choice(len(test), args.digits, replace=False)
     images, labels = test.images[index], test.labels[index]
