@@ -432,7 +432,7 @@ def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
         __import__("json").loads((tiny_run / "metrics.json").read_text()))
 
 
-@pytest.mark.parametrize("preset, parameters, convs", [("fast", 61_426, 3), ("best", 165_394, 5)])
+@pytest.mark.parametrize("preset, parameters, convs", [("fast", 29_434, 3), ("best", 165_394, 5)])
 def test_compact_presets_learn_quickly(small_train, mnist_test, preset, parameters, convs):
     """The preset's recipe, 3 epochs on 3,000 images (3-10 s): at least 90% on 2,000 test images."""
     cfg = make_config(preset, epochs=3)

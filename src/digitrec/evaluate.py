@@ -23,6 +23,12 @@ from .files import InputError, atomic_write, write_json
 # stay importable without it, so `--onnx` deployments (onnxruntime only) can use them.
 
 
+# Images per forward pass when predicting. Smaller batches stay in the CPU's caches: with 2 threads,
+# 10,000 test images took 0.23 / 0.21 / 0.19 s at 1000 / 256 / 128 (`fast`), 0.62 / 0.35 / 0.31 s
+# (the previous `fast`, width 24), 1.72 / 1.44 / 1.41 s (`fast` with its 7 views).
+PREDICT_BATCH = 256
+
+
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] (the reference divides by 255)."""
     import torch
@@ -31,12 +37,18 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1).float().div_(255.0)
 
 
-def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 1000,
-                   channels_last: bool = False) -> torch.Tensor:
-    """Logits (N, 10) for uint8 images (N, 28, 28), in large batches with no autograd."""
+def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = PREDICT_BATCH,
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits (N, 10) for uint8 images (N, 28, 28), in large batches with no autograd.
+
+    `channels_last` puts the model (in place) and each batch in channels-last memory: the same
+    numbers, and on a CPU `fast` predicts 2.6x the images/s (oneDNN's max-pool on a (1000, 16, 28, 28)
+    batch: 11.4 ms in PyTorch's default layout, 2.6 ms in this one)."""
     import torch
 
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
@@ -47,8 +59,8 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int =
     return torch.cat(out) if out else torch.empty(0, 10)
 
 
-def predict_probs(model: torch.nn.Module, images: np.ndarray, batch_size: int = 1000,
-                  channels_last: bool = False) -> np.ndarray:
+def predict_probs(model: torch.nn.Module, images: np.ndarray, batch_size: int = PREDICT_BATCH,
+                  channels_last: bool = True) -> np.ndarray:
     """Class probabilities (N, 10) float32 for uint8 images (N, 28, 28)."""
     return predict_logits(model, images, batch_size, channels_last).softmax(1).numpy()
 
@@ -89,8 +101,8 @@ def view_images(x: torch.Tensor, view: tuple[float, float, float]) -> torch.Tens
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def tta_probs(model: torch.nn.Module, images: np.ndarray, views=TTA_VIEWS, batch_size: int = 1000,
-              channels_last: bool = False) -> np.ndarray:
+def tta_probs(model: torch.nn.Module, images: np.ndarray, views=TTA_VIEWS, batch_size: int = PREDICT_BATCH,
+              channels_last: bool = True) -> np.ndarray:
     """Class probabilities (N, 10) averaged over `views` of each uint8 image (N, 28, 28). A model that
     predicts by test-time augmentation already (recipe field `tta`, model.TTA) is asked once: views
     of its views would be other views, not these."""
@@ -102,6 +114,8 @@ def tta_probs(model: torch.nn.Module, images: np.ndarray, views=TTA_VIEWS, batch
         return predict_probs(model, images, batch_size, channels_last)
 
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     out = [np.empty((0, 10), dtype=np.float32)]
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
@@ -258,11 +272,12 @@ def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray,
                        probs, digits.images, probs_uncalibrated)
 
 
-def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int = 1000,
-            channels_last: bool = False, tta: bool = False) -> Predictions:
+def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int = PREDICT_BATCH,
+            channels_last: bool = True, tta: bool = False) -> Predictions:
     """The model's predictions of `digits`. For labelled digits, a calibrated model's record also holds
-    its uncalibrated probabilities (a second pass with every temperature 1), for the reliability
-    diagram's before / after; unlabelled ones (a submission) are not scored, so they skip that pass."""
+    its uncalibrated probabilities, for the reliability diagram's before / after: its logits times its
+    temperature when that is its only one, else a second pass with every temperature 1 (an ensemble
+    of calibrated members; `tta`). Unlabelled ones (a submission) are not scored, so they skip that."""
     from .calibrate import is_calibrated, temperatures_off
 
     def probs() -> np.ndarray:
@@ -270,11 +285,20 @@ def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int =
             return tta_probs(model, digits.images, batch_size=batch_size, channels_last=channels_last)
         return predict_probs(model, digits.images, batch_size, channels_last)
 
+    if tta:
+        calibrated = probs()
+    else:
+        logits = predict_logits(model, digits.images, batch_size, channels_last)
+        calibrated = logits.softmax(1).numpy()
     uncalibrated = None
     if digits.labels is not None and is_calibrated(model):
-        with temperatures_off(model):
-            uncalibrated = probs()
-    return predictions_from_probs(name, digits, probs(), uncalibrated)
+        inner = [b for n, b in model.named_buffers() if n.endswith(".temperature")]  # members', a TTA's net's
+        if not tta and all(float(b) == 1.0 for b in inner):  # the logits are divided by one temperature
+            uncalibrated = (logits * model.temperature).softmax(1).numpy()
+        else:
+            with temperatures_off(model):
+                uncalibrated = probs()
+    return predictions_from_probs(name, digits, calibrated, uncalibrated)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
