@@ -9,7 +9,7 @@ needed). Time per image: median of open + preprocess per picture (decoded from i
 both pipelines, measured side by side in this one process. Then phone-sized JPEGs: 1 and 12
 megapixels, open + preprocess, median of --repeats.
 
-Prints a Markdown table. Usage (a `fast` run trains in 2-4 minutes: `digitrec train --preset fast --out RUN`):
+Prints a Markdown table. Usage (a `fast` run trains in under a minute: `digitrec train --preset fast --out RUN`):
     python benchmarks/photos.py RUN [--digits 1000] [--repeats 15] [--only ruled]
 The README's table: `--digits 1000 --repeats 21` (about 5 minutes on 2 busy cores).
 """

@@ -17,7 +17,7 @@ from digitrec.calibrate import calibrate, fit_temperature, nll, softmax, tempera
 from digitrec.checkpoint import WEIGHTS_FILE, load_run_model, load_weights
 from digitrec.cli import main
 from digitrec.config import config_from_dict, make_config
-from digitrec.evaluate import Predictions, calibration, evaluate_run, predict_probs, predictions_from_probs
+from digitrec.evaluate import Predictions, calibration, evaluate_run, predict, predict_probs, predictions_from_probs
 from digitrec.files import InputError, read_json
 from digitrec.images import read_images
 from digitrec.model import FastNet
@@ -253,3 +253,15 @@ def test_the_ensemble_calibrates_its_members_and_its_average(held_out_ensemble, 
     mean = np.mean([predict_probs(m, images) for m in members], 0)
     expected = softmax(np.log(mean), fitted["temperature"])
     assert np.allclose(predict_probs(ensemble, images), expected, atol=1e-5)
+
+
+def test_uncalibrated_probabilities_are_those_of_every_temperature_1(held_out_ensemble, mnist_test):
+    """A member (a TTA model: one temperature, on its views' average) undoes its temperature on its
+    logits; the ensemble, whose members have temperatures of their own, is asked again."""
+    digits = mnist_test.subset(np.arange(100))
+    for model in (load_run_model(held_out_ensemble / "member-0")[0], load_run_model(held_out_ensemble)[0]):
+        with temperatures_off(model):
+            plain = predict_probs(model, digits.images)
+        preds = predict(model, digits, "test")
+        assert np.allclose(preds.probs_uncalibrated, plain, atol=1e-6)
+        assert not np.allclose(preds.probs, plain, atol=1e-3)
