@@ -114,14 +114,14 @@ class TrainConfig:
 # Each preset: overrides on the reference defaults, with the reason in a comment.
 PRESETS: dict[str, dict] = {
     "seed": {},  # the reference recipe, exactly
-    # Half a minute on 2 CPU cores, data to test predictions (issue 19's time-to-accuracy record:
-    # benchmarks/speedrun.py). Chosen on a 10% validation split of the official 60k (train_test_split's,
-    # val_seed 7; accuracy there, mean of 3-4 seeds, with TTA): width 16 trains 1.9x the images/s of
-    # width 24 (oneDNN's 16-channel blocks; width 20 is no faster than 24); 4 epochs 99.58%, 3 99.51%,
-    # 5-6 99.56%; TTA +0.11 points at 4 epochs (99.45% without), so the model predicts by it. No
+    # 16 s on 2 CPU cores from the data to the test predictions, 99.52% ± 0.04 over 5 seeds (issue 19's
+    # time-to-accuracy record: benchmarks/speedrun.py; README "Time to accuracy"). Chosen on a 10% validation split of the official 60k (train_test_split's,
+    # val_seed 7; accuracy there, mean of 2-5 seeds, with TTA): width 16 trains 1.9x the images/s of
+    # width 24 (oneDNN's 16-channel blocks; width 20: 1.15x); 4 epochs 99.58%, 3 99.51%,
+    # 5-6 99.56%; TTA +0.13 points at 4 epochs (99.45% without), so the model predicts by it. No
     # better: lr 0.2 (99.55%), batch 256 at lr 0.2 (99.50%), label smoothing 0 (99.59%) or 0.2 (99.51%),
     # milder augmentation (99.56%), an EMA of the weights (decay 0.99: 99.56%; 0.998: 99.35%). The
-    # previous `fast`, width 24 for 6 epochs without TTA, reached 99.58% (99.63% with TTA) in 2.6x the time.
+    # previous `fast`, width 24 for 6 epochs without TTA, reached 99.58% (99.63% with TTA) in 2.9x the training time.
     "fast": {
         "model": "fast", "width": 16,  # conv-pool-BN net, 16/32/64 channels: 4 MFLOP/image forward (seed: 65)
         "epochs": 4, "batch_size": 128,
