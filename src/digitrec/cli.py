@@ -402,7 +402,7 @@ from photos and scans, on the command line, in a web page or through ONNX."""
 
 EPILOG = """\
 start here:
-  digitrec run --preset fast        train on MNIST (about 2 minutes on 2 CPU cores), score it on
+  digitrec run --preset fast        train on MNIST (about 15 seconds on 2 CPU cores), score it on
                                     the official test set, write a submission and a report
   digitrec predict RUN digit.jpg    read a photo of a digit with the run you trained
   digitrec COMMAND --help           the options of one command

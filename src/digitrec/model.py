@@ -225,7 +225,7 @@ class TTA(Classifier):
         if self.training:
             return self.net(x)
         log_probs = []
-        for grid in self.grids:
+        for grid in self.grids.unbind(0):
             view = F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",
                                  align_corners=False).contiguous(memory_format=torch.channels_last)
             log_probs.append(self.net(view).log_softmax(1))
