@@ -25,15 +25,19 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from digitrec.checkpoint import environment
-from digitrec.config import make_config
-from digitrec.data import load_mnist
-from digitrec.evaluate import evaluate_run, predict_probs
-from digitrec.runtime import RuntimeConfig, setup_process
-from digitrec.train import fit
+sys.path.insert(0, str(Path(__file__).parent))
+from accuracy import mean_std  # noqa: E402  (the same mean ± std as the accuracy tables)
+
+from digitrec.checkpoint import environment  # noqa: E402
+from digitrec.config import make_config  # noqa: E402
+from digitrec.data import load_mnist  # noqa: E402
+from digitrec.evaluate import evaluate_run, predict_probs  # noqa: E402
+from digitrec.runtime import RuntimeConfig, setup_process  # noqa: E402
+from digitrec.train import fit  # noqa: E402
 
 # `fast` until this record (commit 6775270): width 24, 6 epochs, one view per image
 PREVIOUS_FAST = {"width": 24, "epochs": 6, "tta": False}
@@ -71,11 +75,6 @@ def curve(cfg, out_dir: Path) -> list[tuple[int, float, float]]:
     shutil.rmtree(out_dir, ignore_errors=True)
     fit(cfg, load_mnist("train"), out_dir, quiet=True, on_epoch=score)
     return points
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 \
-        else f"{100 * values[0]:.2f}"
 
 
 def parse_value(text: str):

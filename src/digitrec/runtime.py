@@ -17,6 +17,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from .evaluate import PREDICT_BATCH
+
 DEVICES = ("auto", "cpu", "cuda", "mps")  # or "cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -26,7 +28,7 @@ class RuntimeConfig:
     device: str = "auto"  # auto: the accelerator torch reports (CUDA, then MPS), else the CPU
     precision: str = "auto"  # autocast dtype; auto: bf16 on a GPU that has it, fp32 elsewhere (seed's numbers are fp32)
     threads: int = 0  # torch intra-op threads per process; 0 = physical cores / processes on this machine
-    eval_batch_size: int = 256  # inference only: images per pass, as evaluate.PREDICT_BATCH (which says why)
+    eval_batch_size: int = PREDICT_BATCH  # inference only: images per pass (evaluate.PREDICT_BATCH says why)
     channels_last: bool = True  # memory format for conv kernels (same numbers, faster on CPU)
     compile: bool = False  # torch.compile the model: slower for seed here (481 vs 589 images/s, 23 s to compile)
 
@@ -54,7 +56,7 @@ class Runtime:
     device: torch.device
     precision: str  # fp32, bf16 or fp16, never auto
     threads: int  # what torch uses in this process (set by setup_process, or the caller's own)
-    eval_batch_size: int = 256
+    eval_batch_size: int = PREDICT_BATCH
     channels_last: bool = True
     compile: bool = False
     rank: int = 0
