@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .files import LOCK_FILE, InputError, atomic_write
+from ..core.files import LOCK_FILE, InputError, atomic_write
 from .runtime import Runtime, default_threads
 
 # How long a rank waits for the others at a collective step. Ensemble members are whole runs, so a
