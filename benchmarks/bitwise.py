@@ -26,9 +26,9 @@ try:
     from digitrec.core.data import load_mnist
     from digitrec.training.train import fit
 except ImportError:  # a checkout from before the layered layout (a worktree of an older release)
-    from digitrec.config import make_config
-    from digitrec.data import load_mnist
-    from digitrec.train import fit
+    from digitrec.core.config import make_config
+    from digitrec.core.data import load_mnist
+    from digitrec.training.train import fit
 
 
 def weights_digest(path: Path) -> str:

@@ -31,10 +31,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/image_variants.py
 
-from digitrec import images as after  # noqa: E402
-from digitrec.checkpoint import load_run_model  # noqa: E402
-from digitrec.data import load_mnist  # noqa: E402
-from digitrec.evaluate import predict_probs  # noqa: E402
+from digitrec.outputs import images as after
+from digitrec.nets.weights import load_run_model
+from digitrec.core.data import load_mnist
+from digitrec.nets.predict import predict_probs
 from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip  # noqa: E402
 
 BEFORE = "f0cc9c3"  # the last commit with the previous preprocessing

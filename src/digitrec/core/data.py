@@ -24,6 +24,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import platformdirs
+from numpy._core.multiarray import _reconstruct
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -318,8 +320,6 @@ def _download(url: str, sha256: str, cache_dir: Path) -> bytes:
 def default_cache_dir() -> Path:
     if os.environ.get("DIGITREC_CACHE"):
         return Path(os.environ["DIGITREC_CACHE"])
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("digitrec"))
 
 
@@ -337,8 +337,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
         if name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct
-
             return _reconstruct
         return getattr(np, name)
 

@@ -114,7 +114,7 @@ def fold_pooled_batchnorm(model):
     """
 
     import torch  # torch: only to export, never to run a file
-    from torch import nn
+    from torch import nn  # torch, as above
 
     model = copy.deepcopy(model)
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:

@@ -321,7 +321,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
     One process answers on one core (Python's GIL); a second one doubles the pixels endpoint's
     throughput on a 2-core machine (see benchmarks/serve_load.py).
     """
-    import uvicorn
+    import uvicorn  # the server itself: not needed to build the app (tests, ASGI hosts)
 
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
