@@ -214,6 +214,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class RuntimeConfig:
+    """Where and how a run computes; nothing here decides the weights (a run resumes on other hardware).
+
+    >>> RuntimeConfig(device="cpu", precision="bf16").precision
+    'bf16'
+    """
     device: str = "auto"  # auto: the accelerator torch reports (CUDA, then MPS), else the CPU
     precision: str = "auto"  # autocast dtype; auto: bf16 on a GPU that has it, fp32 elsewhere (the reference's numbers are fp32)
     threads: int = 0  # torch intra-op threads per process; 0 = physical cores / processes on this machine
