@@ -95,6 +95,7 @@ def test_a_run_folder_from_before_the_split_still_evaluates_and_resumes(tmp_path
     legacy = {k: v for k, v in json.loads(config_path.read_text()).items() if k != "val_split"}
     config_path.write_text(json.dumps(legacy | {"threads": 2, "eval_batch_size": 1000, "channels_last": True,
                                                 "compile": False}))
+    (tmp_path / "old" / "manifest.json").unlink()  # 0.1 kept no digests
     before = _weights(tmp_path / "old")
     (tmp_path / "old" / "model.safetensors").unlink()
     metrics = fit(make_config(epochs=1, val_split="numpy"), data, tmp_path / "old", resume=True, quiet=True)
