@@ -18,7 +18,7 @@ from digitrec.nets.augment import TTA_VIEWS
 from digitrec.nets.predict import predict_probs, tta_probs
 from digitrec.outputs.export import check_onnx, export_onnx
 from digitrec.core.files import InputError, read_json, write_json
-from digitrec.nets.model import Deskew, Ensemble, FastNet, ReferenceNet as SeedNet
+from digitrec.nets.model import Deskew, Ensemble, FastNet, ReferenceNet
 from digitrec.outputs.report import write_report
 from digitrec.training.ensemble import combine_runs, member_config, train_ensemble
 
@@ -61,7 +61,7 @@ def assert_one_line_error(capsys, args, message):
 
 def test_ensemble_probabilities_are_the_members_mean():
     torch.manual_seed(0)
-    members = [SeedNet().eval(), FastNet(8).eval(), SeedNet().eval()]
+    members = [ReferenceNet().eval(), FastNet(8).eval(), ReferenceNet().eval()]
     ensemble = Ensemble(members).eval()
     x = torch.rand(16, 1, 28, 28)
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_metrics_list_the_members(ens_run):
     assert [m["seed"] for m in metrics["members"]] == [0, 1]
     assert metrics["train_seconds"] == pytest.approx(sum(m["train_seconds"] for m in members), abs=0.01)
     assert metrics["parameters"] == sum(m["parameters"] for m in members) == 2 * 887_530
-    assert metrics["data"] == "mnist:train[:500]" and metrics["model"] == "ensemble of 2 (seed)"
+    assert metrics["data"] == "mnist:train[:500]" and metrics["model"] == "ensemble of 2 (reference)"
     assert metrics["label_counts"] == members[0]["label_counts"]
     assert "val_accuracy" not in metrics  # no image was held out from every member
 

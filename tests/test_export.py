@@ -45,7 +45,7 @@ def test_batch_axis_is_dynamic(onnx_path, tiny_run, mnist_test, batch):
 def test_metadata_describes_the_model(onnx_path, tiny_run):
     meta = OnnxClassifier(onnx_path).metadata
     metrics = read_json(tiny_run / "metrics.json")
-    assert meta["preset"] == "seed" and meta["model"] == "seed"
+    assert meta["preset"] == "seed" and meta["model"] == "reference"
     assert float(meta["val_accuracy"]) == metrics["val_accuracy"]
     assert meta["normalisation"].startswith("float32 (N, 1, 28, 28) = uint8 pixels / 255, white ink on black")
     assert meta["classes"] == "0,1,2,3,4,5,6,7,8,9"

@@ -370,7 +370,7 @@ BAD_WEIGHTS = {  # name: (the bad file from the good one and the run's config, w
     "foreign config": (lambda good, cfg: weights_blob(build_model(config_from_dict(cfg)), {**cfg, "dropout_rate": 0.3}),
                        "its config is not one this digitrec can build (unknown config field(s): dropout_rate)"),
     "wrong shapes": (lambda good, cfg: weights_blob(build_model(make_config("fast")), cfg),
-                     "its tensors do not fit the 'seed' model its config describes"),
+                     "its tensors do not fit the 'reference' model its config describes"),
     "bad ensemble members": (lambda good, cfg: weights_blob(build_model(config_from_dict(cfg)), cfg, members=[1, 2]),
                              "its 'members' metadata is not a list of configs"),
 }

@@ -22,7 +22,7 @@ from digitrec.nets.augment import TTA_VIEWS
 from digitrec.nets.predict import predict, predict_probs, tta_probs
 from digitrec.nets.weights import load_run_model
 from digitrec.core.files import InputError
-from digitrec.nets.model import ByteMaskDropout, Deskew, ReferenceNet as SeedNet, TTA, build_model, count_parameters
+from digitrec.nets.model import ByteMaskDropout, Deskew, ReferenceNet, TTA, build_model, count_parameters
 from digitrec.core.config import RuntimeConfig
 from digitrec.training.runtime import resolve
 from digitrec.core.splits import split_validation
@@ -33,7 +33,7 @@ from tests.conftest import synthetic_digits
 
 def test_seed_net_has_887530_parameters_and_keras_shapes():
     model = build_model(make_config())
-    assert isinstance(model, SeedNet) and count_parameters(model) == 887_530
+    assert isinstance(model, ReferenceNet) and count_parameters(model) == 887_530
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [
         (32, (5, 5), (2, 2)), (32, (5, 5), (2, 2)), (64, (3, 3), (1, 1)), (64, (3, 3), (1, 1))]
