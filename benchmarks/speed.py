@@ -185,7 +185,7 @@ def inference(cfg, images: np.ndarray, calibration, threads: int, repeats: int) 
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        save_weights(Path(tmp) / "model.safetensors", model, cfg)
+        save_weights(Path(tmp), model, cfg)
         sessions = {"onnxruntime float32": OnnxClassifier(export_onnx(tmp, Path(tmp) / "fp32.onnx"), threads),
                     "onnxruntime int8": OnnxClassifier(export_onnx(tmp, Path(tmp) / "int8.onnx", int8=True,
                                                                    calibration=calibration), threads)}

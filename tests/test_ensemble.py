@@ -238,7 +238,7 @@ def test_alternate_deskew_deskews_the_odd_members(tmp_path, capsys, train_500):
     assert read_json(out / "member-1" / "config.json")["deskew"] is True
     assert_one_line_error(capsys, ["train", "--train", tmp_path / "train.csv", "--alternate-deskew", "--quiet",
                                    "--out", tmp_path / "seed"],
-                          "deskew and alternate_deskew need model 'fast' or 'best' (seed is the reference)")
+                          "deskew and alternate_deskew need model 'fast' or 'best' (not the reference network)")
 
 
 # ---------------------------------------------------------------------------------------------

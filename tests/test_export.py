@@ -126,7 +126,7 @@ def test_predict_with_onnx_needs_no_torch(onnx_path, tiny_run, mnist_test, tmp_p
 def test_every_architecture_exports(model_name, deskew, tta, tmp_path, mnist_test):
     """Untrained weights are enough: the ops and the batch axis are what could break."""
     cfg = make_config("seed", model=model_name, deskew=deskew, tta=tta)
-    save_weights(tmp_path / "model.safetensors", build_model(cfg), cfg)
+    save_weights(tmp_path, build_model(cfg), cfg)
     check = check_onnx(tmp_path, export_onnx(tmp_path, tmp_path / "m.onnx"), mnist_test.images[:300])
     assert check["ok"] and check["disagreements"] == 0
     model, _, _ = load_run_model(tmp_path)

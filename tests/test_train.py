@@ -140,7 +140,7 @@ def test_deskew_is_part_of_the_model_but_not_of_its_weights():
     straight.load_state_dict(plain.state_dict())
     x = slanted_bar(0.5)
     torch.testing.assert_close(straight.eval()(x), plain.eval()(Deskew()(x)))
-    message = r"deskew and alternate_deskew need model 'fast' or 'best' \(seed is the reference\)$"
+    message = r"deskew and alternate_deskew need model 'fast' or 'best' \(not the reference network\)$"
     with pytest.raises(ValueError, match=message):
         make_config("seed", deskew=True)
 
