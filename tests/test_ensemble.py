@@ -11,13 +11,14 @@ import torch
 
 from digitrec.nets.weights import load_run_model
 from digitrec.cli import main
+from digitrec.core.rundir import Run
 from digitrec.core.config import make_config
 from digitrec.core.data import write_answers_csv, write_kaggle_csv
 from digitrec.core.metrics import Predictions
 from digitrec.nets.augment import TTA_VIEWS
 from digitrec.nets.predict import predict_probs, tta_probs
 from digitrec.outputs.export import check_onnx, export_onnx
-from digitrec.core.files import InputError, read_json, write_json
+from digitrec.core.files import InputError, read_json
 from digitrec.nets.model import Deskew, Ensemble, FastNet, ReferenceNet
 from digitrec.outputs.report import write_report
 from digitrec.training.ensemble import combine_runs, member_config, train_ensemble
@@ -308,7 +309,7 @@ def test_combine_errors(ens_run, tmp_path, capsys):
                           f"{ens_run}: already holds a run; choose another output directory")
     sha = read_json(m0 / "metrics.json")["data_sha256"]
     other = shutil.copytree(m1, tmp_path / "other")
-    write_json(other / "metrics.json", {**read_json(other / "metrics.json"), "data_sha256": "ab" * 32})
+    Run(other).write_json("metrics.json", {**read_json(other / "metrics.json"), "data_sha256": "ab" * 32})
     assert_one_line_error(capsys, ["ensemble", m0, other, "-o", out],
                           f"the runs were trained on different data: {m0} on mnist:train[:500] (sha256 {sha[:12]}), "
                           f"{other} on mnist:train[:500] (sha256 abababababab)")
@@ -318,7 +319,7 @@ def test_combine_errors(ens_run, tmp_path, capsys):
 def test_combine_judges_data_by_its_hash_not_its_name(ens_run, tmp_path):
     m0, m1 = ens_run / "member-0", ens_run / "member-1"
     renamed = shutil.copytree(m1, tmp_path / "renamed")  # the same images read from a file of another name
-    write_json(renamed / "metrics.json", {**read_json(renamed / "metrics.json"), "data": "train.csv"})
+    Run(renamed).write_json("metrics.json", {**read_json(renamed / "metrics.json"), "data": "train.csv"})
     metrics = combine_runs([m0, renamed], tmp_path / "ens")
     assert metrics["data_sha256"] == read_json(m0 / "metrics.json")["data_sha256"]
 
