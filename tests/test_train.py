@@ -26,7 +26,8 @@ from digitrec.nets.model import ByteMaskDropout, Deskew, ReferenceNet, TTA, buil
 from digitrec.core.config import RuntimeConfig
 from digitrec.training.runtime import resolve
 from digitrec.core.splits import split_validation
-from digitrec.training.optim import Schedule, build_optimizer, build_scheduler, steps_per_epoch
+from digitrec.training.optim import build_optimizer, build_scheduler, steps_per_epoch
+from digitrec.training.checkpoint import TrainState
 from digitrec.training.train import fit, train_one_epoch
 from tests.conftest import synthetic_digits
 
@@ -448,15 +449,13 @@ def test_compact_presets_learn_quickly(small_train, mnist_test, preset, paramete
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs
     assert count_parameters(model) == parameters < count_parameters(build_model(make_config())) / 5
     x, y = torch.from_numpy(small_train.images), torch.from_numpy(small_train.labels)
-    optimizer = build_optimizer(model, cfg)
-    schedule = Schedule(optimizer, cfg, steps_per_epoch(len(x), cfg))
-    generator = torch.Generator().manual_seed(0)
     rt = resolve(RuntimeConfig(device="cpu"))
+    state = TrainState.start(cfg, rt, steps_per_epoch(len(x), cfg))
     for _ in range(cfg.epochs):
-        stats = train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)
+        stats = train_one_epoch(state.model, state, x, y, cfg, rt)
     assert stats["images"] == steps_per_epoch(len(x), cfg) * cfg.batch_size
-    assert optimizer.param_groups[0]["lr"] < 0.01  # one-cycle ended near zero
-    accuracy = summarize(predict(model, mnist_test.subset(np.arange(2000)), "test"))["accuracy"]
+    assert state.optimizer.param_groups[0]["lr"] < 0.01  # one-cycle ended near zero
+    accuracy = summarize(predict(state.model, mnist_test.subset(np.arange(2000)), "test"))["accuracy"]
     print(f"{preset}, 3 epochs on 3,000 images: {accuracy:.4f}")
     assert accuracy >= 0.90
 
