@@ -39,7 +39,9 @@ from digitrec.core.files import InputError
 from digitrec.nets.model import build_model
 from digitrec.outputs.submit import MAX_IMAGE_ID, read_label_file, score, write_submission
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # property tests over many damaged files: `make test`, not `make check`
+
+ROOT = Path(__file__).resolve().parents[2]
 # Deterministic and quick in `make test`; HYPOTHESIS_PROFILE=long explores more (a few minutes).
 settings.register_profile("digitrec", max_examples=40, deadline=None, database=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -19,6 +19,8 @@ from digitrec.outputs.export import MAX_PROB_DIFF, OnnxClassifier, check_onnx, e
 from digitrec.core.files import InputError, read_json
 from digitrec.nets.model import build_model
 
+pytestmark = pytest.mark.slow  # ONNX export and int8 quantisation of every architecture: `make test`, not `make check`
+
 
 @pytest.fixture(scope="module")
 def onnx_path(tiny_run, tmp_path_factory):

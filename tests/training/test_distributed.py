@@ -32,7 +32,9 @@ from digitrec.core.config import RuntimeConfig
 from digitrec.training.runtime import resolve
 from digitrec.training.train import fit
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # real process groups (torchrun): `make test`, not `make check`
+
+ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 DIGITREC = [sys.executable, "-m", "digitrec"]
 LIMIT_S = 180  # no run here may take longer; a hang fails the test instead of the suite

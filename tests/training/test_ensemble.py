@@ -23,6 +23,8 @@ from digitrec.nets.model import Deskew, Ensemble, FastNet, ReferenceNet
 from digitrec.outputs.report import write_report
 from digitrec.training.ensemble import combine_runs, member_config, train_ensemble
 
+pytestmark = pytest.mark.slow  # trains ensembles: `make test`, not `make check`
+
 CFG = make_config(epochs=1)
 
 

@@ -36,7 +36,9 @@ from digitrec.core.config import RuntimeConfig
 from digitrec.training.train import StopRequest, fit
 from tests.conftest import synthetic_digits
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # processes killed and restarted, full disks, locks: `make test`, not `make check`
+
+ROOT = Path(__file__).resolve().parents[2]
 DIGITREC = [sys.executable, "-m", "digitrec"]
 LIMIT_S = 120
 
@@ -381,6 +383,7 @@ def test_a_bad_checkpoint_is_one_error_line_and_nothing_is_written(tmp_path, tin
 HOLDER = """
 import sys, time
 from digitrec.core.files import RunLock
+
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)
