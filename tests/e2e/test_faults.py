@@ -514,7 +514,9 @@ def test_a_file_size_limit_from_the_os_is_one_error_line(tmp_path, tiny_csv):
                           env=_env(), capture_output=True, text=True, timeout=LIMIT_S, preexec_fn=limit)
     assert done.returncode == 2
     _one_error_line(done.stderr, run / "checkpoint.safetensors", r"File too large \[EFBIG\]")
-    assert _temps(run) == [] and sorted(p.name for p in run.iterdir()) == ["config.json", "history.csv"]
+    assert _temps(run) == [] and sorted(p.name for p in run.iterdir()) == ["config.json", "history.csv",
+                                                                           "manifest.json"]
+    assert Run(run).verify() == []  # the checkpoint that was never written is not listed
 
 
 def test_atomic_write_keeps_the_old_file_on_any_os_error(tmp_path, monkeypatch):

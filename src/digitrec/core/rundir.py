@@ -180,8 +180,17 @@ class Run:
             old = files.get(name)
             files[name] = sorted({digest, *([old] if isinstance(old, str) else old or [])})
             self._write_manifest(files)  # both digests while the file changes
-            with atomic_write(self.path / name, "wb") as f:
-                f.write(data)
+            try:
+                with atomic_write(self.path / name, "wb") as f:
+                    f.write(data)
+            except BaseException:  # the file is as it was: so is its entry (best effort: a full disk may refuse)
+                if old is None:
+                    del files[name]
+                else:
+                    files[name] = old
+                with contextlib.suppress(OSError, InputError):
+                    self._write_manifest(files)
+                raise
             files[name] = digest
             self._write_manifest(files)
         return self.path / name
