@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from digitrec.cli import main
 from digitrec.core.files import InputError
 from digitrec.outputs.images import CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, preprocess, read_images, split_digits, to_grey, to_mnist
-from .image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip
+from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip
 
 SUPPORTED = "(PNG, JPEG, GIF, BMP, TIFF, WEBP)"
 
