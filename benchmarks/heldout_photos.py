@@ -103,11 +103,11 @@ def draw_pen(rng: np.random.Generator, kind: str, faint: float = 0.0) -> Pen:
         pen = Pen(kind, _jitter_color(rng, INKS[ink]), rng.uniform(0.045, 0.075), 0, rng.uniform(0.85, 1.0),
                   rng.uniform(0.0, 0.15), 0.0)
     elif kind == "felt":  # a felt tip follows the hand closely: MNIST's own, uneven strokes
-        pen = Pen(kind, _jitter_color(rng, INKS[ink]), 0.0, rng.uniform(0.35, 0.55), rng.uniform(0.85, 1.0),
+        pen = Pen(kind, _jitter_color(rng, INKS[ink]), 0.0, rng.uniform(0.4, 0.55), rng.uniform(0.85, 1.0),
                   rng.uniform(0.0, 0.2), 0.0)
     elif kind == "marker":  # thick and dark
         color = INKS[rng.choice(["black", "black", "blue", "red"])]
-        pen = Pen(kind, _jitter_color(rng, color, 0.03), rng.uniform(0.09, 0.15), 0, rng.uniform(0.9, 1.0),
+        pen = Pen(kind, _jitter_color(rng, color, 0.03), rng.uniform(0.08, 0.12), 0, rng.uniform(0.9, 1.0),
                   rng.uniform(0.0, 0.1), 0.0)
     elif kind == "pencil":  # grey graphite, broken up by the paper's tooth
         grey = rng.uniform(0.25, 0.4)
@@ -158,6 +158,39 @@ def thin(mask: np.ndarray) -> np.ndarray:
             return img[1:-1, 1:-1].astype(bool)
 
 
+UP = 4  # a digit's topology and centre line are worked out at 4x MNIST (about 110 px), then scaled up
+
+
+def _pieces_and_holes(binary: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The binary digit without specks (pieces under 3% of its ink), its number of pieces and of holes."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    keep = areas >= 0.03 * areas[1:].sum()
+    keep[0] = False
+    kept = keep[labels]
+    h, w = binary.shape
+    n, _, stats, _ = cv2.connectedComponentsWithStats((~kept).astype(np.uint8), connectivity=4)
+    x, y, bw, bh, area = stats[1:].T
+    holes = (area >= 8) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)  # background the border cannot reach
+    return kept, int(keep.sum()), int(holes.sum())
+
+
+def digit_outline(v: np.ndarray) -> tuple[float, np.ndarray]:
+    """Where the ink is, in the smoothed 4x digit `v`: (threshold, binary mask without specks).
+
+    A person reads MNIST's faint grey joins as ink and its small open loops as loops, so the
+    threshold keeps the digit in as few pieces as it can (down to 0.2) and, among those, opens the
+    most loops (from 0.35 up: lower ones close gaps that were meant to stay open).
+    """
+    best = None
+    for t in (0.2, 0.3, 0.4, 0.5, 0.6):
+        kept, pieces, holes = _pieces_and_holes(v > t)
+        score = (-pieces, holes if t >= 0.35 else -1, -abs(t - 0.4))
+        if best is None or score > best[0]:
+            best = (score, t, kept)
+    return best[1], best[2]
+
+
 def render_digit(rng: np.random.Generator, image28: np.ndarray, height: float, pen: Pen
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The digit written `height` pixels tall: (shape, ink), both (h, w) float32 in 0..1.
@@ -170,19 +203,32 @@ def render_digit(rng: np.random.Generator, image28: np.ndarray, height: float, p
     patch = np.pad(image28[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255, 3)
     scale = height / (ys.max() - ys.min() + 1)
     out_w, out_h = max(int(round(patch.shape[1] * scale)), 3), max(int(round(patch.shape[0] * scale)), 3)
+    v4 = cv2.GaussianBlur(cv2.resize(patch, None, fx=UP, fy=UP, interpolation=cv2.INTER_CUBIC), (0, 0), 1.2)
+    threshold, outline = digit_outline(v4)
+    # stray MNIST pixels left out of the outline are left off the page too
+    keep = cv2.dilate(outline.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32)
+    keep = np.clip(cv2.resize(keep, (out_w, out_h), interpolation=cv2.INTER_LINEAR) * 2 - 0.5, 0, 1)
     if pen.width == 0:  # the writer's own stroke widths
         v = cv2.resize(patch, (out_w, out_h), interpolation=cv2.INTER_CUBIC)
         v = cv2.GaussianBlur(v, (0, 0), 0.35 * scale)
         edge = max(0.9 / scale, 0.03)  # about one pixel of soft edge
-        shape = np.clip((v - pen.threshold) / edge + 0.5, 0, 1)
+        shape = np.clip((v - min(pen.threshold, threshold)) / edge + 0.5, 0, 1) * keep
     else:  # a pen of even width along the centre line of the MNIST stroke
-        up = 4  # the centre line is found at 4x MNIST (112 px), then its distance field is scaled up
-        v = cv2.GaussianBlur(cv2.resize(patch, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC), (0, 0), 1.2)
-        centre = thin(v > 0.4)
+        centre = thin(outline)
         distance = cv2.distanceTransform((~centre).astype(np.uint8), cv2.DIST_L2, 5)
-        distance = cv2.resize(distance, (out_w, out_h), interpolation=cv2.INTER_LINEAR) * (scale / up)
+        distance = cv2.resize(distance, (out_w, out_h), interpolation=cv2.INTER_LINEAR) * (scale / UP)
         half_width = max(pen.width * height / 2, 0.45)
         shape = np.clip(half_width + 0.5 - distance, 0, 1)
+        # a loop written so small that MNIST shows it filled is a filled blob, not a line
+        inside = cv2.distanceTransform(outline.astype(np.uint8), cv2.DIST_L2, 5)
+        typical = float(np.median(inside[centre])) if centre.any() else 1.0
+        radius = int(np.ceil(2.2 * typical))
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+        blob = cv2.morphologyEx(outline.astype(np.uint8), cv2.MORPH_OPEN, disk)
+        if blob.any():
+            blob = cv2.resize(cv2.GaussianBlur(blob.astype(np.float32), (0, 0), 1.0), (out_w, out_h),
+                              interpolation=cv2.INTER_LINEAR)
+            shape = np.maximum(shape, np.clip((blob - 0.5) * max(scale / UP, 1) * 2 + 0.5, 0, 1))
     ink = shape * pen.opacity
     if pen.pressure:
         ink = ink * (1 - pen.pressure * smooth_noise(rng, shape.shape, height / 4))
