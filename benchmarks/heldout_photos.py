@@ -103,7 +103,7 @@ def draw_pen(rng: np.random.Generator, kind: str, faint: float = 0.0) -> Pen:
         pen = Pen(kind, _jitter_color(rng, INKS[ink]), rng.uniform(0.045, 0.075), 0, rng.uniform(0.85, 1.0),
                   rng.uniform(0.0, 0.15), 0.0)
     elif kind == "felt":  # a felt tip follows the hand closely: MNIST's own, uneven strokes
-        pen = Pen(kind, _jitter_color(rng, INKS[ink]), 0.0, rng.uniform(0.4, 0.55), rng.uniform(0.85, 1.0),
+        pen = Pen(kind, _jitter_color(rng, INKS[ink]), 0.0, rng.uniform(0.45, 0.6), rng.uniform(0.85, 1.0),
                   rng.uniform(0.0, 0.2), 0.0)
     elif kind == "marker":  # thick and dark
         color = INKS[rng.choice(["black", "black", "blue", "red"])]
@@ -175,20 +175,24 @@ def _pieces_and_holes(binary: np.ndarray) -> tuple[np.ndarray, int, int]:
     return kept, int(keep.sum()), int(holes.sum())
 
 
-def digit_outline(v: np.ndarray) -> tuple[float, np.ndarray]:
-    """Where the ink is, in the smoothed 4x digit `v`: (threshold, binary mask without specks).
+def digit_outline(patch4: np.ndarray, pen_threshold: float) -> tuple[float, float, np.ndarray]:
+    """Where the ink is, in the 4x digit: (smoothing sigma, threshold, binary mask without specks).
 
     A person reads MNIST's faint grey joins as ink and its small open loops as loops, so the
-    threshold keeps the digit in as few pieces as it can (down to 0.2) and, among those, opens the
-    most loops (from 0.35 up: lower ones close gaps that were meant to stay open).
+    outline keeps the digit in as few pieces as it can (smoothing more and going down to 0.2 if it
+    must) and, among those, opens the most loops (from 0.35 up: lower ones close gaps meant to stay
+    open); a felt tip keeps its own threshold unless that breaks the digit up.
     """
     best = None
-    for t in (0.2, 0.3, 0.4, 0.5, 0.6):
-        kept, pieces, holes = _pieces_and_holes(v > t)
-        score = (-pieces, holes if t >= 0.35 else -1, -abs(t - 0.4))
-        if best is None or score > best[0]:
-            best = (score, t, kept)
-    return best[1], best[2]
+    for sigma in (1.2, 2.4):
+        v = cv2.GaussianBlur(patch4, (0, 0), sigma)
+        for t in ((pen_threshold,) if pen_threshold else (0.4, 0.5, 0.6, 0.3)) + (0.2, 0.3):
+            kept, pieces, holes = _pieces_and_holes(v > t)
+            own = t == pen_threshold or (not pen_threshold and t >= 0.35)
+            score = (-pieces, sigma == 1.2, own, holes, -abs(t - 0.4))
+            if best is None or score > best[0]:
+                best = (score, sigma, t, kept)
+    return best[1:]
 
 
 def render_digit(rng: np.random.Generator, image28: np.ndarray, height: float, pen: Pen
@@ -203,16 +207,16 @@ def render_digit(rng: np.random.Generator, image28: np.ndarray, height: float, p
     patch = np.pad(image28[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255, 3)
     scale = height / (ys.max() - ys.min() + 1)
     out_w, out_h = max(int(round(patch.shape[1] * scale)), 3), max(int(round(patch.shape[0] * scale)), 3)
-    v4 = cv2.GaussianBlur(cv2.resize(patch, None, fx=UP, fy=UP, interpolation=cv2.INTER_CUBIC), (0, 0), 1.2)
-    threshold, outline = digit_outline(v4)
+    sigma, threshold, outline = digit_outline(cv2.resize(patch, None, fx=UP, fy=UP, interpolation=cv2.INTER_CUBIC),
+                                              pen.threshold if pen.width == 0 else 0.0)
     # stray MNIST pixels left out of the outline are left off the page too
     keep = cv2.dilate(outline.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32)
     keep = np.clip(cv2.resize(keep, (out_w, out_h), interpolation=cv2.INTER_LINEAR) * 2 - 0.5, 0, 1)
     if pen.width == 0:  # the writer's own stroke widths
         v = cv2.resize(patch, (out_w, out_h), interpolation=cv2.INTER_CUBIC)
-        v = cv2.GaussianBlur(v, (0, 0), 0.35 * scale)
+        v = cv2.GaussianBlur(v, (0, 0), 0.35 * scale * sigma / 1.2)
         edge = max(0.9 / scale, 0.03)  # about one pixel of soft edge
-        shape = np.clip((v - min(pen.threshold, threshold)) / edge + 0.5, 0, 1) * keep
+        shape = np.clip((v - threshold) / edge + 0.5, 0, 1) * keep
     else:  # a pen of even width along the centre line of the MNIST stroke
         centre = thin(outline)
         distance = cv2.distanceTransform((~centre).astype(np.uint8), cv2.DIST_L2, 5)
