@@ -756,14 +756,21 @@ def marks(rng, strength, image28):
     m = list(margins(rng, height, 0.08, 0.3))
     neighbours = {1: 0, 2: 1, 3: 2}[strength] if rng.random() < 0.8 else 0
     sides = list(rng.choice([2, 3], size=neighbours, replace=False)) if neighbours else []
-    for side in sides:
-        m[side] = rng.uniform(0.2, 0.4) * height  # room for a piece of the neighbour inside the crop
+    pieces = {}
+    for side in sides:  # a neighbour shows a sliver of itself, never enough to be read
+        other = pick_digit(rng, int(rng.choice([0, 2, 3, 4, 5, 6, 7, 8, 9])))  # not a 1: too thin to cut
+        other_shape, other_ink = render_digit(rng, other, height * rng.uniform(0.85, 1.1), pen)
+        xs = np.nonzero((other_shape > INK_LEVEL).any(axis=0))[0]
+        visible = rng.uniform(0.08, 0.22) * (xs.max() - xs.min() + 1)
+        gap = rng.uniform(0.06, 0.15) * height
+        m[side] = visible + gap
+        pieces[side] = (other_shape, other_ink, gap)
     scene, ink, (x0, y0, x1, y1) = blank_scene(rng, [image28], height, pen, everyday_paper(rng), tuple(m))
     keep_clear = cv2.dilate((scene.shape > INK_LEVEL).astype(np.uint8),
                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.08 * height) | 1,) * 2))
     crop_region = (x0 - m[2], y0 - m[0], x1 + m[3], y1 + m[1])
-    for side in sides:
-        neighbour_piece(rng, scene, pen, side, (x0, y0, x1, y1), m[side])
+    for side, (other_shape, other_ink, gap) in pieces.items():
+        neighbour_piece(rng, scene, pen, side, (x0, y0, x1, y1), other_shape, other_ink, gap)
     n_specks = int(rng.integers(*{1: (1, 4), 2: (3, 8), 3: (6, 14)}[strength]))
     for _ in range(n_specks):
         speck(rng, scene, keep_clear, crop_region, pen)
@@ -838,13 +845,10 @@ def smudge(rng, scene, crop_region, pen, strength):
     print_on(scene.page, blob, color, rng.uniform(0.1, 0.2) + 0.05 * strength)
 
 
-def neighbour_piece(rng, scene, pen, side, box, margin):
-    """Part of a neighbouring digit, written beside this one, that the crop's edge cuts through."""
+def neighbour_piece(rng, scene, pen, side, box, shape, ink, gap):
+    """Part of a neighbouring digit, written `gap` pixels beside this one, that the crop's edge cuts through."""
     x0, y0, x1, y1 = box
-    other = pick_digit(rng, int(rng.integers(10)))
-    shape, ink = render_digit(rng, other, scene.height * rng.uniform(0.85, 1.1), pen)
     ys, xs = np.nonzero(shape > INK_LEVEL)
-    gap = rng.uniform(0.35, 0.75) * margin  # the neighbour's ink stays clear of this digit's box
     top = int(round(y1 - ys.max() + rng.uniform(-0.08, 0.08) * scene.height))
     if side == 2:  # on the left: its right edge is `gap` left of the digit
         left = int(round(x0 - gap - xs.max() - 1))
