@@ -217,10 +217,11 @@ def abstain(probs: np.ndarray, min_confidence: float | None) -> np.ndarray:
 CURVE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 
 
-def coverage_curve(preds: Predictions, thresholds=CURVE_THRESHOLDS) -> list[dict]:
+def coverage_curve(preds: Predictions, thresholds=CURVE_THRESHOLDS, unread: int = 0) -> list[dict]:
     """Per threshold P: how many readings are answered (top probability >= P) and how many of those
     are right. `coverage` = answered / n; `accuracy` = right / answered (None when nothing is answered),
     with its Wilson 95% interval; `errors` = answered wrongly, the mistakes a reader still lets through.
+    `unread`: pictures that gave no reading at all (no digit found), counted in n and never answered.
 
     >>> [(row["threshold"], row["coverage"], row["accuracy"]) for row in coverage_curve(preds, [0, 0.99])]  # doctest: +SKIP
     [(0.0, 1.0, 0.9952), (0.99, 0.985, 0.9993)]
@@ -232,8 +233,9 @@ def coverage_curve(preds: Predictions, thresholds=CURVE_THRESHOLDS) -> list[dict
     for threshold in thresholds:
         answered = confidence >= check_min_confidence(threshold)
         n_answered, n_right = int(answered.sum()), int(correct[answered].sum())
-        rows.append({"threshold": float(threshold), "n": len(correct), "answered": n_answered,
-                     "coverage": n_answered / max(len(correct), 1),
+        n = len(correct) + unread
+        rows.append({"threshold": float(threshold), "n": n, "answered": n_answered,
+                     "coverage": n_answered / max(n, 1),
                      "accuracy": n_right / n_answered if n_answered else None,
                      "accuracy_ci95": list(wilson_interval(n_right, n_answered)),
                      "errors": n_answered - n_right})
