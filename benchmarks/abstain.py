@@ -11,7 +11,7 @@ Photos go through today's preprocessing (outputs/images.py, as `digitrec predict
 photo where no digit is found counts as not answered at every threshold. Each set's curve comes from
 core.metrics.coverage_curve, then the accuracy and coverage per condition at --recommend.
 
-    python benchmarks/abstain.py RUN [--digits 300] [--heldout 40] [--recommend 0.99]
+    python benchmarks/abstain.py RUN [--digits 300] [--heldout 40] [--recommend 0.9]
 
 (a `fast` run: `digitrec run --preset fast --out RUN`; about 4 minutes on 2 idle cores with the defaults)
 """
@@ -40,9 +40,9 @@ from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS  # noqa: E402
 THRESHOLDS = CURVE_THRESHOLDS
 
 
-def read_photos(classify, pictures: list, labels: np.ndarray, name: str):
-    """Pictures (PIL images or encoded bytes) read as `digitrec predict` does -> (Predictions of those
-    where a digit was found, how many had none)."""
+def preprocess(pictures: list, labels: np.ndarray, name: str):
+    """Pictures (PIL images or encoded bytes) preprocessed as `digitrec predict` does -> (Digits of
+    those where a digit was found, how many had none)."""
     found, images = [], []
     for i, picture in enumerate(pictures):
         image = to_mnist(open_image(picture, name) if isinstance(picture, bytes) else picture)
@@ -50,8 +50,13 @@ def read_photos(classify, pictures: list, labels: np.ndarray, name: str):
             found.append(i)
             images.append(image)
     images = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
-    digits = make_digits(images, np.asarray(labels)[found], name)
-    return predictions_from_probs(name, digits, classify(images)), len(pictures) - len(found)
+    return make_digits(images, np.asarray(labels)[found], name), len(pictures) - len(found)
+
+
+def read_photos(classify, pictures: list, labels: np.ndarray, name: str):
+    """-> (Predictions of the pictures where a digit was found, how many had none)."""
+    digits, unread = preprocess(pictures, labels, name)
+    return predictions_from_probs(name, digits, classify(digits.images)), unread
 
 
 def tuning_photos(test, n: int) -> dict[str, tuple[list, np.ndarray]]:
@@ -101,7 +106,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--digits", type=int, default=300, help="MNIST test digits per tuning condition")
     parser.add_argument("--heldout", type=int, default=40, help="held-out pictures per condition and strength")
-    parser.add_argument("--recommend", type=float, default=0.99, help="the threshold to show per condition")
+    parser.add_argument("--recommend", type=float, default=0.9, help="the threshold to show per condition")
     args = parser.parse_args()
 
     start = time.perf_counter()
