@@ -212,7 +212,7 @@ class DigitClassifier:
         probability below P is "not sure": its label is -1 (core.metrics.UNSURE). `predict_proba`
         still gives its probabilities; docs/calibration.md has the share answered and their accuracy per P.
 
-        >>> clf.predict(photos, min_confidence=0.99)  # doctest: +SKIP
+        >>> clf.predict(photos, min_confidence=0.9)  # doctest: +SKIP
         array([ 3,  7, -1,  1])
         """
         return abstain(self.predict_proba(X, tta), min_confidence)
