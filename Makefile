@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e ".[serve,onnx,notebook,test]"
 	touch $@
 
-.PHONY: demo test bench install browser notebook
+.PHONY: demo test check bench install browser notebook
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -36,6 +36,10 @@ browser:
 
 test: $(VENV)/.installed browser
 	$(PY) -m pytest -q
+
+# The quick subset while you work (under 2 minutes here): every test not marked slow.
+check: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 # The reference notebook, executed: notebooks/digit_recognizer.ipynb (ready to upload to Kaggle).
 # DIGITREC_SMALL=1 make notebook runs it on a small sample in about a minute.
