@@ -20,7 +20,7 @@ from pathlib import Path
 from .core import data as data_mod
 from .core.config import PRESETS, RuntimeConfig, TrainConfig, config_from_dict, make_config
 from .core.files import InputError, Interrupted
-from .core.metrics import format_summary, predictions_from_probs, summarize
+from .core.metrics import check_min_confidence, format_summary, predictions_from_probs, summarize
 from .core.rundir import CHECKPOINT, CONFIG, SUBMISSION, Run
 from .outputs.export import QUANTISATION_IMAGES, OnnxClassifier, check_onnx, export_onnx
 from .outputs.submit import score, with_answers, write_submission
@@ -294,12 +294,14 @@ def _classifier(args):
 
 
 def cmd_predict(args) -> None:
-    from .outputs.images import format_readings, read_images, save_preprocessed  # OpenCV
+    from .outputs.images import read_images, save_preprocessed  # OpenCV
+    from .outputs.readings import format_readings  # OpenCV (images.Reading)
 
+    min_confidence = None if args.min_confidence is None else check_min_confidence(args.min_confidence)
     readings = read_images(args.images, _classifier(args), multi=args.multi, keep_steps=bool(args.show_preprocessed))
     if not readings:
         raise InputError(f"no image files in {', '.join(args.images)}")
-    print(format_readings(readings, args.format))
+    print(format_readings(readings, args.format, min_confidence))
     if args.show_preprocessed:
         print(f"preprocessed images: {len(save_preprocessed(readings, args.show_preprocessed))} "
               f"written to {args.show_preprocessed}", file=sys.stderr)
@@ -484,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files, or folders of them")
     p.add_argument("--multi", action="store_true", help="each image is a number: read every digit, left to right")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    # read as text and checked by metrics.check_min_confidence: one `error:` line, as in the API
+    p.add_argument("--min-confidence", metavar="P",
+                   help="answer a digit only when its probability is at least P (0..1); below it the digit is "
+                        "'not sure': '?' in the number, with its best guess beside it (docs/calibration.md "
+                        "recommends a P for forms)")
     p.add_argument("--show-preprocessed", type=Path, metavar="DIR", help="save the 28x28 images the model saw, and each preprocessing step's image")
     p.add_argument("--onnx", action="store_true", help="RUN is an ONNX file; run it with onnxruntime, without torch")
 

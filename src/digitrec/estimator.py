@@ -19,7 +19,7 @@ from .core import data as core_data
 from .core.config import RUNTIME_FIELDS, RuntimeConfig, TrainConfig, make_config
 from .core.data import IMAGE_SUFFIXES, Digits, make_digits
 from .core.figures import training_curves_figure
-from .core.metrics import Predictions
+from .core.metrics import Predictions, abstain
 from .core.rundir import Run, new_run
 from .nets.predict import evaluate_run, predict_probs, tta_probs
 from .nets.weights import load_run_model
@@ -204,10 +204,18 @@ class DigitClassifier:
         images = as_digits(X, mnist_split="test").images
         return tta_probs(self.model_, images) if tta else predict_probs(self.model_, images)
 
-    def predict(self, X, tta: bool = False) -> np.ndarray:
+    def predict(self, X, tta: bool = False, min_confidence: float | None = None) -> np.ndarray:
         """The predicted digit of each image (N,) int64. X may also be photos: image paths are read
-        the way `digitrec predict` reads them (cropped, centred, scaled like MNIST)."""
-        return self.predict_proba(X, tta).argmax(1).astype(np.int64)
+        the way `digitrec predict` reads them (cropped, centred, scaled like MNIST).
+
+        With `min_confidence` P (a probability, 0..1), an image whose most probable digit has a
+        probability below P is "not sure": its label is -1 (core.metrics.UNSURE). `predict_proba`
+        still gives its probabilities; docs/calibration.md has the share answered and their accuracy per P.
+
+        >>> clf.predict(photos, min_confidence=0.9)  # doctest: +SKIP
+        array([ 3,  7, -1,  1])
+        """
+        return abstain(self.predict_proba(X, tta), min_confidence)
 
     def score(self, X, y=None, tta: bool = False) -> float:
         """Accuracy on labelled data, in [0, 1]."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from digitrec.nets.augment import affine_matrices, elastic_displacement, random_affine, sample_affine_params
+from digitrec.nets.augment import (affine_matrices, apply_photo_damage, elastic_displacement, random_affine,
+                                   sample_affine_params, sample_photo_damage, sample_transforms, to_float)
 from digitrec.core.config import make_config
 
 
@@ -69,3 +70,22 @@ def test_elastic_distortion_is_smooth_sized_by_alpha_and_off_by_default():
     torch.testing.assert_close(random_affine(flat, make_config(elastic_alpha=34.0), torch.Generator()), flat)
     with pytest.raises(ValueError, match="elastic_alpha must be >= 0 and elastic_sigma > 0"):
         make_config(elastic_sigma=0.0)
+
+
+def test_photo_damage():
+    """photo_augment: off, nothing is drawn; on, that share of the images gets debris, cuts or another
+    stroke width, every pixel still in [0, 1]."""
+    generator, affine_only = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    _, displacement, damage = sample_transforms(64, make_config(), generator)
+    sample_affine_params(64, make_config(), affine_only)
+    assert displacement is None and damage is None
+    assert torch.equal(generator.get_state(), affine_only.get_state())  # no draw beyond the affine ones
+    x = to_float(np.random.default_rng(0).integers(0, 256, (2000, 28, 28), dtype=np.uint8))
+    for share in (0.25, 1.0):
+        damage = sample_photo_damage(2000, share, torch.Generator().manual_seed(5))
+        out = apply_photo_damage(x, damage)
+        assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+        touched = (out != x).flatten(1).any(1).float().mean().item()
+        assert share * 0.8 < touched <= share + 0.03  # 13% of the damaged images draw no kind at all
+    with pytest.raises(ValueError, match=r"photo_augment must be in \[0, 1\]"):
+        make_config(photo_augment=1.5)

@@ -416,7 +416,8 @@ def test_predict_json(image_dir, tiny_run, capsys):
         top3 = row["digits"][0]["top3"]
         assert len(top3) == 3 and top3[0]["class"] == row["digits"][0]["digit"] == int(row["number"])
         assert top3[0]["probability"] >= top3[1]["probability"] >= top3[2]["probability"]
-    assert rows[2] == {"file": str(files[2]), "number": None, "digits": [], "error": "no digit found"}
+    assert rows[2] == {"file": str(files[2]), "number": None, "best_guess": None, "unsure": False, "digits": [],
+                       "error": "no digit found"}
 
 
 def test_predict_multi_csv_and_errors(image_dir, tiny_run, capsys, tmp_path):
@@ -426,11 +427,11 @@ def test_predict_multi_csv_and_errors(image_dir, tiny_run, capsys, tmp_path):
     out, err = capsys.readouterr()
     assert code == 2  # one file failed; the others were still read
     lines = out.splitlines()
-    assert lines[0] == "file,number,position,digit,confidence,top2,p2,top3,p3,error"
+    assert lines[0] == "file,number,position,digit,confidence,top2,p2,top3,p3,error,unsure,best_guess"
     number_rows = [line.split(",") for line in lines if "number.gif" in line]
     assert [row[2] for row in number_rows] == ["1", "2", "3"]
     assert len({row[1] for row in number_rows}) == 1 and len(number_rows[0][1]) == 3
-    assert any(line.endswith(",no digit found") for line in lines)
+    assert any(line.endswith(",no digit found,,") for line in lines)
     assert f"error: {folder / 'd_broken.png'}: truncated or corrupt PNG image (image file is truncated)" in err
     assert err.rstrip().endswith("error: 1 of 5 images could not be read")
     seen = sorted(p.name for p in (tmp_path / "seen").iterdir())

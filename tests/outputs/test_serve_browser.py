@@ -211,3 +211,32 @@ def test_phone_touch(browser, server_url, page_errors, tmp_path):
     assert_page_shows(page, api_answer(server_url, drawing_png(page)))
     page.screenshot(path=str(tmp_path / "phone.png"))
     assert page_errors == []
+
+
+def test_not_sure(browser, server_url, page_errors, tmp_path, mnist_test):
+    """Above the threshold box's percentage the page answers; below it, "?" with the best guess and its probability."""
+    page = open_page(browser, server_url, page_errors)
+    digit = 255 - np.asarray(Image.fromarray(mnist_test.images[1]).resize((200, 200)))
+    path = tmp_path / "two.png"
+    Image.fromarray(np.pad(digit, 40, constant_values=255)).save(path)
+    answer = api_answer(server_url, path.read_bytes(), "two.png")
+    percent = f"{100 * answer['confidence']:.1f}%"
+
+    page.fill("#min-confidence", "100")
+    page.set_input_files("#file", str(path))
+    wait_until(page, "document.getElementById('label').textContent === '?'")
+    assert page.locator("#confidence").text_content() == f"not sure \u2014 best guess {answer['best_guess']}, {percent}"
+    assert page.locator("#bars .bar.top").get_attribute("data-digit") == str(answer["best_guess"])
+    assert page.locator(".answer.unsure").count() == 1
+    page.screenshot(path=str(tmp_path / "not-sure.png"), full_page=True)
+
+    page.fill("#min-confidence", "")  # empty: always answer; the same upload is asked again
+    wait_until(page, f"document.getElementById('label').textContent === '{answer['best_guess']}'")
+    settle(page)
+    assert page.locator("#confidence").text_content() == f"{percent} sure"
+    assert page.locator(".answer.unsure").count() == 0
+
+    page.fill("#min-confidence", "150")
+    page.wait_for_selector("#status.error")
+    assert page.locator("#status").text_content() == "the threshold must be a percentage from 0 to 100 (or empty: always answer)"
+    assert page_errors == []

@@ -120,7 +120,7 @@ def test_validation_images_are_sklearns_train_test_split():
 def test_ranks_augment_the_global_batch_as_one_process_does(small_train):
     """Every rank draws the whole batch's transforms and applies its share: the same images as W=1."""
     x = to_float(small_train.images[:64])
-    transforms = sample_transforms(64, make_config(elastic_alpha=34.0), torch.Generator().manual_seed(0))
+    transforms = sample_transforms(64, make_config(elastic_alpha=34.0, photo_augment=0.5), torch.Generator().manual_seed(0))
     whole = apply_transforms(x, *transforms)
     for share in torch.tensor_split(torch.arange(64), 2):
         assert torch.equal(apply_transforms(x[share], *(t[share] for t in transforms)), whole[share])

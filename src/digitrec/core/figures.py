@@ -110,7 +110,8 @@ def augmentation_figure(grid: np.ndarray, cfg, copies: int) -> Figure:
     rows = len(grid) // (copies + 1)
     titles = [("original" if k == 0 else f"draw {k}") for _ in range(rows) for k in range(copies + 1)]
     title = (f"Augmentation: rotation ±{cfg.rotation_deg:g}°, zoom ±{100 * cfg.zoom:g}%, shift ±{100 * cfg.shift:g}%"
-             + (f", elastic alpha {cfg.elastic_alpha:g} px, sigma {cfg.elastic_sigma:g} px" if cfg.elastic_alpha else ""))
+             + (f", elastic alpha {cfg.elastic_alpha:g} px, sigma {cfg.elastic_sigma:g} px" if cfg.elastic_alpha else "")
+             + (f", photo debris on {100 * cfg.photo_augment:g}%" if cfg.photo_augment else ""))
     return image_grid_figure(grid, titles, copies + 1, title)
 
 

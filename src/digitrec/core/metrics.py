@@ -176,6 +176,83 @@ def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray,
 
 
 
+# ---------------------------------------------------------------------------------------------
+# abstaining: "not sure" below a confidence threshold
+
+UNSURE = -1  # the label of a reading below the threshold (DigitClassifier.predict, abstain)
+
+
+def check_min_confidence(value) -> float:
+    """A confidence threshold as given by a user (a number or its text) -> float in [0, 1], else a
+    ValueError: one line, the same words on the command line (exit 2), in the API (422) and in Python."""
+    number = None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    if number is None or not 0.0 <= number <= 1.0:  # NaN fails this too
+        raise ValueError(f"min_confidence must be a number from 0 to 1 (a probability), got {value!r}")
+    return number
+
+
+def unsure(probs: np.ndarray, min_confidence: float | None) -> np.ndarray:
+    """(N,) bool: readings whose top probability is below `min_confidence` (None or 0: none are)."""
+    confidence = np.asarray(probs).max(-1)
+    if min_confidence is None:
+        return np.zeros(confidence.shape, dtype=bool)
+    return confidence < check_min_confidence(min_confidence)
+
+
+def abstain(probs: np.ndarray, min_confidence: float | None) -> np.ndarray:
+    """(N,) int64: the most probable digit, or UNSURE (-1) where its probability is below `min_confidence`."""
+    labels = np.asarray(probs).argmax(-1).astype(np.int64)
+    labels[unsure(probs, min_confidence)] = UNSURE
+    return labels
+
+
+# Thresholds that show the curve's shape from "always answer" to "only the near-certain".
+CURVE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
+
+
+def coverage_curve(preds: Predictions, thresholds=CURVE_THRESHOLDS, unread: int = 0) -> list[dict]:
+    """Per threshold P: how many readings are answered (top probability >= P) and how many of those
+    are right. `coverage` = answered / n; `accuracy` = right / answered (None when nothing is answered),
+    with its Wilson 95% interval; `errors` = answered wrongly, the mistakes a reader still lets through.
+    `unread`: pictures that gave no reading at all (no digit found), counted in n and never answered.
+
+    >>> [(row["threshold"], row["coverage"], row["accuracy"]) for row in coverage_curve(preds, [0, 0.99])]  # doctest: +SKIP
+    [(0.0, 1.0, 0.9952), (0.99, 0.985, 0.9993)]
+    """
+    preds._need_labels()
+    confidence = preds.probs.max(1)
+    correct = preds.y_pred == preds.y_true
+    rows = []
+    for threshold in thresholds:
+        answered = confidence >= check_min_confidence(threshold)
+        n_answered, n_right = int(answered.sum()), int(correct[answered].sum())
+        n = len(correct) + unread
+        rows.append({"threshold": float(threshold), "n": n, "answered": n_answered,
+                     "coverage": n_answered / max(n, 1),
+                     "accuracy": n_right / n_answered if n_answered else None,
+                     "accuracy_ci95": list(wilson_interval(n_right, n_answered)),
+                     "errors": n_answered - n_right})
+    return rows
+
+
+def format_coverage_curve(rows: list[dict]) -> str:
+    """The curve as an aligned text table."""
+    lines = ["threshold  answered   coverage  accuracy on answered (95% CI)  errors"]
+    for row in rows:
+        low, high = row["accuracy_ci95"]
+        accuracy = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.3f}% ({100 * low:.2f}-{100 * high:.2f}%)"
+        lines.append(f"{row['threshold']:>9.3f}  {row['answered']:>8}  {100 * row['coverage']:>8.2f}%  "
+                     f"{accuracy:<29}  {row['errors']:>6}")
+    return "\n".join(lines)
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
     """(10, 10) counts; rows are the true class, columns the predicted one."""
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)

@@ -79,21 +79,83 @@ def elastic_displacement(n: int, height: int, width: int, alpha: float, sigma: f
     return pixels * torch.tensor([2 / width, 2 / height], dtype=noise.dtype)
 
 
-def sample_transforms(n: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+# What reading a photo leaves on the 28x28 digit (outputs/images.py), drawn for a damaged image:
+# each kind with its own chance, so an image can get several.
+DAMAGE_CHANCE = {"line": 0.4, "cut": 0.3, "specks": 0.4, "thickness": 0.5}
+
+
+def _segments(n: int, size: int, generator: torch.Generator, width: tuple[float, float],
+              length: tuple[float, float]) -> torch.Tensor:
+    """(n, size, size) coverage in [0, 1] of one straight segment per image: within 20 degrees of
+    horizontal (a third of them of vertical), through a point of the digit's 20 px box, anti-aliased."""
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    angle = uniform(-20, 20) * (math.pi / 180) + (torch.rand(n, generator=generator) < 1 / 3) * (math.pi / 2)
+    cx, cy = uniform(4, size - 4), uniform(4, size - 4)
+    half_width, half_length = uniform(*width) / 2, uniform(*length) / 2
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    px, py = coords.view(1, 1, size) - cx.view(n, 1, 1), coords.view(1, size, 1) - cy.view(n, 1, 1)
+    cos, sin = torch.cos(angle).view(n, 1, 1), torch.sin(angle).view(n, 1, 1)
+    across, along = (px * sin - py * cos).abs(), (px * cos + py * sin).abs()
+    return ((half_width.view(n, 1, 1) + 0.5 - across).clamp(0, 1)
+            * (half_length.view(n, 1, 1) + 0.5 - along).clamp(0, 1))
+
+
+def sample_photo_damage(n: int, share: float, generator: torch.Generator, size: int = 28) -> torch.Tensor:
+    """(n, 3, size, size): what `share` of n images get of the debris a photo's preprocessing leaves
+    behind, as apply_transforms uses it. Channel 0 is ink to add (a line left in place, full width
+    or a stub along a removed one; 1-4 specks), channel 1 what is kept of the ink (0 across a band
+    where line removal cut a stroke), channel 2 a thickness change in [-1, 1] (one 3x3 dilation,
+    positive, or erosion, negative, blended by its size). Undamaged images: add 0, keep 1, thickness 0."""
+    damaged = torch.rand(n, generator=generator) < share
+    chance = {kind: damaged & (torch.rand(n, generator=generator) < p) for kind, p in DAMAGE_CHANCE.items()}
+    line_ink = 0.3 + 0.7 * torch.rand(n, 1, 1, generator=generator)
+    add = chance["line"].view(n, 1, 1) * line_ink * _segments(n, size, generator, (0.8, 2.0), (4.0, 2.0 * size))
+    specks = torch.zeros(n, size, size)
+    for count in range(4):  # 1 to 4 specks, 0.5-1.5 px in radius
+        dots = chance["specks"] & (torch.rand(n, generator=generator) < 1 / (count + 1))
+        dot = _segments(n, size, generator, (1.0, 3.0), (0.0, 1.0)) * (0.4 + 0.6 * torch.rand(n, 1, 1, generator=generator))
+        specks = torch.maximum(specks, dots.view(n, 1, 1) * dot)
+    add = torch.maximum(add, specks)
+    keep = 1 - chance["cut"].view(n, 1, 1) * _segments(n, size, generator, (1.0, 2.5), (2.0 * size, 2.0 * size))
+    thickness = chance["thickness"] * (torch.rand(n, generator=generator) * 2 - 1)
+    return torch.stack([add, keep, thickness.view(n, 1, 1).expand(n, size, size)], dim=1)
+
+
+def apply_photo_damage(x: torch.Tensor, damage: torch.Tensor) -> torch.Tensor:
+    """A float batch (B, 1, H, W) with the drawn damage (B, 3, H, W) of sample_photo_damage."""
+    damage = damage.to(x.device, x.dtype)
+    add, keep, thickness = damage[:, 0:1], damage[:, 1:2], damage[:, 2:3, :1, :1]  # thickness (B, 1, 1, 1)
+    thicker = F.max_pool2d(x, 3, stride=1, padding=1)
+    thinner = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    x = x + thickness.clamp(min=0) * (thicker - x) + (-thickness).clamp(min=0) * (thinner - x)
+    return torch.maximum(x * keep, add)
+
+
+def sample_transforms(n: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Draw n augmentations from `generator` (on the CPU, so a seed draws the same on any device):
-    affine matrices (n, 2, 3) and, with elastic_alpha > 0, displacements (n, H, W, 2)."""
+    affine matrices (n, 2, 3); with elastic_alpha > 0, displacements (n, H, W, 2); with photo_augment
+    > 0, the photo damage (n, 3, H, W) of sample_photo_damage. What is off is None and draws nothing."""
     theta = affine_matrices(sample_affine_params(n, cfg, generator))
-    if cfg.elastic_alpha == 0:
-        return theta, None
-    return theta, elastic_displacement(n, 28, 28, cfg.elastic_alpha, cfg.elastic_sigma, generator)
+    displacement = damage = None
+    if cfg.elastic_alpha > 0:
+        displacement = elastic_displacement(n, 28, 28, cfg.elastic_alpha, cfg.elastic_sigma, generator)
+    if cfg.photo_augment > 0:
+        damage = sample_photo_damage(n, cfg.photo_augment, generator)
+    return theta, displacement, damage
 
 
-def apply_transforms(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None) -> torch.Tensor:
-    """Resample a float batch (B, 1, H, W) through B drawn transforms; returns a new batch."""
+def apply_transforms(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None,
+                     damage: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample a float batch (B, 1, H, W) through B drawn transforms, then add any photo damage;
+    returns a new batch."""
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
     if displacement is not None:
         grid = grid + displacement.to(x.device, x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return x if damage is None else apply_photo_damage(x, damage)
 
 
 def random_affine(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:

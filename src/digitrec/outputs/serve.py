@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import torch
-from fastapi import File, Request, UploadFile
+from fastapi import File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from ..core.files import InputError
+from ..core.metrics import check_min_confidence
 from ..core.rundir import Run
 from ..nets.weights import load_run_model
 from .export import OnnxClassifier
@@ -110,9 +111,27 @@ def json_response(content) -> Response:
 
 
 class Prediction(BaseModel):
-    label: int = Field(description="the most probable digit")
+    label: int | None = Field(description="the most probable digit; null when it is not sure (below min_confidence)")
+    best_guess: int = Field(description="the most probable digit, sure or not")
+    confidence: float = Field(description="its probability")
+    unsure: bool = Field(description="true when confidence is below the request's min_confidence")
     probabilities: list[float] = Field(description="10 class probabilities (softmax), summing to 1")
     image: list[list[int]] = Field(description="the 28x28 image the model saw, 0..255, white on black")
+
+
+# Taken as text and checked by metrics.check_min_confidence, so every interface words a bad value alike.
+MinConfidence = Annotated[str | None, Query(
+    description="answer only at this probability or above (0..1): below it `label` is null and `unsure` true")]
+
+
+def _threshold(min_confidence: str | None) -> float | None:
+    """The request's min_confidence, checked: a bad one is a 422 with one line."""
+    if min_confidence is None:
+        return None
+    try:
+        return check_min_confidence(min_confidence)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 class Health(BaseModel):
@@ -260,10 +279,14 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
     def read_upload(data: bytes, name: str) -> np.ndarray | None:
         return to_mnist(open_image(data, name))
 
-    def classify(image: np.ndarray) -> Response:
-        """One (28, 28) uint8 image -> a Prediction: label, probabilities and the image itself."""
+    def classify(image: np.ndarray, min_confidence: float | None) -> Response:
+        """One (28, 28) uint8 image -> a Prediction: label (None below `min_confidence`), probabilities
+        and the image itself."""
         probs = engine.predict_probs(image[None])[0]  # (10,)
-        return json_response({"label": int(probs.argmax()), "probabilities": probs, "image": image})
+        best = int(probs.argmax())
+        unsure = min_confidence is not None and bool(probs[best] < min_confidence)
+        return json_response({"label": None if unsure else best, "best_guess": best, "confidence": float(probs[best]),
+                              "unsure": unsure, "probabilities": probs, "image": image})
 
     app = FastAPIOffline(title="digitrec", version="1", redoc_url=None,
                          description=f"Handwritten-digit recognition with run `{info['run']}`.")
@@ -286,22 +309,26 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
 
     @app.post("/api/predict", summary="Classify an image file (PNG, JPEG, ...)", response_model=Prediction,
               responses={400: {"description": "not a readable image, too many pixels, or no digit in it"},
-                         413: {"description": "body over the limit"}})
-    async def api_predict(file: Annotated[UploadFile, File(description="the image; any size up to the body limit")]):
+                         413: {"description": "body over the limit"},
+                         422: {"description": "a bad min_confidence"}})
+    async def api_predict(file: Annotated[UploadFile, File(description="the image; any size up to the body limit")],
+                          min_confidence: MinConfidence = None):
+        threshold = _threshold(min_confidence)
         name = Path(file.filename or "upload").name[:100]
         image = await asyncio.wrap_future(decoder.submit(read_upload, await file.read(), name))
         if image is None:
             raise InputError(f"{name}: {NO_DIGIT}")
-        return classify(image)
+        return classify(image, threshold)
 
     @app.post("/api/predict/pixels", summary="Classify a 28x28 image given as pixel values",
-              response_model=Prediction, responses={422: {"description": "malformed JSON or pixels"}},
+              response_model=Prediction, responses={422: {"description": "malformed JSON or pixels, or a bad min_confidence"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": PixelsIn.model_json_schema()}}}})
-    async def api_predict_pixels(request: Request):
+    async def api_predict_pixels(request: Request, min_confidence: MinConfidence = None):
         # async and inline: the whole request is well under a millisecond of CPU, less than a
         # thread-pool hop costs when the cores are busy
-        return classify(read_pixels_body(await request.body(), request.headers.get("content-type", "")))
+        threshold = _threshold(min_confidence)
+        return classify(read_pixels_body(await request.body(), request.headers.get("content-type", "")), threshold)
 
     return app
 

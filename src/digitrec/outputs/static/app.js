@@ -17,12 +17,14 @@ const undoButton = document.getElementById("undo");
 const clearButton = document.getElementById("clear");
 const fileInput = document.getElementById("file");
 const resultSection = document.querySelector(".result");
+const thresholdInput = document.getElementById("min-confidence");
 
 let strokes = [];          // each stroke: [[x, y], ...] in 0..1 pad coordinates
 let current = null;        // the stroke being drawn, or null
 let timer = null;
 let latest = 0;            // number of the newest request; older answers are dropped
 let maxBodyBytes = 1 << 20;
+let lastUpload = null;     // {blob, name} of the uploaded file shown, asked again when the threshold changes
 
 // ---------------------------------------------------------------------------------------------
 // probability bars: ten plain divs
@@ -132,16 +134,36 @@ function schedulePredict(delay) {
   timer = setTimeout(() => predictDrawing(ticket), delay);
 }
 
+// The threshold box holds a percentage; the API takes a probability. Empty: always answer.
+function thresholdQuery() {
+  const text = thresholdInput.value.trim();
+  if (text === "") return "";
+  const percent = Number(text);
+  if (!Number.isFinite(percent) || percent < 0 || percent > 100) return null;
+  return `?min_confidence=${percent / 100}`;
+}
+
+thresholdInput.addEventListener("input", () => {
+  if (strokes.length) schedulePredict(DEBOUNCE_MS);
+  else if (lastUpload) send(lastUpload.blob, lastUpload.name, ++latest);
+});
+
 function predictDrawing(ticket) {
   if (!strokes.length) return;
   pad.toBlob((blob) => send(blob, "drawing.png", ticket), "image/png");
 }
 
 async function send(blob, name, ticket) {
+  const query = thresholdQuery();
+  if (query === null) {
+    setBusy(false);
+    showError("the threshold must be a percentage from 0 to 100 (or empty: always answer)");
+    return;
+  }
   const form = new FormData();
   form.append("file", blob, name);
   try {
-    const response = await fetch("/api/predict", { method: "POST", body: form });
+    const response = await fetch(`/api/predict${query}`, { method: "POST", body: form });
     const body = await response.json();
     if (ticket !== latest) return;  // a newer drawing is already on its way
     setBusy(false);
@@ -165,6 +187,7 @@ fileInput.addEventListener("change", () => {
   clearTimeout(timer);
   strokes = [];
   redraw();
+  lastUpload = { blob: file, name: file.name };
   if (file.size > maxBodyBytes) {
     reset();
     showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; the server takes files up to ${(maxBodyBytes / 1048576).toFixed(1)} MiB`);
@@ -180,12 +203,16 @@ fileInput.addEventListener("change", () => {
 
 function show(result) {
   const probs = result.probabilities;
-  labelEl.textContent = String(result.label);
-  confidenceEl.textContent = `${(100 * probs[result.label]).toFixed(1)}% sure`;
+  const best = result.best_guess;
+  const percent = `${(100 * result.confidence).toFixed(1)}%`;
+  // below the threshold: no answer, but the best guess and its probability stay in view
+  labelEl.textContent = result.unsure ? "?" : String(result.label);
+  labelEl.parentElement.classList.toggle("unsure", result.unsure);
+  confidenceEl.textContent = result.unsure ? `not sure \u2014 best guess ${best}, ${percent}` : `${percent} sure`;
   bars.forEach((row, digit) => {
     const p = probs[digit];
     row.dataset.p = String(p);
-    row.classList.toggle("top", digit === result.label);
+    row.classList.toggle("top", digit === best);
     row.querySelector(".fill").style.width = `${(100 * p).toFixed(2)}%`;
     row.querySelector(".pct").textContent = `${(100 * p).toFixed(1)}%`;
   });
@@ -199,7 +226,9 @@ function show(result) {
 function reset() {
   latest++;  // answers still in flight are for a drawing that is gone
   clearTimeout(timer);
+  lastUpload = null;
   labelEl.textContent = "\u2013";
+  labelEl.parentElement.classList.remove("unsure");
   confidenceEl.textContent = "";
   bars.forEach((row) => {
     delete row.dataset.p;
