@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("benchmarks_heldout_photos", ROOT / "benchmarks" / "heldout_photos.py")
 heldout = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = heldout  # dataclasses look their module up there
