@@ -144,7 +144,7 @@ def test_a_run_missing_pieces_gets_a_report_that_says_what_is_missing(tiny_run, 
     run_dir = copy_run(tiny_run, tmp_path / "partial")
     for name in ("metrics.json", "predictions_val.npz"):
         (run_dir / name).unlink()
-    (run_dir / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n")
+    Run(run_dir).write_history([])  # as a run killed before its first epoch ended
     page = write_report(run_dir).read_text()
     for section_id in SECTIONS:
         assert f'<section id="{section_id}">' in page
@@ -225,7 +225,7 @@ def test_comparison_tabulates_each_run_and_overlays_curves(comparison, run_with_
     page = path.read_text()
     rows = re.findall(r"<tr><td>(.*?)</td></tr>", page)
     assert len(rows) == 2
-    assert rows[0].startswith("tiny</td><td>seed</td><td>seed</td><td>887,530</td><td>1 / 1</td>")
+    assert rows[0].startswith("tiny</td><td>seed</td><td>reference</td><td>887,530</td><td>1 / 1</td>")
     assert rows[1].startswith("val&lt;&amp;&gt;only</td>")
     for row, run_dir, name in zip(rows, runs, ["test", "val"]):
         acc = summarize(Predictions.load(run_dir / f"predictions_{name}.npz"))["accuracy"]

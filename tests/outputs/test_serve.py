@@ -68,7 +68,7 @@ def test_health_and_model_metadata(client, tiny_run):
     info = client.get("/api/model").json()
     metrics = read_json(tiny_run / "metrics.json")
     assert info["run"] == tiny_run.name
-    assert (info["preset"], info["model"], info["parameters"]) == ("seed", "seed", 887_530)
+    assert (info["preset"], info["model"], info["parameters"]) == ("seed", "reference", 887_530)
     # no evaluation_test.json in a fresh run: the validation accuracy, and said so
     assert info["accuracy"] == metrics["val_accuracy"]
     assert info["accuracy_on"] == "validation" and info["accuracy_n"] == metrics["n_val"]
