@@ -187,7 +187,7 @@ def _param_from_spec(field: str, spec, where: str) -> Param:
     if kind not in ("float", "int"):
         raise InputError(f"{where}: {field}: type must be float, int or categorical, got {kind!r}")
     if kind != field_type:
-        raise InputError(f"{where}: {field} is a {field_type} field; type {kind} does not fit it")
+        raise InputError(f"{where}: {field} holds {field_type}s; type {kind} does not fit it")
     if "choices" in spec:
         raise InputError(f"{where}: {field}: choices need type categorical")
     bounds = spec.get("range")
@@ -411,6 +411,7 @@ def _objective(study: Study, data: Digits, rt: Runtime, quiet: bool, tracked: bo
         trial.set_user_attr("root_trial", root)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("recipe", cfg.to_dict())
         # the epochs the dead worker reported (the retry inherits them) are not reported again
         reported = {int(row["epoch"]) for row in Run(run_dir).history()} if resume else set()
@@ -429,7 +430,7 @@ def _objective(study: Study, data: Digits, rt: Runtime, quiet: bool, tracked: bo
                     return
                 value = Run(run_dir).history()[-1][metric]
                 trial.report(value, epoch)
-                if trial.should_prune():
+                if epoch < cfg.epochs and trial.should_prune():  # stopping after the last epoch saves nothing
                     trial.set_user_attr("pruned_at", {"epoch": epoch, metric: value})
                     if mlrun:
                         mlrun.set_tag("digitrec.trial_state", "PRUNED")
