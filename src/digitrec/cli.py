@@ -206,11 +206,11 @@ def cmd_train(args) -> None:
     ensemble = args.ensemble is not None
     size = DEFAULT_ENSEMBLE_SIZE if args.ensemble == "default" else args.ensemble
     # after a worker died, torchrun --max-restarts restarts the group: it continues from the checkpoint
-    restarted_from = out / (CONFIG if ensemble else CHECKPOINT)
-    resume = args.resume or (env.restart_count > 0 and restarted_from.is_file())
+    restarted_from = Path(args.out) / (CONFIG if ensemble else CHECKPOINT) if args.out else None
+    resume = args.resume or (env.restart_count > 0 and restarted_from is not None and restarted_from.is_file())
     if resume:
         # the saved recipe, with any flag given now; fit() refuses if that changes anything
-        saved = Run(out).config() if Run(out).has(CONFIG) else {}
+        saved = Run(args.out).config() if Run(args.out).has(CONFIG) else {}
         cfg = config_from_dict({**saved, **_overrides(args)}) if saved else _config_from_args(args)
     else:
         cfg = _config_from_args(args)

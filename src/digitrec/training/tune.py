@@ -12,7 +12,7 @@ several processes and machines share. Every worker runs the same loop (`run_work
 until the study holds its budget of finished trials; running the same command elsewhere with the same
 storage and study name adds workers. A worker beats a heartbeat into the storage while it trains; a
 worker that dies mid-trial stops beating, and the next worker to look marks that trial failed and
-queues a copy (Optuna's RetryFailedTrialCallback), which resumes the dead trial's run folder from its
+queues a copy (Optuna's RetryHeartbeatStaleTrialCallback), which resumes the dead trial's run folder from its
 checkpoint when it runs on the same machine. Workers stay until the last trials are done so they can
 take over one whose worker died.
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..core.config import RUNTIME_FIELDS, TrainConfig, config_from_dict
@@ -325,7 +325,7 @@ def _storage(url: str, heartbeat: int | None) -> RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                          heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRIES,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES,
                                                                                   inherit_intermediate_values=True))
     except ModuleNotFoundError:
         raise
