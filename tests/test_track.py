@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 mlflow = pytest.importorskip("mlflow")
+pytestmark = pytest.mark.slow  # each test starts digitrec and MLflow's store in a subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITREC = [sys.executable, "-m", "digitrec"]

@@ -516,9 +516,11 @@ def cmd_tune(args) -> None:
         print(f"best recipe: {written['best_recipe']}\n  train it: digitrec train --recipe {written['best_recipe']}"
               f"{' --val-fraction 0' if note else ''}")
     for i, code in enumerate(codes):
-        if code:
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-            print(f"warning: worker {i} {how}; its trial was left to the heartbeat and retried", file=sys.stderr)
+        if code < 0:
+            print(f"warning: worker {i} was killed by {signal.Signals(-code).name}; a trial it left running was "
+                  "retried by another worker (heartbeat)", file=sys.stderr)
+        elif code:
+            print(f"warning: worker {i} exited with status {code} (its message is above)", file=sys.stderr)
     finished = tune.finished_trials(opened)
     if trials is not None and finished < trials:
         raise InputError(f"study {name!r} holds {finished} of {trials} finished trials: its workers stopped early")

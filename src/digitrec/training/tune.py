@@ -338,7 +338,8 @@ def _safe_url(url: str) -> str:
     head, sep, tail = url.partition("://")
     if sep and "@" in tail:
         login, host = tail.rsplit("@", 1)
-        return f"{head}://{login.split(':', 1)[0]}:***@{host}"
+        if ":" in login:
+            return f"{head}://{login.split(':', 1)[0]}:***@{host}"
     return url
 
 
@@ -496,13 +497,13 @@ def run_worker(study: Study, data: Digits, rt: Runtime, worker: int = 0, quiet: 
 
 
 def launch_workers(n: int, argv: list[str], env: dict | None = None) -> list[int]:
-    """Start `n` processes of `digitrec tune <argv> --worker` on this machine, each running the worker
+    """Start `n` processes of `digitrec <argv> --worker` (argv: `tune ...`) on this machine, each running the worker
     loop on the same storage; wait for them all. Returns their exit codes (negative: killed by a
     signal). Each process takes its share of the cores (LOCAL_WORLD_SIZE)."""
     procs = []
     for i in range(n):
         child_env = {**os.environ, **(env or {}), "LOCAL_WORLD_SIZE": str(n), "DIGITREC_TUNE_WORKER": str(i)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "digitrec", "tune", *argv, WORKER_FLAG], env=child_env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "digitrec", *argv, WORKER_FLAG], env=child_env))
     try:
         return [p.wait() for p in procs]
     except KeyboardInterrupt:  # the workers had the same SIGINT: give them time to leave
