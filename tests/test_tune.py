@@ -308,3 +308,15 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_finishes(postgres, t
     assert tune.finished_trials(opened) == 3
     if retries[0].state.name == "COMPLETE":  # it went on from the dead trial's checkpoint, in its folder
         assert len(Run(victim.user_attrs["run_dir"]).history()) == 3
+
+
+@pytest.mark.slow
+def test_trials_that_cannot_train_fail_and_a_worker_stops_after_three(tiny, tmp_path):
+    base, _ = tune.tuning_recipe(make_config("fast", width=8, epochs=1, batch_size=32, tta=False))
+    study = tune.Study("diverge", tmp_path / "diverge", base, (tune.Param("lr", "float", 1e5, 1e6, log=True),),
+                       budget_trials=5)
+    with pytest.raises(tune.InputError, match=r"3 trials in a row failed in this worker; the last: .*"
+                                              r"the training loss became nan"):
+        tune.run_worker(study, tiny, resolve(RuntimeConfig(device="cpu", threads=1)), quiet=True)
+    trials = tune.load_study("diverge", study.storage_url).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"] * 3

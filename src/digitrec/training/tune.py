@@ -486,13 +486,13 @@ def run_worker(study: Study, data: Digits, rt: Runtime, worker: int = 0, quiet: 
                 and not counts["waiting"]):
             time.sleep(poll)  # the last trials run elsewhere: stay, to take one over if its worker dies
             continue
-        opened.optimize(objective, n_trials=1, catch=(TrialFailed,))
+        finished = []
+        opened.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[lambda _, t: finished.append(t)])
         ran += 1
-        mine = [t for t in opened.get_trials(deepcopy=False) if t.user_attrs.get("host") == socket.gethostname()]
-        fails = fails + 1 if mine and mine[-1].state == TrialState.FAIL else 0
+        fails = fails + 1 if finished and finished[-1].state == TrialState.FAIL else 0
         if fails >= FAILS_IN_A_ROW:
-            raise InputError(f"study {study.name!r}: {fails} trials in a row failed here; the last: "
-                             f"{mine[-1].user_attrs.get('error', 'see above')}")
+            raise InputError(f"study {study.name!r}: {fails} trials in a row failed in this worker; the last: "
+                             f"{finished[-1].user_attrs.get('error', 'see above')}")
     return ran
 
 
