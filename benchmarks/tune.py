@@ -9,7 +9,7 @@ at a fixed cost per trial (IMAGES MNIST training images, EPOCHS epochs, width WI
 4. the best trial's recipe against the hand-found one (preset `fast`'s values at the same cost),
    both trained again with SEEDS fresh seeds and scored on a *second* validation split
    (val_seed + 1): the study's own split chose the winner, so its score there flatters it.
-    python benchmarks/tune.py [--images 6000] [--epochs 3] [--width 16] [--trials 10] [--seeds 2] [--out /tmp/tune-bench]
+    python benchmarks/tune.py [--images 3000] [--epochs 3] [--width 16] [--trials 8] [--seeds 2] [--out /tmp/tune-bench]
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def rescore(cfg, data, out: Path, seeds: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=6000)
+    parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/tune-bench"))
     args = parser.parse_args()

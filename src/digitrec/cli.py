@@ -24,6 +24,7 @@ from .core.metrics import format_summary, predictions_from_probs, summarize
 from .core.rundir import CHECKPOINT, CONFIG, SUBMISSION, Run
 from .outputs.export import QUANTISATION_IMAGES, OnnxClassifier, check_onnx, export_onnx
 from .outputs.submit import score, with_answers, write_submission
+from .training.track import MlflowRun, params_of, tracked  # no torch: mlflow itself is imported when a run starts
 
 # A command that needs torch (or OpenCV) imports it inside its own function, each such import marked
 # so: `digitrec --help`, `data`, `score`, `verify` and the `--onnx` paths never load torch.
@@ -68,8 +69,6 @@ def _tracked(args, command: str, cfg: TrainConfig, runtime: dict, out: Path, act
     if not getattr(args, "track", None) or not active:
         yield None
         return
-    from .training.track import params_of, tracked  # torch (the training package)
-
     with tracked(args.track, out.name, params_of(cfg, runtime),
                  tags={"digitrec.command": command, "digitrec.run_dir": str(out.resolve())}) as mlrun:
         yield mlrun
@@ -442,7 +441,6 @@ def cmd_tune(args) -> None:
     """Search the recipe's hyperparameters on the validation split, in one or several workers."""
     from .training import tune  # torch, optuna
     from .training.distributed import DistEnv, strip_option  # torch
-    from .training.track import MlflowRun  # torch (the training package)
 
     tune.optuna.logging.set_verbosity(tune.optuna.logging.WARNING)  # the trials' lines say what it would
     name, study_dir = _study_location(args)
@@ -478,7 +476,7 @@ def cmd_tune(args) -> None:
     print("config: " + json.dumps(base.to_dict()))
     print(f"study {name!r}: validation {args.objective}, budget {args.budget}"
           f"{' trials' if trials else ''}, pruner {args.pruner}, {args.workers} worker(s) here; "
-          f"storage {tune._safe_url(study.storage_url)}; trials in {study_dir}/")
+          f"storage {tune.safe_url(study.storage_url)}; trials in {study_dir}/")
     print("searching:\n" + "\n".join(f"  {p.describe()}" for p in space))
     opened = tune.open_study(study, digits)
     study_dir.mkdir(parents=True, exist_ok=True)

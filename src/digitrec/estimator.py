@@ -139,7 +139,7 @@ class DigitClassifier:
         cfg, runtime_cfg = self._configs()
         runtime = resolve(runtime_cfg)  # a missing device fails before the data is read
         digits = as_digits(X, y, need_labels=True, mnist_split="train")
-        run_dir = self._run_dir()
+        run_dir = self._run_dir(cfg.preset)
         if self.ensemble is not None:
             train_ensemble(cfg, digits, run_dir, self.ensemble, resume=self.resume, quiet=not self.verbose,
                            runtime=runtime)
@@ -147,13 +147,13 @@ class DigitClassifier:
             fit(cfg, digits, run_dir, resume=self.resume, quiet=not self.verbose, runtime=runtime)
         return self._read_run(run_dir)
 
-    def _run_dir(self) -> Path:
+    def _run_dir(self, prefix: str) -> Path:
         if self.overwrite and self.resume:
             raise ValueError("overwrite=True and resume=True exclude each other")
         if self.out is None:
             if self.resume:
                 raise ValueError("resume=True needs out= (the run folder to continue)")
-            return new_run(self.preset, RUNS_ROOT).path
+            return new_run(prefix, RUNS_ROOT).path
         out = Path(self.out)
         if Run(out).holds_run() and not self.resume:
             if not self.overwrite:

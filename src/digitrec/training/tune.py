@@ -330,11 +330,15 @@ def _storage(url: str, heartbeat: int | None) -> RDBStorage:
     except ModuleNotFoundError:
         raise
     except Exception as e:  # a wrong URL, a server not answering, a missing driver
-        raise InputError(f"storage {_safe_url(url)}: cannot be opened ({first_line(e)})") from None
+        raise InputError(f"storage {safe_url(url)}: cannot be opened ({first_line(e)})") from None
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for messages.
+
+    >>> safe_url("postgresql://tuner:secret@db-host/studies")
+    'postgresql://tuner:***@db-host/studies'
+    """
     head, sep, tail = url.partition("://")
     if sep and "@" in tail:
         login, host = tail.rsplit("@", 1)
@@ -370,7 +374,7 @@ def open_study(study: Study, data: Digits | None = None, worker: int = 0) -> opt
         if differ:
             detail = [f"{k}: {', '.join(f for f in wanted[k] if saved[k].get(f) != wanted[k].get(f))}"
                       if isinstance(wanted[k], dict) else k for k in differ]
-            raise InputError(f"study {study.name!r} in {_safe_url(study.storage_url)} was started with another "
+            raise InputError(f"study {study.name!r} in {safe_url(study.storage_url)} was started with another "
                              f"{'; '.join(detail)}; use another --study name (or the same settings)")
     return opened
 
@@ -381,7 +385,7 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=_storage(storage_url, None))
     except KeyError:
         names = optuna.get_all_study_names(_storage(storage_url, None))
-        raise InputError(f"no study {name!r} in {_safe_url(storage_url)} (there: {', '.join(names) or 'none'})") from None
+        raise InputError(f"no study {name!r} in {safe_url(storage_url)} (there: {', '.join(names) or 'none'})") from None
 
 
 def trial_recipe(study: Study, params: dict) -> TrainConfig:
