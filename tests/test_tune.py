@@ -274,6 +274,8 @@ def test_two_workers_share_a_postgresql_study(postgres, tiny_csv, tmp_path):
     assert tune.finished_trials(opened) == 4 and len(trials) <= 5  # at most one started past the budget
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
     assert (tmp_path / "shared" / tune.BEST_RECIPE).is_file()
+    shown = _digitrec("tune", "--show", "shared", "--storage", postgres)
+    assert shown.returncode == 0 and shown.stdout.startswith("study shared: ") and "4 complete" in shown.stdout
 
 
 @pytest.mark.slow
