@@ -322,3 +322,18 @@ def test_trials_that_cannot_train_fail_and_a_worker_stops_after_three(tiny, tmp_
         tune.run_worker(study, tiny, resolve(RuntimeConfig(device="cpu", threads=1)), quiet=True)
     trials = tune.load_study("diverge", study.storage_url).get_trials()
     assert [t.state.name for t in trials] == ["FAIL"] * 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--show", "{tmp}/nothing"], "{tmp}/nothing: no study folder"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--budget", "soon"], "--budget 'soon': a number of trials"),
+    (["--preset", "fast", "--recipe", "{tmp}/r.json"], "--recipe FILE holds the whole recipe"),
+    (["--storage", "nosuchdb://x/y"], "storage nosuchdb://x/y: cannot be opened"),
+])
+def test_tune_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "r.json").write_text(json.dumps(make_config("fast").to_dict()))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["tune", "--out", str(tmp_path / "study"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message.replace("{tmp}", str(tmp_path)) in err, err
