@@ -308,8 +308,10 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_finishes(postgres, t
     assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
     assert retries[0].params == victim.params and retries[0].user_attrs["run_dir"] == victim.user_attrs["run_dir"]
     assert tune.finished_trials(opened) == 3
-    if retries[0].state.name == "COMPLETE":  # it went on from the dead trial's checkpoint, in its folder
-        assert len(Run(victim.user_attrs["run_dir"]).history()) == 3
+    # the retry went on from the dead trial's last checkpoint, in its folder (the victim had reported
+    # an epoch, so it had written that epoch's checkpoint)
+    assert retries[0].user_attrs["resumed_after_epoch"] >= 1
+    assert len(Run(victim.user_attrs["run_dir"]).history()) == max(retries[0].intermediate_values)
 
 
 @pytest.mark.slow
@@ -337,3 +339,11 @@ def test_tune_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, message)
     assert main(["tune", "--out", str(tmp_path / "study"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message.replace("{tmp}", str(tmp_path)) in err, err
+
+
+@pytest.mark.slow
+def test_a_time_budget_starts_no_trial_after_it(tiny, tmp_path):
+    base, _ = tune.tuning_recipe(make_config("fast", width=8, epochs=1, batch_size=32, tta=False))
+    study = tune.Study("timed", tmp_path / "timed", base, tune.default_space(base), budget_trials=None,
+                       budget_seconds=0.5)
+    assert tune.run_worker(study, tiny, resolve(RuntimeConfig(device="cpu", threads=1)), quiet=True) == 1

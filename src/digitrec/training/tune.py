@@ -420,6 +420,8 @@ def _objective(study: Study, data: Digits, rt: Runtime, quiet: bool, tracked: bo
         trial.set_user_attr("recipe", cfg.to_dict())
         # the epochs the dead worker reported (the retry inherits them) are not reported again
         reported = {int(row["epoch"]) for row in Run(run_dir).history()} if resume else set()
+        if resume:
+            trial.set_user_attr("resumed_after_epoch", max(reported, default=0))
 
         with track.tracked("mlflow" if tracked else None, f"{study.name} trial {trial.number}",
                            track.params_of(cfg, rt.describe()) | {f"searched.{k}": v for k, v in params.items()},
