@@ -21,6 +21,8 @@ TINY = ["--preset", "fast", "--width", "8", "--epochs", "2", "--no-tta", "--thre
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
+    """The tracking store's URI; its folder is the commands' working directory, where MLflow puts
+    the artifacts of a database store by default (./mlruns)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
@@ -36,7 +38,8 @@ def tiny_csv(mnist_train, tmp_path_factory) -> Path:
 def _digitrec(store: str, *args: str, pythonpath: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store,
            "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, str(ROOT / "src")) if p)}
-    return subprocess.run(DIGITREC + list(args), capture_output=True, text=True, env=env, timeout=300)
+    cwd = Path(store.removeprefix("sqlite:///")).parent
+    return subprocess.run(DIGITREC + list(args), capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
 
 
 def _runs(store: str, filter_string: str = ""):
@@ -60,6 +63,7 @@ def test_a_tracked_train_is_an_mlflow_run(store, tracked_train):
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "FINISHED" and run["tags.mlflow.runName"] == "tracked"
+    assert run["artifact_uri"].startswith(str(Path(store.removeprefix("sqlite:///")).parent / "mlruns"))
     assert run["tags.digitrec.command"] == "train"
     config = Run(tracked_train).config()
     for field in ("lr", "width", "epochs", "optimizer", "val_fraction"):  # the resolved recipe
