@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e ".[serve,onnx,notebook,tune,track,test]"
 	touch $@
 
-.PHONY: demo test bench install browser postgres notebook
+.PHONY: demo test check bench install browser postgres notebook
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -50,6 +50,10 @@ postgres:
 
 test: $(VENV)/.installed browser postgres
 	$(PY) -m pytest -q
+
+# The quick subset while you work (under 2 minutes here): every test not marked slow.
+check: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 # The reference notebook, executed: notebooks/digit_recognizer.ipynb (ready to upload to Kaggle).
 # DIGITREC_SMALL=1 make notebook runs it on a small sample in about a minute.

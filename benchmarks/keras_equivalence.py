@@ -7,7 +7,7 @@ own (`--keras-venv`, ~600 MB) and installs TensorFlow there; this script then ru
 the Keras half and exchanges plain .npz files with it.
 
 1. Training. Keras builds the reference's Sequential model (its own Glorot-uniform weights);
-   digitrec's SeedNet copies those initial weights (kernels transposed; the first dense layer's
+   digitrec's ReferenceNet copies those initial weights (kernels transposed; the first dense layer's
    rows permuted from Keras's (h, w, c) flatten to PyTorch's (c, h, w)). Both take the same `steps`
    batches of 86 MNIST images with augmentation and dropout off, RMSprop(lr 0.001, rho 0.9,
    eps 1e-8) at the plateau schedule's rate for the first epoch (0.001: the rate moves only between
@@ -137,7 +137,7 @@ def keras_venv(path: Path) -> Path:
 
 
 def to_torch_state(weights: list[np.ndarray], model) -> dict:
-    """Keras's weight list (kernel, bias per layer) as SeedNet's state dict."""
+    """Keras's weight list (kernel, bias per layer) as ReferenceNet's state dict."""
     import torch
 
     state, layers = {}, [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
@@ -165,7 +165,7 @@ def train_steps(model, batches_x: np.ndarray, batches_y: np.ndarray, cfg, dtype=
     from digitrec.training.optim import build_optimizer
 
     optimizer = build_optimizer(model, cfg)
-    model.eval()  # dropout off; SeedNet has nothing else that eval() changes
+    model.eval()  # dropout off; ReferenceNet has nothing else that eval() changes
     losses = []
     for x, y in zip(batches_x, batches_y):
         xb = to_float(np.round(x * 255).astype(np.uint8))

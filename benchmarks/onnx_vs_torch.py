@@ -32,7 +32,7 @@ from digitrec.nets.model import build_model
 
 def untrained_run(run_dir: Path) -> Path:
     cfg = make_config("seed")
-    save_weights(run_dir / "model.safetensors", build_model(cfg), cfg)
+    save_weights(run_dir, build_model(cfg), cfg)
     return run_dir
 
 

@@ -38,7 +38,7 @@ def untrained_run(run_dir: Path, preset: str) -> Path:
     from digitrec.nets.model import build_model
 
     cfg = make_config(preset)
-    save_weights(run_dir / "model.safetensors", build_model(cfg), cfg)
+    save_weights(run_dir, build_model(cfg), cfg)
     return run_dir
 
 

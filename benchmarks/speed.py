@@ -37,8 +37,9 @@ from digitrec.outputs.export import INPUT_NAME, OnnxClassifier, QUANTISATION_IMA
 from digitrec.nets.model import build_model, count_parameters
 from digitrec.core.config import RuntimeConfig
 from digitrec.training.runtime import resolve, setup_process
-from digitrec.training.optim import Schedule, build_optimizer, steps_per_epoch
-from digitrec.training.train import train_one_epoch, validate as evaluate
+from digitrec.training.checkpoint import TrainState
+from digitrec.training.optim import steps_per_epoch
+from digitrec.training.train import train_one_epoch, validate
 
 RUNTIME = RuntimeConfig(device="cpu")  # what `digitrec train` uses here: channels-last, fp32
 
@@ -74,12 +75,6 @@ def forward_flops_per_image(cfg) -> float:
     return counter.get_total_flops() / 8
 
 
-def setup(cfg, n_train: int):
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    schedule = Schedule(optimizer, cfg, steps_per_epoch(n_train, cfg))
-    return model, optimizer, schedule, torch.Generator().manual_seed(cfg.seed + 1)
 
 
 def first_batches(cfg, train, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +86,9 @@ def first_batches(cfg, train, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train_throughput(cfg, train, steps: int, repeats: int) -> float:
     """Images/s of the real training step (slice, augment, forward, backward, update)."""
     x, y = first_batches(cfg, train, steps)
-    model, optimizer, schedule, generator = setup(cfg, len(x))
     rt = resolve(RUNTIME)
-    seconds = median_time(lambda: train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt), repeats)
+    state = TrainState.start(cfg, rt, steps_per_epoch(len(x), cfg))  # as fit starts a run
+    seconds = median_time(lambda: train_one_epoch(state.model, state, x, y, cfg, rt), repeats)
     return len(x) / seconds
 
 
@@ -104,16 +99,14 @@ def time_to_accuracy(cfg, train, test, rt=None, quiet: bool = False) -> list[tup
     rt = rt or resolve(RUNTIME)
     x, y = torch.from_numpy(train.images).to(rt.device), torch.from_numpy(train.labels).to(rt.device)
     x_test, y_test = torch.from_numpy(test.images).to(rt.device), torch.from_numpy(test.labels).to(rt.device)
-    model, optimizer, schedule, generator = setup(cfg, len(x))
-    model = model.to(rt.device)
-    forward = torch.compile(model) if rt.compile else model  # as fit does
-    scaler = rt.grad_scaler()
+    state = TrainState.start(cfg, rt, steps_per_epoch(len(x), cfg))  # as fit starts a run
+    forward = torch.compile(state.model) if rt.compile else state.model  # as fit does
     points, elapsed = [], 0.0
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        train_one_epoch(forward, x, y, optimizer, schedule, cfg, generator, rt, scaler)  # ends in a device sync
+        train_one_epoch(forward, state, x, y, cfg, rt)  # ends in a device sync
         elapsed += time.perf_counter() - start
-        accuracy = evaluate(model, x_test, y_test, rt)["acc"]
+        accuracy = validate(state.model, x_test, y_test, rt)["acc"]
         points.append((epoch, elapsed, accuracy))
         if not quiet:
             print(f"  {cfg.preset}: epoch {epoch}  {elapsed:7.1f} s  test {100 * accuracy:.2f}%", flush=True)
@@ -157,11 +150,11 @@ def conv_passes(cfg, repeats: int) -> list[tuple[str, str, float, float]]:
 def step_profile(cfg, train, steps: int, top: int = 10) -> list[tuple[str, float]]:
     """The real training step's operators by their own CPU time: (name, ms per step), largest first."""
     x, y = first_batches(cfg, train, steps)
-    model, optimizer, schedule, generator = setup(cfg, len(x))
     rt = resolve(RUNTIME)
-    train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)  # warm-up
+    state = TrainState.start(cfg, rt, steps_per_epoch(len(x), cfg))
+    train_one_epoch(state.model, state, x, y, cfg, rt)  # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        train_one_epoch(model, x, y, optimizer, schedule, cfg, generator, rt)
+        train_one_epoch(state.model, state, x, y, cfg, rt)
     ops = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
     return [(e.key, e.self_cpu_time_total / 1e3 / steps) for e in ops[:top]] + [("all operators", total / 1e3 / steps)]
@@ -185,7 +178,7 @@ def inference(cfg, images: np.ndarray, calibration, threads: int, repeats: int) 
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        save_weights(Path(tmp) / "model.safetensors", model, cfg)
+        save_weights(Path(tmp), model, cfg)
         sessions = {"onnxruntime float32": OnnxClassifier(export_onnx(tmp, Path(tmp) / "fp32.onnx"), threads),
                     "onnxruntime int8": OnnxClassifier(export_onnx(tmp, Path(tmp) / "int8.onnx", int8=True,
                                                                    calibration=calibration), threads)}

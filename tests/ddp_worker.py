@@ -18,10 +18,11 @@ from safetensors.torch import save_file
 from digitrec.core.config import make_config
 from digitrec.core.data import load_mnist
 from digitrec.training.distributed import DistEnv, barrier, broadcast_buffers, init, shutdown
-from digitrec.nets.model import ByteMaskDropout, build_model
+from digitrec.nets.model import ByteMaskDropout
 from digitrec.core.config import RuntimeConfig
 from digitrec.training.runtime import resolve, setup_process
-from digitrec.training.optim import Schedule, build_optimizer, steps_per_epoch
+from digitrec.training.checkpoint import TrainState
+from digitrec.training.optim import steps_per_epoch
 from digitrec.training.train import train_one_epoch
 
 model_name, out_dir = sys.argv[1], Path(sys.argv[2])
@@ -32,18 +33,14 @@ init(rt.device, env)
 cfg = make_config("fast" if model_name == "fast" else "seed", width=8, epochs=1, batch_size=64, optimizer="sgd", lr=0.02, momentum=0.0,
                   schedule="constant", val_fraction=0.0, augment=False)
 digits = load_mnist("train").subset(np.arange(512), "mnist:train[:512]")
-torch.manual_seed(0)
-model = build_model(cfg)
+state = TrainState.start(cfg, rt, steps_per_epoch(len(digits), cfg))
+model = state.model
 for name, module in list(model.named_modules()):
     if isinstance(module, ByteMaskDropout):  # "plain": no per-rank randomness left
         parent = model.get_submodule(name.rsplit(".", 1)[0])
         setattr(parent, name.rsplit(".", 1)[1], torch.nn.Identity())
-model = model.to(memory_format=torch.channels_last)
-optimizer = build_optimizer(model, cfg)
-schedule = Schedule(optimizer, cfg, steps_per_epoch(len(digits), cfg))
 ddp = torch.nn.parallel.DistributedDataParallel(model)
-stats = train_one_epoch(ddp, torch.from_numpy(digits.images), torch.from_numpy(digits.labels), optimizer, schedule,
-                        cfg, torch.Generator().manual_seed(1), rt)
+stats = train_one_epoch(ddp, state, torch.from_numpy(digits.images), torch.from_numpy(digits.labels), cfg, rt)
 broadcast_buffers(rt, model)  # as fit does after each epoch
 del ddp  # before the group goes, as fit's return does
 out_dir.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,10 @@ def weights_bytes(model: torch.nn.Module, cfg: TrainConfig, extra: dict | None =
     return safetensors_bytes(model.state_dict(), meta)
 
 
-def save_weights(run: Run, model: torch.nn.Module, cfg: TrainConfig, extra: dict | None = None) -> None:
+def save_weights(run: Run | str | os.PathLike, model: torch.nn.Module, cfg: TrainConfig,
+                 extra: dict | None = None) -> None:
+    """The model as the run folder's model.safetensors (its digest recorded)."""
+    run = run if isinstance(run, Run) else Run(run)
     run.write_bytes(WEIGHTS, weights_bytes(model, cfg, extra))
 
 

@@ -331,6 +331,20 @@ def locked_run(rt: Runtime, run: Run, check: Callable[[], None]):
         lock.release()
 
 
+def _forward(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """What the training steps call: the model, wrapped for DistributedDataParallel (with synchronised
+    batch norm where the runtime asks) and torch.compile as the runtime says; it shares the model's
+    parameters."""
+    forward = model
+    if rt.distributed:
+        if rt.sync_batchnorm:
+            forward = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward)
+        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=rt.ddp_device_ids())
+    if rt.compile:
+        forward = torch.compile(forward)
+    return forward
+
+
 def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWriter, rt: Runtime,
          stop: StopRequest | None = None, on_epoch: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     train_idx, val_idx = split_validation(data.labels, cfg)
@@ -358,14 +372,7 @@ def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWrit
     distributed.same_on_every_rank(rt, state.partial.step if state.partial else 0, "the steps done")
     should_stop = _StopCheck(rt, stop)
 
-    forward = model
-    if rt.distributed:
-        if rt.sync_batchnorm:
-            forward = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward)
-        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=rt.ddp_device_ids())
-    if rt.compile:
-        forward = torch.compile(forward)  # shares model's parameters
-
+    forward = _forward(model, rt)
     writer.say(f"training {cfg.model} ({count_parameters(model):,} parameters) on {len(x_train):,} images, "
                f"validating on {len(x_val):,}; {n_steps} steps/epoch; {rt.device}, {rt.precision}, "
                f"{rt.world_size} process(es) x {rt.threads} threads -> {run.path}")
@@ -421,8 +428,7 @@ def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWrit
         "label_counts": np.bincount(data.labels, minlength=10).tolist(),
         "train_seconds": round(state.train_seconds, 2),
         "images_per_second": round(state.epochs_done * n_steps * cfg.batch_size / max(state.train_seconds, 1e-9), 1),
-        "runtime": rt.describe(),
-        "environment": environment(),
+        "runtime": rt.describe(), "environment": environment(),
     }
     writer.finish(model.cpu().float(), cfg, metrics, data.subset(val_idx), data.subset(calibration_idx))
     distributed.barrier(rt)

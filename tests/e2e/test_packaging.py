@@ -13,7 +13,9 @@ import pytest
 
 from digitrec.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # builds and installs the package: `make test`, not `make check`
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def requirement_name(requirement: str) -> str:

@@ -28,6 +28,8 @@ from digitrec.outputs.report import write_report
 from digitrec.core.splits import split_calibration, split_validation
 from digitrec.training.ensemble import train_ensemble
 
+pytestmark = pytest.mark.slow  # trains an ensemble with a calibration hold-out: `make test`, not `make check`
+
 
 def _sampled(n: int = 20000, scale: float = 1.0, seed: int = 0):
     """Logits (N, 10) whose labels are drawn from softmax(logits): calibrated exactly at T = 1.

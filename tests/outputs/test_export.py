@@ -19,6 +19,8 @@ from digitrec.outputs.export import MAX_PROB_DIFF, OnnxClassifier, check_onnx, e
 from digitrec.core.files import InputError, read_json
 from digitrec.nets.model import build_model
 
+pytestmark = pytest.mark.slow  # ONNX export and int8 quantisation of every architecture: `make test`, not `make check`
+
 
 @pytest.fixture(scope="module")
 def onnx_path(tiny_run, tmp_path_factory):
@@ -45,7 +47,7 @@ def test_batch_axis_is_dynamic(onnx_path, tiny_run, mnist_test, batch):
 def test_metadata_describes_the_model(onnx_path, tiny_run):
     meta = OnnxClassifier(onnx_path).metadata
     metrics = read_json(tiny_run / "metrics.json")
-    assert meta["preset"] == "seed" and meta["model"] == "seed"
+    assert meta["preset"] == "seed" and meta["model"] == "reference"
     assert float(meta["val_accuracy"]) == metrics["val_accuracy"]
     assert meta["normalisation"].startswith("float32 (N, 1, 28, 28) = uint8 pixels / 255, white ink on black")
     assert meta["classes"] == "0,1,2,3,4,5,6,7,8,9"
@@ -126,7 +128,7 @@ def test_predict_with_onnx_needs_no_torch(onnx_path, tiny_run, mnist_test, tmp_p
 def test_every_architecture_exports(model_name, deskew, tta, tmp_path, mnist_test):
     """Untrained weights are enough: the ops and the batch axis are what could break."""
     cfg = make_config("seed", model=model_name, deskew=deskew, tta=tta)
-    save_weights(tmp_path / "model.safetensors", build_model(cfg), cfg)
+    save_weights(tmp_path, build_model(cfg), cfg)
     check = check_onnx(tmp_path, export_onnx(tmp_path, tmp_path / "m.onnx"), mnist_test.images[:300])
     assert check["ok"] and check["disagreements"] == 0
     model, _, _ = load_run_model(tmp_path)

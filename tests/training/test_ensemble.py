@@ -11,16 +11,19 @@ import torch
 
 from digitrec.nets.weights import load_run_model
 from digitrec.cli import main
+from digitrec.core.rundir import Run
 from digitrec.core.config import make_config
 from digitrec.core.data import write_answers_csv, write_kaggle_csv
 from digitrec.core.metrics import Predictions
 from digitrec.nets.augment import TTA_VIEWS
 from digitrec.nets.predict import predict_probs, tta_probs
 from digitrec.outputs.export import check_onnx, export_onnx
-from digitrec.core.files import InputError, read_json, write_json
-from digitrec.nets.model import Deskew, Ensemble, FastNet, ReferenceNet as SeedNet
+from digitrec.core.files import InputError, read_json
+from digitrec.nets.model import Deskew, Ensemble, FastNet, ReferenceNet
 from digitrec.outputs.report import write_report
 from digitrec.training.ensemble import combine_runs, member_config, train_ensemble
+
+pytestmark = pytest.mark.slow  # trains ensembles: `make test`, not `make check`
 
 CFG = make_config(epochs=1)
 
@@ -61,7 +64,7 @@ def assert_one_line_error(capsys, args, message):
 
 def test_ensemble_probabilities_are_the_members_mean():
     torch.manual_seed(0)
-    members = [SeedNet().eval(), FastNet(8).eval(), SeedNet().eval()]
+    members = [ReferenceNet().eval(), FastNet(8).eval(), ReferenceNet().eval()]
     ensemble = Ensemble(members).eval()
     x = torch.rand(16, 1, 28, 28)
     with torch.no_grad():
@@ -96,7 +99,7 @@ def test_metrics_list_the_members(ens_run):
     assert [m["seed"] for m in metrics["members"]] == [0, 1]
     assert metrics["train_seconds"] == pytest.approx(sum(m["train_seconds"] for m in members), abs=0.01)
     assert metrics["parameters"] == sum(m["parameters"] for m in members) == 2 * 887_530
-    assert metrics["data"] == "mnist:train[:500]" and metrics["model"] == "ensemble of 2 (seed)"
+    assert metrics["data"] == "mnist:train[:500]" and metrics["model"] == "ensemble of 2 (reference)"
     assert metrics["label_counts"] == members[0]["label_counts"]
     assert "val_accuracy" not in metrics  # no image was held out from every member
 
@@ -238,7 +241,7 @@ def test_alternate_deskew_deskews_the_odd_members(tmp_path, capsys, train_500):
     assert read_json(out / "member-1" / "config.json")["deskew"] is True
     assert_one_line_error(capsys, ["train", "--train", tmp_path / "train.csv", "--alternate-deskew", "--quiet",
                                    "--out", tmp_path / "seed"],
-                          "deskew and alternate_deskew need model 'fast' or 'best' (seed is the reference)")
+                          "deskew and alternate_deskew need model 'fast' or 'best' (not the reference network)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +311,7 @@ def test_combine_errors(ens_run, tmp_path, capsys):
                           f"{ens_run}: already holds a run; choose another output directory")
     sha = read_json(m0 / "metrics.json")["data_sha256"]
     other = shutil.copytree(m1, tmp_path / "other")
-    write_json(other / "metrics.json", {**read_json(other / "metrics.json"), "data_sha256": "ab" * 32})
+    Run(other).write_json("metrics.json", {**read_json(other / "metrics.json"), "data_sha256": "ab" * 32})
     assert_one_line_error(capsys, ["ensemble", m0, other, "-o", out],
                           f"the runs were trained on different data: {m0} on mnist:train[:500] (sha256 {sha[:12]}), "
                           f"{other} on mnist:train[:500] (sha256 abababababab)")
@@ -318,7 +321,7 @@ def test_combine_errors(ens_run, tmp_path, capsys):
 def test_combine_judges_data_by_its_hash_not_its_name(ens_run, tmp_path):
     m0, m1 = ens_run / "member-0", ens_run / "member-1"
     renamed = shutil.copytree(m1, tmp_path / "renamed")  # the same images read from a file of another name
-    write_json(renamed / "metrics.json", {**read_json(renamed / "metrics.json"), "data": "train.csv"})
+    Run(renamed).write_json("metrics.json", {**read_json(renamed / "metrics.json"), "data": "train.csv"})
     metrics = combine_runs([m0, renamed], tmp_path / "ens")
     assert metrics["data_sha256"] == read_json(m0 / "metrics.json")["data_sha256"]
 

@@ -21,6 +21,8 @@ from playwright.sync_api import sync_playwright
 
 from digitrec.outputs.serve import create_app
 
+pytestmark = pytest.mark.slow  # a real browser: `make test`, not `make check`
+
 CHROMIUM = os.environ.get("DIGITREC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

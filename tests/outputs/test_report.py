@@ -14,7 +14,7 @@ from PIL import Image
 from digitrec.cli import main
 from digitrec.core.metrics import Predictions, reliability as calibration, summarize
 from digitrec.nets.predict import evaluate_run
-from digitrec.core.files import InputError, read_json, write_json
+from digitrec.core.files import InputError, read_json
 from digitrec.core.metrics import most_confused_pairs
 from digitrec.core.rundir import Run
 from digitrec.outputs.report import write_comparison, write_report
@@ -57,7 +57,7 @@ def val_only_run(tiny_run, tmp_path_factory):
     run_dir = copy_run(tiny_run, tmp_path_factory.mktemp("report") / "val<&>only")
     metrics = read_json(run_dir / "metrics.json")
     metrics["data"] = '<script>alert("x")</script>'
-    write_json(run_dir / "metrics.json", metrics)
+    Run(run_dir).write_json("metrics.json", metrics)
     path = write_report(run_dir)
     return run_dir, path.read_text(encoding="utf-8")
 

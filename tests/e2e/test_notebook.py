@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a real Jupyter kernel runs the notebook: `make test`, not `make check`
+
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "digit_recognizer.py"
 FIGURE_CELLS = ("label_counts", "augmentation", "curves", "confusion", "top_errors", "calibration")
 

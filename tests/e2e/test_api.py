@@ -16,6 +16,8 @@ from digitrec.core.data import PIXEL_COLUMNS, as_digits
 from digitrec.core.metrics import Predictions, summarize
 from digitrec.core.figures import Figure
 
+pytestmark = pytest.mark.slow  # each test trains or loads a run through the front door: `make test`, not `make check`
+
 
 @pytest.fixture(scope="module")
 def data(mnist_train, mnist_test):

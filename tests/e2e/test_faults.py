@@ -36,7 +36,9 @@ from digitrec.core.config import RuntimeConfig
 from digitrec.training.train import StopRequest, fit
 from tests.conftest import synthetic_digits
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # processes killed and restarted, full disks, locks: `make test`, not `make check`
+
+ROOT = Path(__file__).resolve().parents[2]
 DIGITREC = [sys.executable, "-m", "digitrec"]
 LIMIT_S = 120
 
@@ -356,15 +358,23 @@ def _other_models_checkpoint(path: Path) -> None:
     (_other_models_checkpoint, r"its weights do not fit this run's model \(\d+ tensors missing, unexpected or of "
                                r"another shape, first: '.*'\)"),
 ])
+@pytest.mark.parametrize("digests", [False, True], ids=["no manifest", "manifest"])
 def test_a_bad_checkpoint_is_one_error_line_and_nothing_is_written(tmp_path, tiny_run, tiny_csv, capsys, damage,
-                                                                   reason):
+                                                                   reason, digests):
+    """In a folder written before the manifest, the reader's own checks name the damage (after one note
+    that the files are unchecked); with the manifest, the digest refuses the file first."""
     run = _tiny_copy(tiny_run, tmp_path)
     (run / "model.safetensors").rename(run / "model.bak")  # a run killed after its last checkpoint
+    if not digests:
+        (run / "manifest.json").unlink()
+    else:
+        reason = r"does not match its SHA-256 digest in manifest\.json \(.*\); refusing to use it"
     damage(run / "checkpoint.safetensors")
     before = _files(run)
     assert main(["train", "--train", str(tiny_csv), *TINY_FLAGS, "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert re.fullmatch(rf"error: {re.escape(str(run / 'checkpoint.safetensors'))}: {reason}\n", err), err
+    note = "" if digests else r"note: .* they are read unchecked\n"
+    assert re.fullmatch(rf"{note}error: {re.escape(str(run / 'checkpoint.safetensors'))}: {reason}\n", err), err
     assert _files(run) == before
 
 
@@ -373,6 +383,7 @@ def test_a_bad_checkpoint_is_one_error_line_and_nothing_is_written(tmp_path, tin
 HOLDER = """
 import sys, time
 from digitrec.core.files import RunLock
+
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)
