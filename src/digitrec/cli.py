@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 from .core import data as data_mod
-from .core.config import PRESETS, RuntimeConfig, TrainConfig, config_from_dict, make_config
+from .core.config import PRESETS, RuntimeConfig, TrainConfig, config_from_dict, load_recipe, make_config
 from .core.files import InputError, Interrupted
 from .core.metrics import check_min_confidence, format_summary, predictions_from_probs, summarize
 from .core.rundir import CHECKPOINT, CONFIG, SUBMISSION, Run
 from .outputs.export import QUANTISATION_IMAGES, OnnxClassifier, check_onnx, export_onnx
 from .outputs.submit import score, with_answers, write_submission
+from .training.track import MlflowRun, params_of, tracked  # no torch: mlflow itself is imported when a run starts
 
 # A command that needs torch (or OpenCV) imports it inside its own function, each such import marked
 # so: `digitrec --help`, `data`, `score`, `verify` and the `--onnx` paths never load torch.
@@ -54,7 +55,23 @@ def _overrides(args) -> dict:
 
 
 def _config_from_args(args) -> TrainConfig:
-    return make_config(args.preset, **_overrides(args))
+    """The preset's recipe (default: seed), or --recipe FILE's, with the flags given on top."""
+    if getattr(args, "recipe", None):
+        if args.preset:
+            raise InputError("--recipe FILE holds the whole recipe, its preset too: drop --preset")
+        return config_from_dict({**load_recipe(args.recipe).to_dict(), **_overrides(args)})
+    return make_config(args.preset or "seed", **_overrides(args))
+
+
+@contextlib.contextmanager
+def _tracked(args, command: str, cfg: TrainConfig, runtime: dict, out: Path, active: bool = True):
+    """The MLflow run of a tracked `train` or `run` (None when --track is not given, or off rank 0)."""
+    if not getattr(args, "track", None) or not active:
+        yield None
+        return
+    with tracked(args.track, out.name, params_of(cfg, runtime),
+                 tags={"digitrec.command": command, "digitrec.run_dir": str(out.resolve())}) as mlrun:
+        yield mlrun
 
 
 def _set_up_runtime(rcfg: RuntimeConfig, env):
@@ -185,18 +202,18 @@ def cmd_train(args) -> None:
         raise InputError("--resume needs --out RUN_DIR (the run to continue)")
     if world_size > 1 and not args.out:
         raise InputError("several processes need --out RUN_DIR (every rank must write the same run)")
-    out = Path(args.out) if args.out else _default_run_dir(args.preset)
     ensemble = args.ensemble is not None
     size = DEFAULT_ENSEMBLE_SIZE if args.ensemble == "default" else args.ensemble
     # after a worker died, torchrun --max-restarts restarts the group: it continues from the checkpoint
-    restarted_from = out / (CONFIG if ensemble else CHECKPOINT)
-    resume = args.resume or (env.restart_count > 0 and restarted_from.is_file())
+    restarted_from = Path(args.out) / (CONFIG if ensemble else CHECKPOINT) if args.out else None
+    resume = args.resume or (env.restart_count > 0 and restarted_from is not None and restarted_from.is_file())
     if resume:
         # the saved recipe, with any flag given now; fit() refuses if that changes anything
-        saved = Run(out).config() if Run(out).has(CONFIG) else {}
+        saved = Run(args.out).config() if Run(args.out).has(CONFIG) else {}
         cfg = config_from_dict({**saved, **_overrides(args)}) if saved else _config_from_args(args)
     else:
         cfg = _config_from_args(args)
+    out = Path(args.out) if args.out else _default_run_dir(cfg.preset)
     runtime_cfg = RuntimeConfig(**_given(args, RuntimeConfig))  # a bad value fails here, before any process
     digits = _load_data(args, "train", "train")
     # bad input is found before any process group starts (an ensemble's folder is rank 0's to check)
@@ -231,11 +248,18 @@ def cmd_train(args) -> None:
     if rt.distributed:
         distributed.init(rt.device, env)
     try:
-        with _stop_on_signals(StopRequest(), repeat_kills=not env.under_launcher) as stop:
+        with (_stop_on_signals(StopRequest(), repeat_kills=not env.under_launcher) as stop,
+              _tracked(args, "train", cfg, rt.describe(), out, rt.is_main) as mlrun):
             if ensemble:
                 metrics = train_ensemble(cfg, digits, out, size, resume=resume, quiet=args.quiet, runtime=rt, stop=stop)
             else:
-                metrics = fit(cfg, digits, out, resume=resume, quiet=args.quiet, runtime=rt, stop=stop)
+                metrics = fit(cfg, digits, out, resume=resume, quiet=args.quiet, runtime=rt, stop=stop,
+                              on_epoch=mlrun.epoch_hook(out) if mlrun else None)
+            if mlrun:
+                from .outputs.report import write_report  # torch
+
+                write_report(out)  # the report goes with the model into the tracking store
+                mlrun.log_run(out)
         distributed.barrier(rt)  # all ranks leave together: a gloo peer gone mid-exchange aborts the exit
     except Interrupted as e:
         distributed.barrier(rt)  # every rank stopped at the same step; they leave together
@@ -386,15 +410,120 @@ def cmd_run(args) -> None:
     train = data_mod.load_mnist("train", args.cache_dir)
     test = data_mod.load_mnist("test", args.cache_dir)
     print(data_mod.describe(train))
-    metrics = fit(cfg, train, out, quiet=args.quiet, runtime=rt)
-    preds = evaluate_run(out, test, "test")
-    summary = summarize(preds)
-    print(format_summary(summary))
-    submission = write_submission(preds, out / SUBMISSION)
-    print(f"\ntraining: {metrics['train_seconds']:.1f} s for {cfg.epochs} epochs of preset '{cfg.preset}'")
-    print(f"official MNIST test accuracy: {100 * summary['accuracy']:.2f}% ({summary['errors']} errors in {summary['n']})")
-    print(f"run files: {out}/\nsubmission: {submission}")
-    print(f"report: {write_report(out)}")
+    with _tracked(args, "run", cfg, rt.describe(), out) as mlrun:
+        metrics = fit(cfg, train, out, quiet=args.quiet, runtime=rt, on_epoch=mlrun.epoch_hook(out) if mlrun else None)
+        preds = evaluate_run(out, test, "test")
+        summary = summarize(preds)
+        print(format_summary(summary))
+        submission = write_submission(preds, out / SUBMISSION)
+        print(f"\ntraining: {metrics['train_seconds']:.1f} s for {cfg.epochs} epochs of preset '{cfg.preset}'")
+        print(f"official MNIST test accuracy: {100 * summary['accuracy']:.2f}% ({summary['errors']} errors in {summary['n']})")
+        print(f"run files: {out}/\nsubmission: {submission}")
+        print(f"report: {write_report(out)}")
+        if mlrun:
+            mlrun.log_run(out)
+
+
+STUDIES_ROOT = Path("studies")  # where a study's folder goes when no --out is given
+STUDY_FILE = "study.json"  # in a study folder: the study's name, so `--show DIR` finds it
+
+
+def _study_location(args) -> tuple[str, Path]:
+    """The study's name and folder: --show DIR (a study folder) or NAME, or --study and --out."""
+    if args.show:
+        folder = Path(args.show)
+        if (folder / STUDY_FILE).is_file():
+            return json.loads((folder / STUDY_FILE).read_text())["study"], folder
+        return args.show, Path(args.out) if args.out else STUDIES_ROOT / args.show
+    name = args.study or (load_recipe(args.recipe).preset if args.recipe else args.preset or "seed")
+    return name, Path(args.out) if args.out else STUDIES_ROOT / name
+
+
+def cmd_tune(args) -> None:
+    """Search the recipe's hyperparameters on the validation split, in one or several workers."""
+    from .training import tune  # torch, optuna
+    from .training.distributed import DistEnv, strip_option  # torch
+
+    tune.optuna.logging.set_verbosity(tune.optuna.logging.WARNING)  # the trials' lines say what it would
+    name, study_dir = _study_location(args)
+    if args.show:
+        storage = args.storage or f"sqlite:///{(study_dir / tune.STUDY_DB).resolve()}"
+        if not args.storage and not (study_dir / tune.STUDY_DB).is_file():
+            raise InputError(f"{args.show}: no study folder (no {study_dir / tune.STUDY_DB}); give --storage URL "
+                             "for a study in a database server")
+        opened = tune.load_study(name, storage)
+        print(tune.format_study(opened))
+        if study_dir.is_dir():
+            for what, path in tune.write_results(opened, study_dir).items():
+                print(f"{what.replace('_', ' ')}: {path}")
+        return
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    base, note = tune.tuning_recipe(_config_from_args(args))
+    space = tune.load_space(args.space) if args.space else tune.default_space(base)
+    tune.check_space(space, base, set(_overrides(args)), args.space or "the default space")
+    trials, seconds = tune.parse_budget(args.budget)
+    study = tune.Study(name, study_dir, base, space, args.objective, trials, seconds, args.pruner, args.storage,
+                       args.sampler_seed, args.heartbeat)
+    runtime_cfg = RuntimeConfig(**_given(args, RuntimeConfig))
+    digits = _load_data(args, "train", "train")
+    worker = int(os.environ.get("DIGITREC_TUNE_WORKER", 0))
+    if args.worker:  # one of --workers N's processes: trials only, the launcher prints the results
+        env = DistEnv(local_rank=worker, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        tune.run_worker(study, digits, _set_up_runtime(runtime_cfg, env), worker, args.quiet, bool(args.track))
+        return
+
+    if note:
+        print(f"note: {note}")
+    print("config: " + json.dumps(base.to_dict()))
+    print(f"study {name!r}: validation {args.objective}, budget {args.budget}"
+          f"{' trials' if trials else ''}, pruner {args.pruner}, {args.workers} worker(s) here; "
+          f"storage {tune.safe_url(study.storage_url)}; trials in {study_dir}/")
+    print("searching:\n" + "\n".join(f"  {p.describe()}" for p in space))
+    opened = tune.open_study(study, digits)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / STUDY_FILE).write_text(json.dumps({"study": name}) + "\n")
+    study_run = None
+    if args.track and "mlflow_run_id" not in opened.user_attrs:  # the study's run; its trials nest under it
+        study_run = MlflowRun.start(f"study {name}", {"study": name, "objective": args.objective,
+                                                       "budget": args.budget, "pruner": args.pruner}
+                                    | {f"base.{k}": v for k, v in base.to_dict().items()}
+                                    | {f"space.{p.field}": p.describe() for p in space},
+                                    tags={"digitrec.command": "tune", "digitrec.study": name})
+        opened.set_user_attr("mlflow_run_id", study_run.run_id)
+    try:
+        if args.workers > 1:
+            codes = tune.launch_workers(args.workers, strip_option(args.argv, "--workers"))
+        else:
+            env = DistEnv(local_world_size=1)
+            tune.run_worker(study, digits, _set_up_runtime(runtime_cfg, env), 0, args.quiet, bool(args.track))
+            codes = [0]
+    except BaseException:
+        if study_run:
+            study_run.end("KILLED")
+        raise
+    opened = tune.load_study(name, study.storage_url)
+    print(tune.format_study(opened))
+    written = tune.write_results(opened, study_dir)
+    if study_run:
+        best = tune.best_recipe(opened)
+        if best:
+            study_run.log_metrics({f"best_val_{args.objective}": opened.best_value})
+        for path in written.values():
+            study_run.client.log_artifact(study_run.run_id, str(path))
+        study_run.end("FINISHED")
+    if "best_recipe" in written:
+        print(f"best recipe: {written['best_recipe']}\n  train it: digitrec train --recipe {written['best_recipe']}"
+              f"{' --val-fraction 0' if note else ''}")
+    for i, code in enumerate(codes):
+        if code < 0:
+            print(f"warning: worker {i} was killed by {signal.Signals(-code).name}; a trial it left running was "
+                  "retried by another worker (heartbeat)", file=sys.stderr)
+        elif code:
+            print(f"warning: worker {i} exited with status {code} (its message is above)", file=sys.stderr)
+    finished = tune.finished_trials(opened)
+    if trials is not None and finished < trials:
+        raise InputError(f"study {name!r} holds {finished} of {trials} finished trials: its workers stopped early")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +551,8 @@ more: README.md, and notebooks/digit_recognizer.py (the reference Kaggle noteboo
 # Modules of the optional extras (pyproject.toml): a command that needs a missing one names its extra.
 EXTRA_OF_MODULE = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "serve", "multipart": "serve",
                    "python_multipart": "serve", "orjson": "serve", "starlette": "serve", "pydantic": "serve",
-                   "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
+                   "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
+                   "optuna": "tune", "psycopg2": "tune", "mlflow": "track", "sqlalchemy": "track", "alembic": "track"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,9 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (("train", cmd_train, "train a model into a run directory"),
                                   ("run", cmd_run, "the main job: fetch MNIST, train, evaluate, write a submission")):
         p = command(name, func, help_text)
-        p.add_argument("--preset", choices=list(PRESETS), default="seed")
+        p.add_argument("--preset", choices=list(PRESETS), help="the recipe to start from (default: seed, the reference)")
+        p.add_argument("--recipe", metavar="FILE.json",
+                       help="start from a recipe file instead of a preset (a run's config.json, a study's best_recipe.json)")
         p.add_argument("--out", help="run directory (default runs/<preset>-<timestamp>)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--track", choices=["mlflow"],
+                       help="log the recipe, per-epoch metrics, scores and files to MLflow (MLFLOW_TRACKING_URI)")
         if name == "train":
             _add_data_flags(p, "train")
             p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -464,6 +598,35 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with --batch-size the global batch, or with --ensemble one member per process")
         _add_config_flags(p, TrainConfig, "recipe (fields of TrainConfig in core/config.py)")
         _add_config_flags(p, RuntimeConfig, "runtime (fields of RuntimeConfig in core/config.py)")
+
+    p = command("tune", cmd_tune, "search a recipe's hyperparameters on the validation split (Optuna)")
+    p.add_argument("--preset", choices=list(PRESETS), help="the base recipe (default: seed, the reference)")
+    p.add_argument("--recipe", metavar="FILE.json", help="the base recipe from a file instead of a preset")
+    p.add_argument("--study", metavar="NAME", help="the study's name in its storage (default: the preset's name); "
+                                                  "the same name and storage on another machine adds workers")
+    p.add_argument("--out", help="the study folder, trials in trial-NNNN/ (default studies/<study>)")
+    p.add_argument("--storage", metavar="URL", help="a database URL shared by workers and machines, e.g. "
+                                                    "postgresql://user:password@host/db (default: OUT/study.db, SQLite)")
+    p.add_argument("--space", metavar="FILE", help="the search space, YAML or JSON (default: the preset family's; "
+                                                   "docs/tuning.md)")
+    p.add_argument("--budget", default="20", help="finished trials the study holds at the end (20), or this "
+                                                  "command's time (90s, 30m, 2h)")
+    p.add_argument("--objective", choices=["accuracy", "nll"], default="accuracy",
+                   help="validation accuracy (maximised) or validation loss (minimised)")
+    p.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
+                   help="stop trials whose per-epoch validation score falls behind (Optuna's pruners)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="trial processes on this machine")
+    p.add_argument("--sampler-seed", type=int, metavar="S", help="seed of the TPE sampler (worker i: S + i)")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                   help="a trial whose worker is silent for twice this is retried by another worker")
+    p.add_argument("--show", metavar="STUDY", help="print a study's leaderboard and parameter importances "
+                                                   "(a study folder, or a name with --storage) and write its best recipe")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    p.add_argument("--track", choices=["mlflow"], help="log the study and its trials (nested) to MLflow")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its processes
+    _add_data_flags(p, "train")
+    _add_config_flags(p, TrainConfig, "fixed recipe fields (not searched)")
+    _add_config_flags(p, RuntimeConfig, "runtime (fields of RuntimeConfig in core/config.py)")
 
     p = command("evaluate", cmd_evaluate, "evaluate a run on a labelled test set")
     p.add_argument("run", type=Path)

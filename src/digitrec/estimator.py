@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .core import data as core_data
-from .core.config import RUNTIME_FIELDS, RuntimeConfig, TrainConfig, make_config
+from .core.config import RUNTIME_FIELDS, RuntimeConfig, TrainConfig, config_from_dict, load_recipe, make_config
 from .core.data import IMAGE_SUFFIXES, Digits, make_digits
 from .core.figures import training_curves_figure
 from .core.metrics import Predictions, abstain
@@ -30,7 +30,8 @@ from .training.runtime import resolve
 from .training.train import fit
 
 RUNS_ROOT = Path("runs")  # where fresh run folders go when no `out` is given
-_DEFAULTS = {"out": None, "overwrite": False, "resume": False, "ensemble": None, "verbose": True}  # left out of repr
+_DEFAULTS = {"out": None, "overwrite": False, "resume": False, "ensemble": None, "verbose": True,
+             "recipe": None}  # left out of repr
 
 
 def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train") -> Digits:
@@ -74,6 +75,9 @@ class DigitClassifier:
     needs `overwrite=True` (its digitrec files are deleted first) or `resume=True` (continue it
     from its last checkpoint). `ensemble=K` trains K members and averages them.
 
+    `recipe` starts from a recipe instead of a preset: a JSON file of TrainConfig fields (a run's
+    config.json, `digitrec tune`'s best_recipe.json) or such a dict; keywords still override it.
+
     >>> import digitrec as dr
     >>> clf = dr.DigitClassifier(preset="fast", epochs=3).fit("mnist")  # doctest: +SKIP
     >>> clf.score("mnist")  # doctest: +SKIP
@@ -82,8 +86,10 @@ class DigitClassifier:
     """
 
     def __init__(self, preset: str = "seed", *, out: str | os.PathLike | None = None, overwrite: bool = False,
-                 resume: bool = False, ensemble: int | None = None, verbose: bool = True, **config):
+                 resume: bool = False, ensemble: int | None = None, verbose: bool = True,
+                 recipe: str | os.PathLike | dict | None = None, **config):
         self.preset = preset
+        self.recipe = recipe
         self.out = out
         self.overwrite = overwrite
         self.resume = resume
@@ -98,13 +104,18 @@ class DigitClassifier:
         if "threads" in runtime:
             raise ValueError("threads are the process's to set (torch.set_num_threads), not a classifier's")
         recipe = {k: v for k, v in self.config.items() if k not in RUNTIME_FIELDS}
-        return make_config(self.preset, **recipe), RuntimeConfig(**runtime)
+        if self.recipe is None:
+            return make_config(self.preset, **recipe), RuntimeConfig(**runtime)
+        if self.preset != "seed":
+            raise ValueError("recipe= holds the whole recipe, its preset too: leave preset out")
+        base = dict(self.recipe) if isinstance(self.recipe, dict) else load_recipe(self.recipe).to_dict()
+        return config_from_dict({**base, **recipe}), RuntimeConfig(**runtime)
 
     # -- scikit-learn's parameter protocol
 
     def get_params(self, deep: bool = True) -> dict:
         return {"preset": self.preset, "out": self.out, "overwrite": self.overwrite, "resume": self.resume,
-                "ensemble": self.ensemble, "verbose": self.verbose, **self.config}
+                "ensemble": self.ensemble, "verbose": self.verbose, "recipe": self.recipe, **self.config}
 
     def set_params(self, **params) -> "DigitClassifier":
         for key, value in params.items():
@@ -128,7 +139,7 @@ class DigitClassifier:
         cfg, runtime_cfg = self._configs()
         runtime = resolve(runtime_cfg)  # a missing device fails before the data is read
         digits = as_digits(X, y, need_labels=True, mnist_split="train")
-        run_dir = self._run_dir()
+        run_dir = self._run_dir(cfg.preset)
         if self.ensemble is not None:
             train_ensemble(cfg, digits, run_dir, self.ensemble, resume=self.resume, quiet=not self.verbose,
                            runtime=runtime)
@@ -136,13 +147,13 @@ class DigitClassifier:
             fit(cfg, digits, run_dir, resume=self.resume, quiet=not self.verbose, runtime=runtime)
         return self._read_run(run_dir)
 
-    def _run_dir(self) -> Path:
+    def _run_dir(self, prefix: str) -> Path:
         if self.overwrite and self.resume:
             raise ValueError("overwrite=True and resume=True exclude each other")
         if self.out is None:
             if self.resume:
                 raise ValueError("resume=True needs out= (the run folder to continue)")
-            return new_run(self.preset, RUNS_ROOT).path
+            return new_run(prefix, RUNS_ROOT).path
         out = Path(self.out)
         if Run(out).holds_run() and not self.resume:
             if not self.overwrite:

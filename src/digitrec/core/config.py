@@ -10,7 +10,10 @@ fields of both.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, fields
+
+from .files import InputError
 
 MODELS = ("reference", "fast", "best")
 # earlier spellings of a model's name, still read (config.json files, make_config, --model)
@@ -211,6 +214,24 @@ def config_from_dict(values: dict) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
     return TrainConfig(**values)
+
+
+def load_recipe(path) -> TrainConfig:
+    """A recipe file: a JSON object of TrainConfig fields, as a run's config.json or a study's
+    best_recipe.json holds. A missing file, bad JSON or a bad field is an InputError naming it."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise InputError(f"{path}: not a JSON recipe ({e})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: a recipe is a JSON object of TrainConfig fields")
+    try:
+        return config_from_dict(values)
+    except (TypeError, ValueError) as e:  # a field of the wrong type reaches __post_init__ as TypeError
+        raise InputError(f"{path}: {e}") from None
 
 
 # Images per forward pass when predicting. Smaller batches stay in the CPU's caches: with 2 threads,

@@ -1,1 +1,1 @@
-"""Layer 2, training: the runtime, torch.distributed, the training state and loop, ensembles."""
+"""Layer 2, training: the runtime, torch.distributed, the training state and loop, ensembles, the hyperparameter search and experiment tracking."""
