@@ -21,10 +21,10 @@ from __future__ import annotations
 import importlib
 from importlib import metadata
 
-try:
+try:  # the one source of the version: the installed package's metadata (pyproject.toml's `version`)
     __version__ = metadata.version("digitrec")
-except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-    __version__ = "0.1.0"
+except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+    __version__ = "0+unknown"
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core import pretrained as bundled
 from ..core.files import InputError, atomic_write, first_line
 from ..core.rundir import Run
 
@@ -259,6 +260,11 @@ class OnnxClassifier:
         names = [o.name for o in self.session.get_outputs()]
         if [i.name for i in self.session.get_inputs()] != [INPUT_NAME] or "probs" not in names:
             raise InputError(f"{where}: not a digitrec model (expects input '{INPUT_NAME}' and output 'probs')")
+
+    @classmethod
+    def pretrained(cls, name: str, threads: int = 0) -> "OnnxClassifier":
+        """A model that ships inside the package (core/pretrained.py), its SHA-256 checked first."""
+        return cls(bundled.read_bytes(name, "onnx"), threads)
 
     @classmethod
     def from_model(cls, model, threads: int = 0) -> "OnnxClassifier":
