@@ -7,12 +7,12 @@ against PyTorch on those 10,000 images), then copy the weights and the ONNX file
 src/digitrec/pretrained/ and record their SHA-256, the recipe, the seed, this command and the
 scores in src/digitrec/pretrained/models.json.
 
-    python scripts/make_pretrained.py            # what `make pretrained` runs (best: ~9 min on 2 idle cores)
+    python scripts/make_pretrained.py            # what `make pretrained` runs (best: ~15 min on one idle core)
     python scripts/make_pretrained.py --only fast
 
 A run already finished in build/pretrained/<name>/ is reused, and one interrupted is resumed, so
 running it again only repackages. Training is deterministic on the CPU for a given thread count
-(threads are recorded): the tensors come out the same; the weights file's metadata also records the
+(THREADS, recorded): the tensors come out the same; the weights file's metadata also records the
 machine and git commit, so its SHA-256 is that of this build.
 """
 
@@ -38,11 +38,15 @@ from digitrec.nets.predict import evaluate_run  # noqa: E402
 from digitrec.outputs.export import OnnxClassifier, check_onnx, export_onnx  # noqa: E402
 
 SEED = 0  # the recipe's `seed`: initial weights and dropout; shuffling and augmentation use SEED + 1
+# One thread: the weights then do not depend on the machine's core count (oneDNN's reductions are split
+# by thread), and on a shared machine one thread is not slowed by a second waiting for a busy core.
+THREADS = 1
 BUILD = ROOT / "build" / "pretrained"
 
 
 def train_command(name: str, out: Path) -> list[str]:
-    return ["digitrec", "train", "--preset", name, "--seed", str(SEED), "--out", str(out.relative_to(ROOT)), "--quiet"]
+    return ["digitrec", "train", "--preset", name, "--seed", str(SEED), "--threads", str(THREADS),
+            "--out", str(out.relative_to(ROOT)), "--quiet"]
 
 
 def train(name: str, out: Path) -> None:
