@@ -44,19 +44,21 @@ THREADS = 1
 BUILD = ROOT / "build" / "pretrained"
 
 
-def train_command(name: str, out: Path) -> list[str]:
+def train_command(name: str) -> list[str]:
     return ["digitrec", "train", "--preset", name, "--seed", str(SEED), "--threads", str(THREADS),
-            "--out", str(out.relative_to(ROOT)), "--quiet"]
+            "--out", f"build/pretrained/{name}", "--quiet"]
 
 
-def train(name: str, out: Path) -> None:
+def train(name: str) -> Path:
+    out = BUILD / name
     run = Run(out)
     if run.is_finished():
         print(f"{name}: reusing the finished run in {out}")
-        return
-    words = train_command(name, out) + (["--resume"] if run.has(CHECKPOINT) else [])
+        return out
+    words = train_command(name) + (["--resume"] if run.has(CHECKPOINT) else [])
     print(f"{name}: {' '.join(words)}", flush=True)
     subprocess.run([sys.executable, "-m", "digitrec", *words[1:]], cwd=ROOT, check=True)
+    return out
 
 
 def package(name: str, out: Path, test) -> dict:
@@ -79,7 +81,7 @@ def package(name: str, out: Path, test) -> dict:
     return {
         "preset": name,
         "seed": SEED,
-        "command": " ".join(train_command(name, out)),
+        "command": " ".join(train_command(name)),
         "recipe": run.config(),
         "trained_on": f"{metrics.get('data', 'mnist:train')}: the 60,000 official MNIST training images, "
                       f"{metrics.get('n_train')} trained on and {metrics.get('n_calibration')} held out to fit the temperature",
@@ -109,9 +111,7 @@ def main() -> int:
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"models": {}}
     test = load_mnist("test")
     for name in names:
-        out = BUILD / name
-        train(name, out)
-        index["models"][name] = package(name, out, test)
+        index["models"][name] = package(name, train(name), test)
         t = index["models"][name]["test"]
         print(f"{name}: {100 * t['accuracy']:.2f}% on the official test set ({t['errors']} errors), "
               f"ECE {100 * t['ece']:.2f}%; {', '.join(f['name'] + ' ' + f['sha256'] for f in index['models'][name]['files'].values())}")
