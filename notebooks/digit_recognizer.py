@@ -304,3 +304,15 @@ PILImage.fromarray(np.clip(page, 0, 255).astype(np.uint8)).rotate(8, fillcolor=2
 display(Image(photo, width=160))
 print(f"read as {best.predict(photo)[0]}; probabilities {best.predict_proba(photo).round(3)[0]}")
 dr.plot_digits(photo, title="what the model saw")
+
+# %% [markdown]
+# ## 19. No training at all: the models that ship with digitrec
+#
+# digitrec carries `fast` and `best` already trained on the 60,000 MNIST training images (their
+# cards: `docs/models/`). `DigitClassifier.pretrained` loads one, its file checked against the
+# SHA-256 recorded in the package, ready to predict, score or submit.
+
+# %%
+bundled = dr.DigitClassifier.pretrained("best")
+print(f"the bundled best reads the photo as {bundled.predict(photo)[0]}; "
+      f"{100 * bundled.metrics_['test']['accuracy']:.2f}% on the official MNIST test set")

@@ -129,9 +129,10 @@ def notebook_install_cell() -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """A wheel built from this checkout by the standard front-end (without build isolation: no network)."""
+    """The wheel `make dist` builds: the sdist first, then the wheel from the unpacked sdist (so nothing
+    left in the checkout's build/ folder can slip in), without build isolation (no network)."""
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
                    check=True, capture_output=True, timeout=300)
     (path,) = out.glob("digitrec-*.whl")
     return path
@@ -154,6 +155,17 @@ def test_the_wheel_holds_the_code_the_page_and_the_models_and_nothing_else(wheel
         assert f"Provides-Extra: {extra}" in meta
     assert "digitrec = digitrec.cli:main" in zipfile.ZipFile(wheel).read(
         f"digitrec-{project['version']}.dist-info/entry_points.txt").decode()
+
+
+def test_the_sdist_holds_the_source_the_licence_and_the_models_and_no_runs_or_builds(wheel, project):
+    import tarfile
+
+    (sdist,) = wheel.parent.glob("digitrec-*.tar.gz")
+    top = f"digitrec-{project['version']}/"
+    names = {name.removeprefix(top) for name in tarfile.open(sdist).getnames()}
+    assert {"LICENSE", "README.md", "pyproject.toml", "src/digitrec/cli.py",
+            "src/digitrec/pretrained/models.json", "src/digitrec/pretrained/best.onnx"} <= names
+    assert not [n for n in names if re.match(r"(runs|build|dist|\.venv|notebooks/runs)/|.*\.ipynb$|.*__pycache__", n)]
 
 
 def dependencies_path(tmp: Path) -> Path:
