@@ -94,7 +94,7 @@ def package(name: str, out: Path, test) -> dict:
             "data": "mnist:test, the 10,000 official MNIST test images",
             "n": summary["n"], "errors": summary["errors"], "accuracy": summary["accuracy"],
             "accuracy_ci95": summary["accuracy_ci95"], "ece": summary.get("ece"),
-            "ece_uncalibrated": summary.get("ece_uncalibrated"), "nll": summary.get("nll"),
+            "ece_uncalibrated": summary.get("ece_uncalibrated"),
             "onnx_accuracy": onnx_summary["accuracy"],
             "onnx_max_abs_prob_diff": check["max_abs_prob_diff"],
         },
