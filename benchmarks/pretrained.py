@@ -75,32 +75,32 @@ def encode(image) -> bytes:
     return buffer.getvalue()
 
 
-def photos(digits: int) -> None:
+def photos(digits: int, names: list[str]) -> None:
     test = load_mnist("test")
     index = np.random.default_rng(0).choice(len(test), digits, replace=False)
     x, y = test.images[index], test.labels[index]
-    models = {name: OnnxClassifier.pretrained(name, threads=1) for name in NAMES}
+    models = {name: OnnxClassifier.pretrained(name, threads=1) for name in names}
     conditions = {f"{name} (clean)": lambda d, rng, i, f=f: f(d, rng) for name, f in VARIANTS.items()}
     conditions |= {name: lambda d, rng, i, f=f: f(d, rng, STRENGTHS[i % len(STRENGTHS)]) for name, f in CONDITIONS.items()}
-    print(f"| condition ({digits} MNIST test digits each) | " + " | ".join(NAMES) + " |")
-    print("| --- |" + " ---: |" * len(NAMES))
-    right = {name: [] for name in NAMES}
-    as_is = {name: float((models[name].predict_probs(x).argmax(1) == y).mean()) for name in NAMES}
-    print("| MNIST as it is (no preprocessing) | " + " | ".join(f"{as_is[n]:.1%}" for n in NAMES) + " |")
+    print(f"| condition ({digits} MNIST test digits each) | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    right = {name: [] for name in names}
+    as_is = {name: float((models[name].predict_probs(x).argmax(1) == y).mean()) for name in names}
+    print("| MNIST as it is (no preprocessing) | " + " | ".join(f"{as_is[n]:.1%}" for n in names) + " |")
     for condition, make in conditions.items():
         rng = np.random.default_rng(1)
         seen = [images.to_mnist(images.open_image(encode(make(d, rng, i)), "bench")) for i, d in enumerate(x)]
         found = [i for i, s in enumerate(seen) if s is not None]
         row = []
-        for name in NAMES:
+        for name in names:
             ok = np.zeros(len(seen), bool)
             ok[found] = models[name].predict_probs(np.stack([seen[i] for i in found])).argmax(1) == y[found]
             right[name].append(ok)
             row.append(f"{ok.mean():.1%}")
         print(f"| {condition} | " + " | ".join(row) + " |", flush=True)
-    print("| **all photo conditions** | " + " | ".join(f"**{np.concatenate(right[n]).mean():.2%}**" for n in NAMES) + " |")
+    print("| **all photo conditions** | " + " | ".join(f"**{np.concatenate(right[n]).mean():.2%}**" for n in names) + " |")
     print("\n| model | ms per image, model only (onnxruntime, 1 thread, batch 1, median of 300) |\n| --- | ---: |")
-    for name in NAMES:
+    for name in names:
         times = []
         for image in x[:300]:
             start = time.perf_counter()
@@ -109,7 +109,7 @@ def photos(digits: int) -> None:
         print(f"| {name} | {1000 * statistics.median(times):.2f} |")
 
 
-def new_process(repeats: int) -> None:
+def new_process(repeats: int, names: list[str]) -> None:
     from PIL import Image
 
     from tests.image_variants import ruled
@@ -121,7 +121,7 @@ def new_process(repeats: int) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
         print(f"\n| model | engine | import, s | model load, s | one image, s | whole `digitrec predict`, s "
               f"(median of {repeats}) |\n| --- | --- | ---: | ---: | ---: | ---: |")
-        for name in NAMES:
+        for name in names:
             for engine, code in CHILD.items():
                 parts = [json.loads(subprocess.run([sys.executable, "-c", code, name, str(photo)], env=env, check=True,
                                                    capture_output=True, text=True).stdout) for _ in range(repeats)]
@@ -144,11 +144,14 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-photos", action="store_true")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--models", nargs="+", choices=NAMES, default=list(NAMES))
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start\n")
     if not args.skip_photos:
-        photos(args.digits)
-    new_process(args.repeats)
+        photos(args.digits, args.models)
+    if not args.skip_timing:
+        new_process(args.repeats, args.models)
 
 
 if __name__ == "__main__":
