@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__
 from .core import data as data_mod
 from .core import pretrained
 from .core.config import PRESETS, RuntimeConfig, TrainConfig, config_from_dict, make_config
@@ -480,10 +479,23 @@ EXTRA_OF_MODULE = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "s
                    "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
 
 
+class _Version(argparse.Action):
+    """--version: the installed package's version, looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__  # the package metadata, read on demand
+
+        print(f"digitrec {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitrec", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"digitrec {__version__}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     def command(name, func, help_text, parent=commands):
