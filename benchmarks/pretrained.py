@@ -8,7 +8,9 @@ the time a new process takes to read one photo, split into import, model load an
 2. A new process reading one photo: `digitrec predict --pretrained NAME photo.png`, whole (wall time
    from outside, median of --repeats), and split from inside a fresh interpreter into the imports
    the command needs, loading the model (its SHA-256 checked) and reading the one image; the same
-   split for the PyTorch path (what runs where onnxruntime is not installed).
+   split for the PyTorch path (what runs where onnxruntime is not installed). Medians of --repeats.
+   On a shared machine the wall time grows with the load; the whole command's CPU time (user +
+   system, one thread) is what it costs, and close to its wall time on an idle core.
 
     python benchmarks/pretrained.py [--digits 500] [--repeats 7]
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import resource
 import os
 import statistics
 import subprocess
@@ -43,28 +46,30 @@ from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS  # noqa: E402
 CHILD = {
     "onnxruntime": """
 import time, json, sys
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import digitrec.cli, onnxruntime, digitrec.outputs.images as images
 from digitrec.outputs.export import OnnxClassifier
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 classify = OnnxClassifier.pretrained(sys.argv[1], threads=1).predict_probs
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 readings = images.read_images([sys.argv[2]], classify)
-t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "image": t3 - t2, "digit": readings[0].digits}))
+t3, c3 = time.perf_counter(), time.process_time()
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "image": t3 - t2,
+                  "import_cpu": c1 - c0, "load_cpu": c2 - c1, "image_cpu": c3 - c2}))
 """,
     "PyTorch": """
 import time, json, sys
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import digitrec.cli, digitrec.outputs.images as images
 from digitrec.nets.weights import load_pretrained
 from digitrec.nets.predict import predict_probs
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 model = load_pretrained(sys.argv[1])[0]
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 readings = images.read_images([sys.argv[2]], lambda x: predict_probs(model, x))
-t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "image": t3 - t2, "digit": readings[0].digits}))
+t3, c3 = time.perf_counter(), time.process_time()
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "image": t3 - t2,
+                  "import_cpu": c1 - c0, "load_cpu": c2 - c1, "image_cpu": c3 - c2}))
 """,
 }
 
@@ -119,24 +124,27 @@ def new_process(repeats: int, names: list[str]) -> None:
         photo = Path(tmp) / "digit.png"
         Image.fromarray(np.asarray(ruled(digit, np.random.default_rng(0), 2))).save(photo)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-        print(f"\n| model | engine | import, s | model load, s | one image, s | whole `digitrec predict`, s "
-              f"(median of {repeats}) |\n| --- | --- | ---: | ---: | ---: | ---: |")
+        print(f"\n| model | engine | import, s: CPU (wall) | model load, s: CPU (wall) | one image, s: CPU (wall) "
+              f"| whole `digitrec predict`: wall, s | its CPU time, s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for name in names:
             for engine, code in CHILD.items():
                 parts = [json.loads(subprocess.run([sys.executable, "-c", code, name, str(photo)], env=env, check=True,
                                                    capture_output=True, text=True).stdout) for _ in range(repeats)]
-                whole = "—"
+                whole = "— | —"
                 if engine == "onnxruntime":
-                    walls = []
+                    walls, cpus = [], []
                     for _ in range(repeats):
+                        before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         start = time.perf_counter()
                         subprocess.run([sys.executable, "-m", "digitrec", "predict", "--pretrained", name, str(photo)],
                                        env=env, check=True, capture_output=True)
                         walls.append(time.perf_counter() - start)
-                    whole = f"{statistics.median(walls):.2f}"
-                med = {k: statistics.median(p[k] for p in parts) for k in ("import", "load", "image")}
-                print(f"| {name} | {engine} | {med['import']:.2f} | {med['load']:.3f} | {med['image']:.3f} | {whole} |",
-                      flush=True)
+                        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                    whole = f"{statistics.median(walls):.2f} | {statistics.median(cpus):.2f}"
+                med = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+                split = " | ".join(f"{med[k + '_cpu']:.3f} ({med[k]:.2f})" for k in ("import", "load", "image"))
+                print(f"| {name} | {engine} | {split} | {whole} |", flush=True)
 
 
 def main() -> None:
