@@ -127,6 +127,16 @@ def notebook_install_cell() -> str:
     return next(c.source for c in nb.cells if c.cell_type == "code")
 
 
+def test_the_install_cell_says_in_one_sentence_how_to_provide_digitrec_when_it_finds_none(tmp_path):
+    # -S: no site-packages, so no digitrec; an empty folder stands in for /kaggle/input/; no DIGITREC_SOURCE
+    out = subprocess.run([sys.executable, "-S", "-c", notebook_install_cell()], capture_output=True, text=True,
+                         env={"DIGITREC_KAGGLE_INPUT": str(tmp_path)}, timeout=60)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == ("digitrec is not installed: attach a Kaggle dataset holding a digitrec wheel (made with "
+                          "`make dist`, see docs/notebook.md) or set DIGITREC_SOURCE in this cell to a wheel or "
+                          "VCS URL.\n")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel `make dist` builds: the sdist first, then the wheel from the unpacked sdist (so nothing
