@@ -47,7 +47,8 @@ bench: $(VENV)/.installed  # speed figures of issue 3 (about 10 minutes); accura
 
 # The models that ship inside the package (src/digitrec/pretrained/): fast and best trained on the 60,000
 # MNIST training images with a fixed seed, scored, exported to ONNX; SHA-256s in models.json. best takes
-# about 15 minutes on one idle core (it trains on one thread); a finished run in build/pretrained/ is reused (docs/models/).
+# 65 minutes on one thread of the shared 2-core machine (it trains on one thread); a finished run in
+# build/pretrained/ is reused (docs/models/).
 pretrained: $(VENV)/.installed
 	$(PY) scripts/make_pretrained.py
 

@@ -7,7 +7,7 @@ against PyTorch on those 10,000 images), then copy the weights and the ONNX file
 src/digitrec/pretrained/ and record their SHA-256, the recipe, the seed, this command and the
 scores in src/digitrec/pretrained/models.json.
 
-    python scripts/make_pretrained.py            # what `make pretrained` runs (best: ~15 min on one idle core)
+    python scripts/make_pretrained.py            # what `make pretrained` runs (best trains on one thread: 65 min on a busy 2-core machine)
     python scripts/make_pretrained.py --only fast
 
 A run already finished in build/pretrained/<name>/ is reused, and one interrupted is resumed, so
