@@ -303,7 +303,7 @@ photo = "digit_photo.jpg"
 PILImage.fromarray(np.clip(page, 0, 255).astype(np.uint8)).rotate(8, fillcolor=215).convert("RGB").save(photo, quality=70)
 display(Image(photo, width=160))
 print(f"read as {best.predict(photo)[0]}; probabilities {best.predict_proba(photo).round(3)[0]}")
-dr.plot_digits(photo, title="what the model saw")
+dr.plot_digits(dr.as_digits(photo), title="what the model saw")  # as_digits reads a photo as predict does
 
 # %% [markdown]
 # ## 19. No training at all: the models that ship with digitrec
