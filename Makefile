@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e ".[serve,onnx,notebook,tune,track,test]"
 	touch $@
 
-.PHONY: demo test check bench install browser postgres notebook
+.PHONY: demo test check bench install browser postgres notebook pretrained dist
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -62,3 +62,17 @@ notebook: $(VENV)/.installed
 
 bench: $(VENV)/.installed  # speed figures of issue 3 (about 10 minutes); accuracy and reference runs are separate scripts
 	$(PY) benchmarks/speed.py
+
+# The models that ship inside the package (src/digitrec/pretrained/): fast and best trained on the 60,000
+# MNIST training images with a fixed seed, scored, exported to ONNX; SHA-256s in models.json. best takes
+# 65 minutes on one thread of the shared 2-core machine (it trains on one thread); a finished run in
+# build/pretrained/ is reused (docs/models/).
+pretrained: $(VENV)/.installed
+	$(PY) scripts/make_pretrained.py
+
+# The wheel and the sdist in dist/, with the standard front-end, their metadata checked (docs/releasing.md).
+dist: $(VENV)/.installed
+	rm -rf dist
+	$(PY) -m build
+	$(PY) -m twine check --strict dist/*
+	@ls -l dist

@@ -21,17 +21,43 @@
 # beyond it: faster and stronger presets, test-time augmentation, an ensemble, calibration, and
 # reading a photo of a digit.
 #
-# It runs on Kaggle as is (it reads `/kaggle/input/digit-recognizer/`) and anywhere else on the
-# built-in MNIST, split 42,000 / 28,000 like the competition. Set `DIGITREC_SMALL=1` to run it on
-# a small sample in about a minute.
+# On Kaggle it reads `/kaggle/input/digit-recognizer/`; anywhere else it uses the built-in MNIST,
+# split 42,000 / 28,000 like the competition. Set `DIGITREC_SMALL=1` to run it on a small sample in
+# about a minute.
+#
+# **Installing digitrec.** digitrec is on no package index yet, so the first cell installs it from,
+# in this order: a digitrec wheel in a Kaggle dataset attached to this notebook (anywhere under
+# `/kaggle/input/`; [docs/notebook.md](../docs/notebook.md) says how to make one, step by step),
+# else the source named in `DIGITREC_SOURCE` just below (a wheel URL, or a VCS URL such as
+# `git+https://<host>/<owner>/digitrec.git@<tag>`). It keeps the platform's torch: pip is told to
+# leave the installed torch as it is.
 
 # %%
+DIGITREC_SOURCE = ""  # a wheel URL or a VCS URL; used when no wheel is attached under /kaggle/input/
+
+import importlib.metadata
 import importlib.util
+import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
-if importlib.util.find_spec("digitrec") is None:  # on Kaggle or Colab: install it once (keeps their torch)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "digitrec[notebook]"], check=True)
+if importlib.util.find_spec("digitrec") is None:
+    inputs = Path(os.environ.get("DIGITREC_KAGGLE_INPUT", "/kaggle/input"))  # the variable: for tests
+    wheels = sorted(inputs.rglob("digitrec-*.whl")) if inputs.is_dir() else []
+    source = wheels[-1].as_uri() if wheels else DIGITREC_SOURCE.strip()
+    if not source:
+        raise SystemExit("digitrec is not installed: attach a Kaggle dataset holding a digitrec wheel (made with "
+                         "`make dist`, see docs/notebook.md) or set DIGITREC_SOURCE in this cell to a wheel or VCS URL.")
+    pins = Path(tempfile.mkdtemp()) / "keep.txt"  # the platform's torch, kept: pip may not replace it
+    have = [f"{name}=={importlib.metadata.version(name)}" for name in ("torch",) if importlib.util.find_spec(name)]
+    pins.write_text("\n".join(have) + "\n")
+    # the dataset's folder is also searched, so wheels of the dependencies placed beside it install offline
+    links = ["--find-links", str(wheels[-1].parent)] if wheels else []
+    print(f"installing digitrec from {source} ({', '.join(have) or 'no torch yet'} kept)")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", str(pins), *links,
+                    f"digitrec[notebook] @ {source}"], check=True)
 
 # %%
 import os
@@ -277,4 +303,16 @@ photo = "digit_photo.jpg"
 PILImage.fromarray(np.clip(page, 0, 255).astype(np.uint8)).rotate(8, fillcolor=215).convert("RGB").save(photo, quality=70)
 display(Image(photo, width=160))
 print(f"read as {best.predict(photo)[0]}; probabilities {best.predict_proba(photo).round(3)[0]}")
-dr.plot_digits(photo, title="what the model saw")
+dr.plot_digits(dr.as_digits(photo), title="what the model saw")  # as_digits reads a photo as predict does
+
+# %% [markdown]
+# ## 19. No training at all: the models that ship with digitrec
+#
+# digitrec carries `fast` and `best` already trained on the 60,000 MNIST training images (their
+# cards: `docs/models/`). `DigitClassifier.pretrained` loads one, its file checked against the
+# SHA-256 recorded in the package, ready to predict, score or submit.
+
+# %%
+bundled = dr.DigitClassifier.pretrained("best")
+print(f"the bundled best reads the photo as {bundled.predict(photo)[0]}; "
+      f"{100 * bundled.metrics_['test']['accuracy']:.2f}% on the official MNIST test set")

@@ -19,12 +19,6 @@ never loads torch).
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
-
-try:
-    __version__ = metadata.version("digitrec")
-except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-    __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -49,7 +43,20 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
+def _version() -> str:
+    """The one source of the version: the installed package's metadata (pyproject.toml's `version`)."""
+    from importlib import metadata  # importlib.metadata: ~0.1 s, kept off `digitrec predict`'s start
+
+    try:
+        return metadata.version("digitrec")
+    except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value  # later look-ups skip this function

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .core import data as data_mod
+from .core import pretrained
 from .core.config import PRESETS, RuntimeConfig, TrainConfig, config_from_dict, load_recipe, make_config
 from .core.files import InputError, Interrupted
 from .core.metrics import check_min_confidence, format_summary, predictions_from_probs, summarize
@@ -281,12 +282,23 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from .nets.predict import evaluate_run  # torch
 
+    if (args.run is None) == (args.pretrained is None):
+        raise InputError("evaluate needs a run or --pretrained NAME (one of them)")
     if args.test:
         if not args.answers:
             raise InputError("--test needs --answers FILE.csv (the labels to score against)")
         digits = with_answers(data_mod.read_kaggle_csv(args.test, "test"), args.answers)
     else:
         digits = _load_data(args, "test", "test")
+    if args.pretrained:  # scored, not saved: the package's folder is no run folder
+        from .nets.predict import predict  # torch
+        from .nets.weights import load_pretrained  # torch
+
+        preds = predict(load_pretrained(args.pretrained)[0], digits, f"{args.name}-tta" if args.tta else args.name,
+                        tta=args.tta)
+        print(f"the bundled '{args.pretrained}' model:")
+        print(format_summary(summarize(preds, args.top)))
+        return
     preds = evaluate_run(args.run, digits, args.name, tta=args.tta)
     print(format_summary(summarize(preds, args.top)))
     print(f"\npredictions and evaluation written to {args.run}")
@@ -306,8 +318,46 @@ def cmd_submit(args) -> None:
     print(f"wrote {path} ({len(preds.ids)} rows)")
 
 
+def _model_source(args) -> None:
+    """Which model reads: a run (or, with --onnx, an ONNX file) given as the first argument, else the
+    bundled one. The first argument is a model only when it is a run folder (it holds config.json) or,
+    with --onnx, a file ending in .onnx; otherwise it is one of the images. Sets args.run (None for a
+    bundled model), args.images and args.pretrained."""
+    first = args.run
+    is_model = first is not None and (
+        (args.onnx and first.suffix == ".onnx") or (not args.onnx and Run(first).holds_run()))
+    if args.pretrained and is_model:
+        raise InputError(f"give a run or --pretrained {args.pretrained}, not both ({first} is a run)")
+    if args.onnx and not is_model:
+        raise InputError("--onnx needs an ONNX file first (made by `digitrec export RUN`)")
+    if not is_model:
+        if first is None and len(args.images) == 1 and Run(args.images[0]).holds_run():
+            raise InputError(f"{args.images[0]} is a run: give the images to read after it")
+        args.images = ([str(first)] if first is not None else []) + args.images
+        args.run = None
+        args.pretrained = args.pretrained or pretrained.DEFAULT
+
+
+def _pretrained_classifier(name: str):
+    """A bundled model's probabilities: through onnxruntime when it is installed (no torch: a photo is read in
+    a fraction of torch's import time), else PyTorch."""
+    try:
+        classify = OnnxClassifier.pretrained(name, threads=1).predict_probs  # one image: one thread is quickest
+        engine = "onnxruntime"
+    except ModuleNotFoundError:  # no [onnx] extra
+        from .nets.weights import load_pretrained  # torch
+        from .nets.predict import predict_probs  # torch
+
+        model, _, _ = load_pretrained(name)
+        classify, engine = (lambda images: predict_probs(model, images)), "PyTorch"
+    print(f"reading with {pretrained.describe(name)}, in {engine}", file=sys.stderr)
+    return classify
+
+
 def _classifier(args):
     """uint8 (N, 28, 28) -> probabilities (N, 10), from an ONNX file (no torch) or a run's weights."""
+    if args.run is None:
+        return _pretrained_classifier(args.pretrained)
     if args.onnx:
         return OnnxClassifier(args.run).predict_probs
     from .nets.weights import load_run_model  # torch
@@ -321,6 +371,7 @@ def cmd_predict(args) -> None:
     from .outputs.images import read_images, save_preprocessed  # OpenCV
     from .outputs.readings import format_readings  # OpenCV (images.Reading)
 
+    _model_source(args)
     min_confidence = None if args.min_confidence is None else check_min_confidence(args.min_confidence)
     readings = read_images(args.images, _classifier(args), multi=args.multi, keep_steps=bool(args.show_preprocessed))
     if not readings:
@@ -380,7 +431,11 @@ def cmd_verify(args) -> None:
 def cmd_serve(args) -> None:
     from .outputs.serve import serve  # torch
 
-    serve(args.run, args.host, args.port, args.workers)
+    if args.run is not None and args.pretrained:
+        raise InputError(f"give a run or --pretrained {args.pretrained}, not both")
+    if args.run is None:
+        print(f"serving {pretrained.describe(args.pretrained or pretrained.DEFAULT)}", flush=True)
+    serve(args.run, args.host, args.port, args.workers, pretrained=args.pretrained or pretrained.DEFAULT)
 
 
 def cmd_report(args) -> None:
@@ -539,7 +594,8 @@ EPILOG = """\
 start here:
   digitrec run --preset fast        train on MNIST (about 15 seconds on 2 CPU cores), score it on
                                     the official test set, write a submission and a report
-  digitrec predict RUN digit.jpg    read a photo of a digit with the run you trained
+  digitrec predict digit.jpg        read a photo of a digit with the model that ships with digitrec
+  digitrec predict RUN digit.jpg    ... or with a run you trained
   digitrec COMMAND --help           the options of one command
 
 in Python or a notebook:
@@ -555,9 +611,23 @@ EXTRA_OF_MODULE = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "s
                    "optuna": "tune", "psycopg2": "tune", "mlflow": "track", "sqlalchemy": "track", "alembic": "track"}
 
 
+class _Version(argparse.Action):
+    """--version: the installed package's version, looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__  # the package metadata, read on demand
+
+        print(f"digitrec {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitrec", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     def command(name, func, help_text, parent=commands):
@@ -628,8 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TrainConfig, "fixed recipe fields (not searched)")
     _add_config_flags(p, RuntimeConfig, "runtime (fields of RuntimeConfig in core/config.py)")
 
-    p = command("evaluate", cmd_evaluate, "evaluate a run on a labelled test set")
-    p.add_argument("run", type=Path)
+    p = command("evaluate", cmd_evaluate, "evaluate a run (or a bundled model) on a labelled test set")
+    p.add_argument("run", type=Path, nargs="?", help="run directory (or --pretrained NAME)")
+    p.add_argument("--pretrained", choices=pretrained.NAMES, help="score a model that ships with digitrec instead")
     _add_data_flags(p, "test")
     p.add_argument("--answers", metavar="FILE.csv", help="ImageId,Label answer key for --test")
     p.add_argument("--name", default="test", help="name of the saved predictions (predictions_<name>.npz)")
@@ -645,8 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average over small shifts and rotations (nets/augment.py: TTA_VIEWS)")
 
     p = command("predict", cmd_predict, "read digits from image files (PNG, JPEG, GIF, BMP, TIFF, WebP)")
-    p.add_argument("run", type=Path, help="run directory (with --onnx: an exported .onnx file)")
+    p.add_argument("run", type=Path, nargs="?", metavar="RUN",
+                   help="run directory (with --onnx: an exported .onnx file); left out, or when the first argument "
+                        "is not a run folder, a model that ships with digitrec reads the images")
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files, or folders of them")
+    p.add_argument("--pretrained", choices=pretrained.NAMES,
+                   help=f"read with this bundled model (default without a run: {pretrained.DEFAULT}; docs/models/)")
     p.add_argument("--multi", action="store_true", help="each image is a number: read every digit, left to right")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     # read as text and checked by metrics.check_min_confidence: one `error:` line, as in the API
@@ -678,8 +753,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("verify", cmd_verify, "check a run folder's files against the SHA-256 digests in its manifest")
     p.add_argument("run", type=Path)
 
-    p = command("serve", cmd_serve, "the draw-a-digit web page and JSON API for a run")
-    p.add_argument("run", type=Path)
+    p = command("serve", cmd_serve, "the draw-a-digit web page and JSON API for a run (or a bundled model)")
+    p.add_argument("run", type=Path, nargs="?", help="run directory; left out, a model that ships with digitrec")
+    p.add_argument("--pretrained", choices=pretrained.NAMES,
+                   help=f"serve this bundled model (default without a run: {pretrained.DEFAULT})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1,

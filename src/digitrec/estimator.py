@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from .core import data as core_data
+from .core import pretrained as bundled
 from .core.config import RUNTIME_FIELDS, RuntimeConfig, TrainConfig, config_from_dict, load_recipe, make_config
 from .core.data import IMAGE_SUFFIXES, Digits, make_digits
 from .core.figures import training_curves_figure
 from .core.metrics import Predictions, abstain
 from .core.rundir import Run, new_run
-from .nets.predict import evaluate_run, predict_probs, tta_probs
-from .nets.weights import load_run_model
+from .nets.predict import evaluate_run, predict, predict_probs, tta_probs
+from .nets.weights import load_pretrained, load_run_model
 from .outputs.report import learning_rate_steps, write_report
 from .outputs.submit import write_submission
 from .training.ensemble import combine_runs, train_ensemble
@@ -175,6 +176,26 @@ class DigitClassifier:
         return cls(cfg.preset, out=run_dir, **fields)._read_run(Path(run_dir))
 
     @classmethod
+    def pretrained(cls, name: str = bundled.DEFAULT) -> "DigitClassifier":
+        """A ready classifier with a model that ships inside digitrec ("fast" or "best"; docs/models/),
+        its file checked against its SHA-256. It has no run folder (`run_dir_` is None): `evaluate` and
+        `submit` write nothing beside their results, and there is no `report()` or history.
+
+        >>> clf = dr.DigitClassifier.pretrained("best")  # doctest: +SKIP
+        >>> clf.predict("digit.jpg")  # doctest: +SKIP
+        array([7])
+        """
+        model, cfg, _ = load_pretrained(name)
+        clf = cls(cfg.preset)
+        card = bundled.card(name)
+        clf.model_, clf.config_, clf.run_dir_ = model, cfg, None
+        clf.history_ = pd.DataFrame()
+        clf.metrics_ = {key: value for key, value in card.items() if key != "files"}
+        clf.val_predictions_ = None
+        clf.classes_ = np.arange(10)
+        return clf
+
+    @classmethod
     def combine(cls, classifiers: list["DigitClassifier"], out: str | os.PathLike | None = None) -> "DigitClassifier":
         """An ensemble averaging the probabilities of fitted classifiers trained on the same data
         (as `digitrec ensemble RUN RUN...`), written to `out` or a fresh folder under runs/.
@@ -239,19 +260,27 @@ class DigitClassifier:
         labelled) so `report()` shows them. Plot them with its plot_* methods."""
 
         self._fitted()
-        return evaluate_run(self.run_dir_, as_digits(X, y, mnist_split="test"), name, tta=tta)
+        digits = as_digits(X, y, mnist_split="test")
+        if self.run_dir_ is None:  # a pretrained model: nowhere to save
+            return predict(self.model_, digits, f"{name}-tta" if tta else name, tta=tta)
+        return evaluate_run(self.run_dir_, digits, name, tta=tta)
 
     def submit(self, X, path: str | os.PathLike = "submission.csv", tta: bool = False) -> Path:
         """A Kaggle submission file (ImageId,Label) for X, in X's order. Returns its path."""
 
         self._fitted()
-        preds = evaluate_run(self.run_dir_, as_digits(X, mnist_split="test"), "submission", tta=tta)
-        return write_submission(preds, path)
+        digits = as_digits(X, mnist_split="test")
+        if self.run_dir_ is None:  # a pretrained model: nowhere to save the record
+            return write_submission(predict(self.model_, digits, "submission", tta=tta), path)
+        return write_submission(evaluate_run(self.run_dir_, digits, "submission", tta=tta), path)
 
     def report(self, top_mistakes: int = 24) -> Path:
         """Write the run's HTML report (run_dir_/report.html) and return its path."""
 
         self._fitted()
+        if self.run_dir_ is None:
+            raise ValueError("a pretrained classifier has no run folder to report on; evaluate(...) gives its "
+                             "Predictions, and docs/models/ its card")
         return write_report(self.run_dir_, top_mistakes)
 
     def plot_history(self):

@@ -20,17 +20,18 @@ import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import platformdirs
 from numpy._core.multiarray import _reconstruct
-import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 
 from .files import InputError, atomic_write
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 N_PIXELS = 28 * 28
 PIXEL_COLUMNS = [f"pixel{k}" for k in range(N_PIXELS)]
@@ -81,6 +82,8 @@ class Digits:
 
     def to_frame(self, labels: bool = True) -> pd.DataFrame:
         """Kaggle's layout as a DataFrame: `label` (if known and asked for), then pixel0..pixel783 (uint8)."""
+        import pandas as pd  # pandas: ~0.5 s of import, kept off the paths that read no CSV (predict a photo)
+
         frame = pd.DataFrame(self.images.reshape(len(self), N_PIXELS), columns=PIXEL_COLUMNS)
         if labels and self.labels is not None:
             frame.insert(0, "label", self.labels)
@@ -123,6 +126,9 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
     except UnicodeDecodeError as e:
         raise InputError(f"{name}: not UTF-8 text (byte {e.start}): is this a CSV file?") from None
     _check_header(name, [c.strip() for c in header], kind)
+
+    import pandas as pd  # pandas and pyarrow: only where a CSV is read (see to_frame)
+    import pyarrow as pa  # as pandas
 
     try:
         frame = pd.read_csv(path, engine="pyarrow")
@@ -191,6 +197,8 @@ def _raise_first_malformed_row(path: Path, n_columns: int) -> None:
 
 def _integer_column(name: str, series: pd.Series, column: str) -> np.ndarray:
     """The column as float64 holding integers, or InputError at its first cell that is not one."""
+    import pandas as pd  # pandas: only where a CSV is read (see to_frame)
+
     if pd.api.types.is_integer_dtype(series.dtype):
         return series.to_numpy(dtype=np.float64)
     if pd.api.types.is_float_dtype(series.dtype):
@@ -225,6 +233,9 @@ def _check_range(name: str, values: np.ndarray, columns: list[str], low: int, hi
 
 def write_kaggle_csv(path: str | os.PathLike, digits: Digits, with_labels: bool) -> None:
     """Write the exact Kaggle layout: `label,pixel0..pixel783` (train) or `pixel0..` (test)."""
+    import pyarrow as pa  # pyarrow: only where a CSV is written (see to_frame)
+    import pyarrow.csv as pa_csv  # as pyarrow
+
     flat = digits.images.reshape(len(digits), N_PIXELS)
     columns = {c: flat[:, k] for k, c in enumerate(PIXEL_COLUMNS)}
     if with_labels:
@@ -536,7 +547,7 @@ def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "tr
     elif isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data):
         parts = [_read_path(Path(p)) for p in data]
         digits = make_digits(np.concatenate([p.images for p in parts]), None, f"{len(parts)} files")
-    elif isinstance(data, pd.DataFrame):
+    elif "pandas" in sys.modules and isinstance(data, sys.modules["pandas"].DataFrame):  # pandas is imported lazily
         columns = [str(c) for c in data.columns]
         missing = [c for c in PIXEL_COLUMNS if c not in columns]
         if missing:

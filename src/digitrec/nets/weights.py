@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..core import pretrained
 from ..core.config import TrainConfig, config_from_dict
 from ..core.files import InputError, first_line
 from ..core.rundir import WEIGHTS, Run
@@ -152,3 +153,9 @@ def load_run_model(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, TrainCo
     run = Run(run_dir)
     run.require(WEIGHTS)
     return weights_from_bytes(run.read_bytes(WEIGHTS), run / WEIGHTS)
+
+
+def load_pretrained(name: str) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """A model that ships inside the package (core/pretrained.py: "fast" or "best"), in eval mode,
+    its config and metadata; the file is checked against the SHA-256 recorded for it first."""
+    return weights_from_bytes(pretrained.read_bytes(name, "weights"), pretrained.path(name, "weights"))

@@ -22,12 +22,12 @@ import json
 import os
 import tempfile
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core import pretrained as bundled
 from ..core.files import InputError, atomic_write, first_line
 from ..core.rundir import Run
 
@@ -208,6 +208,8 @@ def _to_input(images: np.ndarray) -> np.ndarray:
 
 
 def _metadata(run_dir: Path, cfg) -> dict:
+    from importlib import metadata  # importlib.metadata: ~0.1 s of import, kept off `predict --onnx`
+
     run = Run(run_dir)
     metrics, headline = run.metrics(), run.headline()
     try:
@@ -259,6 +261,11 @@ class OnnxClassifier:
         names = [o.name for o in self.session.get_outputs()]
         if [i.name for i in self.session.get_inputs()] != [INPUT_NAME] or "probs" not in names:
             raise InputError(f"{where}: not a digitrec model (expects input '{INPUT_NAME}' and output 'probs')")
+
+    @classmethod
+    def pretrained(cls, name: str, threads: int = 0) -> "OnnxClassifier":
+        """A model that ships inside the package (core/pretrained.py), its SHA-256 checked first."""
+        return cls(bundled.read_bytes(name, "onnx"), threads)
 
     @classmethod
     def from_model(cls, model, threads: int = 0) -> "OnnxClassifier":

@@ -29,10 +29,11 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
+from ..core import pretrained as bundled
 from ..core.files import InputError
 from ..core.metrics import check_min_confidence
 from ..core.rundir import Run
-from ..nets.weights import load_run_model
+from ..nets.weights import load_pretrained, load_run_model
 from .export import OnnxClassifier
 from .images import NO_DIGIT, open_image, to_mnist
 
@@ -256,14 +257,35 @@ def model_info(run_dir: Path, cfg, model: torch.nn.Module) -> dict:
     }
 
 
-def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-    """The FastAPI app serving the run in `run_dir`; raises InputError if the run cannot be loaded."""
+def pretrained_info(name: str, cfg, model: torch.nn.Module) -> dict:
+    """What /api/model reports for a model that ships with digitrec: model_info's fields, from models.json."""
+    card = bundled.card(name)
+    return {
+        "run": f"pretrained:{name}",
+        "preset": cfg.preset,
+        "model": card.get("model") or cfg.model,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "accuracy": card["test"]["accuracy"],
+        "accuracy_on": "test",
+        "accuracy_n": card["test"]["n"],
+        "metrics": {key: value for key, value in card.items() if key not in ("environment", "files")},
+    }
+
+
+def create_app(run_dir: str | os.PathLike | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               pretrained: str = bundled.DEFAULT):
+    """The FastAPI app serving the run in `run_dir` (None: the bundled model `pretrained`); raises
+    InputError if the model cannot be loaded."""
     if max_body_bytes > MultiPartParser.spool_max_size:
         # above this, the multipart parser would spool an upload to a temporary file on disk
         raise ValueError(f"max_body_bytes must be at most {MultiPartParser.spool_max_size}")
-    run_dir = Path(run_dir)
-    model, cfg, _ = load_run_model(run_dir)
-    info = {**model_info(run_dir, cfg, model), "max_body_bytes": max_body_bytes}
+    if run_dir is None:
+        model, cfg, _ = load_pretrained(pretrained)
+        info = {**pretrained_info(pretrained, cfg, model), "max_body_bytes": max_body_bytes}
+    else:
+        run_dir = Path(run_dir)
+        model, cfg, _ = load_run_model(run_dir)
+        info = {**model_info(run_dir, cfg, model), "max_body_bytes": max_body_bytes}
     # onnxruntime runs one `fast` image in ~0.1 ms where torch's eager modules take ~0.45 ms. One
     # thread: one image is too little work to split across cores (on the shared 2-core machine a
     # batch-1 forward took ~90 ms with 2 threads spinning for a busy core); concurrent uploads use
@@ -334,15 +356,17 @@ def create_app(run_dir: str | os.PathLike, max_body_bytes: int = DEFAULT_MAX_BOD
 
 
 RUN_ENV = "DIGITREC_SERVE_RUN"  # how `serve` tells uvicorn's worker processes which run to load
+PRETRAINED_ENV = "DIGITREC_SERVE_PRETRAINED"  # ... or, without a run, which bundled model
 
 
 def app_from_environment():
     """The app each uvicorn worker process builds, for the run named in $DIGITREC_SERVE_RUN."""
     torch.set_num_threads(1)  # torch only loads the run; onnxruntime answers, one thread a process
-    return create_app(os.environ[RUN_ENV])
+    return create_app(os.environ.get(RUN_ENV) or None, pretrained=os.environ.get(PRETRAINED_ENV, bundled.DEFAULT))
 
 
-def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def serve(run_dir: str | os.PathLike | None, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          pretrained: str = bundled.DEFAULT) -> None:
     """Run the app under uvicorn until interrupted, in `workers` processes sharing the port.
 
     One process answers on one core (Python's GIL); a second one doubles the pixels endpoint's
@@ -352,9 +376,10 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
 
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
-    os.environ[RUN_ENV] = str(Path(run_dir).resolve())
+    os.environ[RUN_ENV] = str(Path(run_dir).resolve()) if run_dir is not None else ""
+    os.environ[PRETRAINED_ENV] = pretrained
     app = app_from_environment()  # a bad run fails here, once, before any worker starts
-    print(f"serving {Path(run_dir)} on http://{host}:{port}/ with {workers} worker process(es) "
+    print(f"serving {run_dir if run_dir is not None else 'pretrained:' + pretrained} on http://{host}:{port}/ with {workers} worker process(es) "
           f"(API docs at /docs); Ctrl-C stops", flush=True)
     options = {"host": host, "port": port, "log_level": "warning", "server_header": False}
     if workers == 1:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from ..core.data import Digits
 from ..core.files import InputError, atomic_write, first_line
 from ..core.metrics import Predictions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SUBMISSION_COLUMNS = ["ImageId", "Label"]
 # Cells are read as float64, which holds every integer up to this exactly; a larger ImageId (no
@@ -29,6 +33,8 @@ def write_submission(preds: Predictions, path: str | os.PathLike) -> Path:
 
 def read_label_file(path: str | os.PathLike) -> pd.DataFrame:
     """Read a submission or answer key (`ImageId,Label`), checking every row."""
+    import pandas as pd  # pandas: only where a CSV is read (core/data.py: Digits.to_frame)
+
     name = str(path)
     if not Path(path).is_file():
         raise InputError(f"{name}: no such file")
