@@ -31,7 +31,7 @@ from digitrec.training import tune
 from digitrec.training.runtime import resolve
 from digitrec.core.config import RuntimeConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITREC = [sys.executable, "-m", "digitrec"]
 TINY = ["--preset", "fast", "--width", "8", "--epochs", "2", "--no-tta", "--threads", "1", "--quiet"]
 

@@ -14,7 +14,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow  # each test starts digitrec and MLflow's store in a subprocess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITREC = [sys.executable, "-m", "digitrec"]
 TINY = ["--preset", "fast", "--width", "8", "--epochs", "2", "--no-tta", "--threads", "1", "--quiet"]
 
