@@ -53,7 +53,7 @@ def load_revision(rev: str):
     path = next(p for p in paths if p.endswith("/images.py"))
     source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    source = re.sub(r"^from \.+files import", f"from {this_tree.InputError.__module__} import", source, flags=re.M)
+    source = re.sub(r"^from \.+[\w.]*files import", f"from {this_tree.InputError.__module__} import", source, flags=re.M)
     name = f"digitrec._images_{re.sub(r'[^0-9A-Za-z]', '_', rev)}"
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
     module.__package__ = this_tree.__package__

@@ -52,6 +52,9 @@ CENTRE = 14.0  # where MNIST puts the ink's centre of mass (row, col); measured 
 # around it that a pixel takes (0 = paper), then scaled so that a stroke's core is 1.
 MIN_CONTRAST = 0.1  # the strongest stroke takes at least this share, else "no digit" (soft pencil: 0.15)
 NOISE_FLOOR = 4.0  # a pixel is ink only if this many standard deviations of the page's noise darker than its paper
+# ... and taken as at most this many times the spread of the page's fine grain: measured on the
+# conditions of tests/image_variants.py, the page's spread is 1-2 times the grain's (3-7.5 after JPEG at quality 25)
+NOISE_RESIDUAL = 4.0
 INK_THRESHOLD = 0.2  # ... and this fraction of a stroke core's contrast: fainter is paper texture or JPEG noise
 MIN_PART = 0.08  # a blob smaller than this fraction of the largest one is a speck, not a stroke
 FRAGMENT_HEIGHT = 0.6  # in a number, a piece shorter than this fraction of the median digit is part of a neighbour
@@ -65,6 +68,8 @@ NEAR = 0.35  # a stroke further from the main stroke than this fraction of its s
 # and keeps the light's gradient, a shadow's edge and the paper's colour.
 BACKGROUND_FRACTION = 0.3
 BACKGROUND_CELLS = 15  # ... computed on a copy shrunk so the filter is this many pixels wide: fast
+BACKGROUND_PEN = 0.4  # strokes wider than this fraction of the closing: it did not erase them; the paper is then
+PAPER_PERCENTILE = 95  # ... one level for the picture, this percentile of it (a digit covers under half its picture)
 # Polarity (see _dark_ink): the paper is the median of a window this fraction of the shorter side
 # wide. Measured on 300 digits per condition of tests/image_variants.py and 2,000 MNIST digits, no
 # picture read the wrong way round at 0.6; at 0.3, 31 `thick` ones (the strokes of a digit cropped
@@ -78,6 +83,8 @@ LINE_RUN = 0.1
 LINE_SLACK = 0.004
 LINE_SPAN = 0.8
 LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that runs off the edge, across 30%
+LINE_PEN = 0.8  # ... and are at most this fraction of the pen's stroke width thick (see _pen_width)
+LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
@@ -209,12 +216,30 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     core's contrast are paper (0); the rest keep their grey level, as MNIST's anti-aliased edges do.
     """
     page = grey if _dark_ink(grey) else 255 - grey  # dark ink on light paper
-    background = _background(page)
+    ink = _divided(page, _background(page))
+    if ink is not None:
+        # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
+        # partly taken for the background: the picture is then all digit, and its paper one level
+        strokes = _handwriting(ink > 0)
+        window = max(3.0, BACKGROUND_FRACTION * min(page.shape))
+        if strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * window:
+            level = np.percentile(page, PAPER_PERCENTILE)
+            ink = _divided(page, np.maximum(page, np.uint8(level)))
+    return ink
+
+
+def _divided(page: np.ndarray, background: np.ndarray) -> np.ndarray | None:
+    """`ink_map` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
+    than the page): the share of the light the ink takes, stretched and binarised."""
     contrast = cv2.subtract(background, page)  # grey levels darker than the paper around it
     # sensor and JPEG noise, from the spread of the contrast over the page (mostly paper): anything
-    # within NOISE_FLOOR of it is paper, however dark the paper is where a shadow falls
+    # within NOISE_FLOOR of it is paper, however dark the paper is where a shadow falls. Where the
+    # digit fills the picture (a tight crop) that spread is the ink's: the noise is then at most
+    # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
     sample = contrast[::4, ::4].astype(np.float32)
     noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    grain = page[::2, ::2].astype(np.float32) - cv2.blur(page, (3, 3))[::2, ::2]
+    noise = min(noise, NOISE_RESIDUAL * 1.4826 * float(np.median(np.abs(grain))))
     contrast[contrast < NOISE_FLOOR * noise] = 0
     ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
     # the strongest ink that fills a 2x2 block: a stroke, not a hot pixel or JPEG ringing
@@ -302,9 +327,25 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
                     candidates[axis].append(_Line.fit(pixels, axis, x, y))
     lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
              for axis, size in (("h", width), ("v", height))}
-    for top, bottom, left, right in _boxes(candidates["h"], candidates["v"]):
-        lines["h"] += [top, bottom]
-        lines["v"] += [left, right]
+    boxes = _boxes(candidates["h"], candidates["v"])
+    if lines["h"] or lines["v"] or boxes:
+        # a printed line is thin next to the pen's strokes and runs past the handwriting's ends: a
+        # stroke that crosses a tightly cropped picture (a 1, a 7's bar, a 9's stem) is neither
+        on_lines = np.zeros(mask.shape, bool)
+        for line in [*lines["h"], *lines["v"], *(side for box in boxes for side in box)]:
+            on_lines[line.box] |= line.pixels
+        handwriting = _handwriting(mask.astype(bool) & ~on_lines)
+        if handwriting is None:  # nothing to tell a line from a stroke by: keep the ink
+            return ink
+        pen = _pen_width(handwriting)
+        extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
+        lines = {axis: [line for line in found if line.thick <= LINE_PEN * pen and line.runs_past(*extent[axis], pen)]
+                 for axis, found in lines.items()}
+        for box in boxes:
+            if all(side.thick <= LINE_PEN * pen for side in box):
+                top, bottom, left, right = box
+                lines["h"] += [top, bottom]
+                lines["v"] += [left, right]
     if not lines["h"] and not lines["v"]:
         return ink
     removed = np.zeros(mask.shape, bool)
@@ -334,6 +375,11 @@ class _Line:
     pixels: np.ndarray
     box: tuple[slice, slice]
 
+    def runs_past(self, first: float, last: float, pen: float) -> bool:
+        """Whether it runs past both ends of the handwriting's extent along it (first to last) by a
+        pen's width or more: a ruled line runs across the page, a stroke ends where the digit does."""
+        return self.start <= first - pen and self.end >= last + pen
+
     def crosses(self, size: int) -> bool:
         """Whether it is a line across the page (of `size` along it): LINE_SPAN of it, or, where it
         runs off the picture's edge, LINE_EDGE_SPAN of it and thin (a faint line partly lost)."""
@@ -362,6 +408,35 @@ class _Line:
         along, across = (x, y) if axis == "h" else (y, x)
         return cls(along + int(cols[0]), along + int(cols[-1]) + 1, across + float(np.polyval(fit, cols.mean())), thick,
                    on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])))
+
+
+def _handwriting(ink: np.ndarray) -> np.ndarray | None:
+    """The bool mask's strokes, specks and a line's leftover edges (parts under MIN_PART of the
+    biggest) left out; None if what is left is too little to measure (under MIN_INK_PIXELS)."""
+    n, labels, stats, _ = _components(ink.astype(np.uint8))
+    areas = stats[:, cv2.CC_STAT_AREA]
+    areas[0] = 0
+    big = areas >= MIN_PART * areas.max()
+    big[0] = False
+    if areas[big].sum() < MIN_INK_PIXELS:
+        return None
+    return big[labels]
+
+
+def _pen_width(strokes: np.ndarray) -> float:
+    """The typical width (px) of the strokes in a bool mask: twice the median distance to the paper
+    along their middles (the distance transform's ridges)."""
+    distance = cv2.distanceTransform(strokes.astype(np.uint8), cv2.DIST_L2, 3)
+    ridge = (distance > 0) & (distance >= cv2.dilate(distance, np.ones((3, 3), np.uint8)))
+    return 2.0 * float(np.median(distance[ridge]))
+
+
+def _extent(strokes: np.ndarray, axis: str) -> tuple[float, float]:
+    """Where the strokes (bool mask) start and end along the axis ("h": columns, "v": rows), leaving
+    out the outermost LINE_OUTLIER of their pixels on each side (a speck far out)."""
+    cumulative = np.cumsum(strokes.sum(0 if axis == "h" else 1))
+    return (float(np.searchsorted(cumulative, LINE_OUTLIER * cumulative[-1])),
+            float(np.searchsorted(cumulative, (1 - LINE_OUTLIER) * cumulative[-1])) + 1)
 
 
 def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, _Line, _Line, _Line]]:
