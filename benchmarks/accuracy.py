@@ -26,13 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from digitrec.checkpoint import environment, load_run_model
-from digitrec.config import make_config
-from digitrec.data import load_mnist
-from digitrec.evaluate import Predictions, evaluate_run, tta_probs
-from digitrec.files import InputError, read_json, write_json
-from digitrec.runtime import RuntimeConfig, setup_process
-from digitrec.train import combine_runs, member_config, train_member
+from digitrec.nets.weights import environment, load_run_model
+from digitrec.core.config import make_config
+from digitrec.core.data import load_mnist
+from digitrec.core.metrics import Predictions
+from digitrec.nets.predict import evaluate_run, tta_probs
+from digitrec.core.files import InputError, read_json, write_json
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import setup_process
+from digitrec.training.ensemble import combine_runs, member_config, train_member
 
 
 def mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2) -> str:

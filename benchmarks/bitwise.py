@@ -21,9 +21,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from digitrec.config import make_config  # noqa: E402
-from digitrec.data import load_mnist  # noqa: E402
-from digitrec.train import fit  # noqa: E402
+try:
+    from digitrec.core.config import make_config
+    from digitrec.core.data import load_mnist
+    from digitrec.training.train import fit
+except ImportError:  # a checkout from before the layered layout (a worktree of an older release)
+    from digitrec.core.config import make_config
+    from digitrec.core.data import load_mnist
+    from digitrec.training.train import fit
 
 
 def weights_digest(path: Path) -> str:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from digitrec.calibrate import fit_temperature, nll, softmax, temperatures_off
-from digitrec.checkpoint import load_run_model
-from digitrec.data import load_mnist
-from digitrec.evaluate import calibration, predict_logits, predictions_from_probs
-from digitrec.files import read_json
-from digitrec.train import split_calibration, split_validation
+from digitrec.nets.temperature import fit_temperature, nll, softmax, temperatures_off
+from digitrec.nets.weights import load_run_model
+from digitrec.core.data import load_mnist
+from digitrec.core.metrics import predictions_from_probs, reliability as calibration
+from digitrec.nets.predict import predict_logits
+from digitrec.core.files import read_json
+from digitrec.core.splits import split_calibration, split_validation
 
 
 def ece(digits, logits: np.ndarray, temperature: float) -> float:

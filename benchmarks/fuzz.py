@@ -55,8 +55,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import free_port, raw_request, start_server, untrained_run  # noqa: E402
 
-from digitrec.files import InputError  # noqa: E402
-from digitrec.images import open_image, split_digits, to_mnist  # noqa: E402
+from digitrec.core.files import InputError
+from digitrec.outputs.images import open_image, split_digits, to_mnist
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def app_client(run_dir: Path):
     with warnings.catch_warnings():  # starlette's test client nags about its httpx dependency
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
-    from digitrec.serve import create_app
+    from digitrec.outputs.serve import create_app
 
     return TestClient(create_app(run_dir), raise_server_exceptions=False)
 

@@ -18,9 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import time_to_accuracy  # noqa: E402  (the CPU benchmark's loop, on any device)
 
-from digitrec.config import make_config  # noqa: E402
-from digitrec.data import load_mnist  # noqa: E402
-from digitrec.runtime import RuntimeConfig, resolve  # noqa: E402
+from digitrec.core.config import make_config
+from digitrec.core.data import load_mnist
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import resolve
 
 TARGET = 0.995
 

@@ -161,8 +161,8 @@ def train_steps(model, batches_x: np.ndarray, batches_y: np.ndarray, cfg, dtype=
     import torch
     import torch.nn.functional as F
 
-    from digitrec.evaluate import to_float
-    from digitrec.train import build_optimizer
+    from digitrec.nets.augment import to_float
+    from digitrec.training.optim import build_optimizer
 
     optimizer = build_optimizer(model, cfg)
     model.eval()  # dropout off; SeedNet has nothing else that eval() changes
@@ -191,8 +191,8 @@ def digitrec_augment(images: np.ndarray, keras_params: np.ndarray, cfg) -> np.nd
     """
     import torch
 
-    from digitrec import augment
-    from digitrec.evaluate import to_float
+    from digitrec.nets import augment
+    from digitrec.nets.augment import to_float
 
     theta, tx, ty, zx, zy = (torch.tensor(c) for c in keras_params.T)
     angle = torch.deg2rad(theta)
@@ -222,9 +222,9 @@ def main() -> int:
 
     import torch
 
-    from digitrec.config import make_config
-    from digitrec.data import load_mnist
-    from digitrec.model import build_model
+    from digitrec.core.config import make_config
+    from digitrec.core.data import load_mnist
+    from digitrec.nets.model import build_model
 
     cfg = make_config("seed")
     assert (cfg.lr, cfg.rho, cfg.eps, cfg.batch_size, cfg.optimizer) == (LR, RHO, EPS, BATCH, "rmsprop")

@@ -27,22 +27,20 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from digitrec.checkpoint import load_checkpoint  # noqa: E402
-from digitrec.config import config_from_dict  # noqa: E402
-from digitrec.data import make_digits, write_kaggle_csv  # noqa: E402
-from digitrec.files import read_json  # noqa: E402
-from digitrec.model import build_model  # noqa: E402
-from digitrec.train import Schedule, build_optimizer  # noqa: E402
+from digitrec.core.rundir import Run
+from digitrec.training.checkpoint import TrainState
+from digitrec.training.runtime import resolve
+from digitrec.core.config import RuntimeConfig
+from digitrec.core.config import config_from_dict
+from digitrec.core.data import make_digits, write_kaggle_csv
+from digitrec.core.files import read_json
 
 DIGITREC = [sys.executable, "-m", "digitrec", "train"]
 
 
 def loadable(run: Path) -> None:
     cfg = config_from_dict(read_json(run / "config.json"))
-    model = build_model(cfg)
-    optimizer = build_optimizer(model, cfg)
-    load_checkpoint(run / "checkpoint.safetensors", model, optimizer, Schedule(optimizer, cfg, 1000).scheduler,
-                    torch.Generator())
+    TrainState.start(cfg, resolve(RuntimeConfig(device="cpu")), 1000).load(Run(run))
 
 
 def main() -> None:

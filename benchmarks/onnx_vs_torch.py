@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitrec.checkpoint import load_run_model, save_weights
-from digitrec.config import make_config
-from digitrec.evaluate import predict_probs
-from digitrec.export import OnnxClassifier, export_onnx
-from digitrec.model import build_model
+from digitrec.nets.weights import load_run_model, save_weights
+from digitrec.core.config import make_config
+from digitrec.nets.predict import predict_probs
+from digitrec.outputs.export import OnnxClassifier, export_onnx
+from digitrec.nets.model import build_model
 
 
 def untrained_run(run_dir: Path) -> Path:

@@ -34,10 +34,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/image_variants.py
 
-from digitrec import images as this_tree  # noqa: E402
-from digitrec.checkpoint import load_run_model  # noqa: E402
-from digitrec.data import load_mnist  # noqa: E402
-from digitrec.evaluate import predict_probs  # noqa: E402
+from digitrec.core.data import load_mnist  # noqa: E402
+from digitrec.nets.predict import predict_probs  # noqa: E402
+from digitrec.nets.weights import load_run_model  # noqa: E402
+from digitrec.outputs import images as this_tree  # noqa: E402
 from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip  # noqa: E402
 
 # The pipelines compared with this tree: the previous release (the last commit before the page's

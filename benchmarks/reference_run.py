@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from digitrec.config import make_config
-from digitrec.data import load_mnist
-from digitrec.evaluate import evaluate_run, summarize
-from digitrec.runtime import RuntimeConfig, setup_process
-from digitrec.train import fit
+from digitrec.core.config import make_config
+from digitrec.core.data import load_mnist
+from digitrec.core.metrics import summarize
+from digitrec.nets.predict import evaluate_run
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import setup_process
+from digitrec.training.train import fit
 
 
 def main() -> None:

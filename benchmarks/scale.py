@@ -26,11 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import train_throughput  # noqa: E402  (the same timed training step as `make bench`)
 
-from digitrec.config import make_config  # noqa: E402
-from digitrec.data import load_mnist  # noqa: E402
-from digitrec.evaluate import evaluate_run, summarize  # noqa: E402
-from digitrec.model import build_model, count_parameters  # noqa: E402
-from digitrec.runtime import RuntimeConfig, setup_process  # noqa: E402
+from digitrec.core.config import make_config
+from digitrec.core.data import load_mnist
+from digitrec.core.metrics import summarize
+from digitrec.nets.predict import evaluate_run
+from digitrec.nets.model import build_model, count_parameters
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import setup_process
 
 DIGITREC = [sys.executable, "-m", "digitrec", "train", "--quiet"]
 ALLREDUCE_WORKER = """

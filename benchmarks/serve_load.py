@@ -33,9 +33,9 @@ from PIL import Image
 
 
 def untrained_run(run_dir: Path, preset: str) -> Path:
-    from digitrec.checkpoint import save_weights
-    from digitrec.config import make_config
-    from digitrec.model import build_model
+    from digitrec.nets.weights import save_weights
+    from digitrec.core.config import make_config
+    from digitrec.nets.model import build_model
 
     cfg = make_config(preset)
     save_weights(run_dir / "model.safetensors", build_model(cfg), cfg)

@@ -28,14 +28,17 @@ import onnxruntime
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from digitrec.checkpoint import save_weights
-from digitrec.config import make_config
-from digitrec.data import kaggle_like_split, load_mnist
-from digitrec.evaluate import predict_logits, to_float
-from digitrec.export import CALIBRATION_IMAGES, INPUT_NAME, OnnxClassifier, export_onnx
-from digitrec.model import build_model, count_parameters
-from digitrec.runtime import RuntimeConfig, resolve, setup_process
-from digitrec.train import Schedule, build_optimizer, evaluate, steps_per_epoch, train_one_epoch
+from digitrec.nets.weights import save_weights
+from digitrec.core.config import make_config
+from digitrec.core.data import kaggle_like_split, load_mnist
+from digitrec.nets.augment import to_float
+from digitrec.nets.predict import predict_logits
+from digitrec.outputs.export import INPUT_NAME, OnnxClassifier, QUANTISATION_IMAGES as CALIBRATION_IMAGES, export_onnx
+from digitrec.nets.model import build_model, count_parameters
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import resolve, setup_process
+from digitrec.training.optim import Schedule, build_optimizer, steps_per_epoch
+from digitrec.training.train import train_one_epoch, validate as evaluate
 
 RUNTIME = RuntimeConfig(device="cpu")  # what `digitrec train` uses here: channels-last, fp32
 

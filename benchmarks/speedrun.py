@@ -32,12 +32,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import mean_std  # noqa: E402  (the same mean ± std as the accuracy tables)
 
-from digitrec.checkpoint import environment  # noqa: E402
-from digitrec.config import make_config  # noqa: E402
-from digitrec.data import load_mnist  # noqa: E402
-from digitrec.evaluate import evaluate_run, predict_probs  # noqa: E402
-from digitrec.runtime import RuntimeConfig, setup_process  # noqa: E402
-from digitrec.train import fit  # noqa: E402
+from digitrec.nets.weights import environment
+from digitrec.core.config import make_config
+from digitrec.core.data import load_mnist
+from digitrec.nets.predict import evaluate_run, predict_probs
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import setup_process
+from digitrec.training.train import fit
 
 # `fast` until this record (commit 6775270): width 24, 6 epochs, one view per image
 PREVIOUS_FAST = {"width": 24, "epochs": 6, "tta": False}

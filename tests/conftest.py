@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitrec.config import make_config
-from digitrec.data import Digits, load_mnist, make_digits
-from digitrec.train import fit
+from digitrec.core.config import make_config
+from digitrec.core.data import Digits, load_mnist, make_digits
+from digitrec.training.train import fit
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from digitrec.config import make_config
-from digitrec.data import load_mnist
-from digitrec.distributed import DistEnv, barrier, broadcast_buffers, init, shutdown
-from digitrec.model import ByteMaskDropout, build_model
-from digitrec.runtime import RuntimeConfig, resolve, setup_process
-from digitrec.train import Schedule, build_optimizer, steps_per_epoch, train_one_epoch
+from digitrec.core.config import make_config
+from digitrec.core.data import load_mnist
+from digitrec.training.distributed import DistEnv, barrier, broadcast_buffers, init, shutdown
+from digitrec.nets.model import ByteMaskDropout, build_model
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import resolve, setup_process
+from digitrec.training.optim import Schedule, build_optimizer, steps_per_epoch
+from digitrec.training.train import train_one_epoch
 
 model_name, out_dir = sys.argv[1], Path(sys.argv[2])
 env = DistEnv.from_environ()

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 import digitrec as dr
-from digitrec.data import PIXEL_COLUMNS, as_digits
-from digitrec.evaluate import Predictions, summarize
-from digitrec.figures import Figure
+from digitrec.core.data import PIXEL_COLUMNS, as_digits
+from digitrec.core.metrics import Predictions, summarize
+from digitrec.core.figures import Figure
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,20 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from digitrec.calibrate import calibrate, fit_temperature, nll, softmax, temperatures_off
-from digitrec.checkpoint import WEIGHTS_FILE, load_run_model, load_weights
+from digitrec.nets.predict import fit_model_temperature as calibrate
+from digitrec.nets.temperature import fit_temperature, nll, softmax, temperatures_off
+from digitrec.core.rundir import WEIGHTS as WEIGHTS_FILE
+from digitrec.nets.weights import load_run_model, load_weights
 from digitrec.cli import main
-from digitrec.config import config_from_dict, make_config
-from digitrec.evaluate import Predictions, calibration, evaluate_run, predict, predict_probs, predictions_from_probs
-from digitrec.files import InputError, read_json
-from digitrec.images import read_images
-from digitrec.model import FastNet
-from digitrec.report import write_report
-from digitrec.train import split_calibration, split_validation, train_ensemble
+from digitrec.core.config import config_from_dict, make_config
+from digitrec.core.metrics import Predictions, predictions_from_probs, reliability as calibration
+from digitrec.nets.predict import evaluate_run, predict, predict_probs
+from digitrec.core.files import InputError, read_json
+from digitrec.outputs.images import read_images
+from digitrec.nets.model import FastNet
+from digitrec.outputs.report import write_report
+from digitrec.core.splits import split_calibration, split_validation
+from digitrec.training.ensemble import train_ensemble
 
 
 def _sampled(n: int = 20000, scale: float = 1.0, seed: int = 0):
@@ -192,7 +196,7 @@ def test_predict_on_images_shows_calibrated_confidence(tiny_run, mnist_test, tmp
 def test_serve_answers_with_calibrated_probabilities(tiny_run, mnist_test):
     from fastapi.testclient import TestClient
 
-    from digitrec.serve import create_app
+    from digitrec.outputs.serve import create_app
 
     model, _, _ = load_run_model(tiny_run)
     images = mnist_test.images[:4]
@@ -207,7 +211,7 @@ def test_serve_answers_with_calibrated_probabilities(tiny_run, mnist_test):
 
 
 def test_onnx_export_applies_the_temperature(tiny_run, tmp_path, mnist_test):
-    from digitrec.export import OnnxClassifier, export_onnx
+    from digitrec.outputs.export import OnnxClassifier, export_onnx
 
     path = export_onnx(tiny_run, tmp_path / "m.onnx")
     model, _, _ = load_run_model(tiny_run)

@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitrec import data
-from digitrec.data import (
-    MNIST_TEST_LABEL_COUNTS, PIXEL_COLUMNS, TRAIN_COLUMNS, InputError, decode_mnist_member, read_idx,
-    read_idx_pair, read_kaggle_csv, write_kaggle_csv,
-)
+from digitrec.core import data
+from digitrec.core.data import MNIST_TEST_LABEL_COUNTS, PIXEL_COLUMNS, TRAIN_COLUMNS, decode_mnist_member, read_idx, read_idx_pair, read_kaggle_csv, write_kaggle_csv
+from digitrec.core.files import InputError
 from tests.conftest import synthetic_digits
 
 

@@ -22,13 +22,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from digitrec.augment import apply_transforms, sample_transforms
+from digitrec.nets.augment import apply_transforms, sample_transforms
 from digitrec.cli import main
-from digitrec.config import make_config
-from digitrec.data import write_kaggle_csv
-from digitrec.evaluate import evaluate_run, to_float
-from digitrec.runtime import RuntimeConfig, resolve
-from digitrec.train import fit
+from digitrec.core.config import make_config
+from digitrec.core.data import write_kaggle_csv
+from digitrec.nets.augment import to_float
+from digitrec.nets.predict import evaluate_run
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import resolve
+from digitrec.training.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -103,7 +105,7 @@ def test_a_run_folder_from_before_the_split_still_evaluates_and_resumes(tmp_path
 def test_validation_images_are_sklearns_train_test_split():
     from sklearn.model_selection import train_test_split
 
-    from digitrec.train import split_validation
+    from digitrec.core.splits import split_validation
 
     for n in (1000, 42_000):
         labels = np.zeros(n, dtype=np.int64)
@@ -122,7 +124,7 @@ def test_ranks_augment_the_global_batch_as_one_process_does(small_train):
 
 
 def test_the_schedule_steps_where_its_kind_says():
-    from digitrec.train import Schedule
+    from digitrec.training.optim import Schedule
 
     for schedule, per_batch in (("onecycle", True), ("plateau", False), ("constant", False)):
         model = torch.nn.Linear(2, 2)
@@ -174,7 +176,7 @@ def test_a_gpu_run_loads_on_the_cpu(tmp_path, small_train):
     fit(make_config("fast", width=8, epochs=1), small_train, tmp_path / "gpu", quiet=True, runtime=rt)
     weights = _weights(tmp_path / "gpu")
     assert all(w.device.type == "cpu" for w in weights.values())
-    from digitrec.checkpoint import load_run_model
+    from digitrec.nets.weights import load_run_model
 
     model, _, _ = load_run_model(tmp_path / "gpu")
     assert next(model.parameters()).device.type == "cpu"

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from digitrec.checkpoint import load_run_model
+from digitrec.nets.weights import load_run_model
 from digitrec.cli import main
-from digitrec.config import make_config
-from digitrec.data import write_answers_csv, write_kaggle_csv
-from digitrec.evaluate import Predictions, TTA_VIEWS, predict_probs, tta_probs
-from digitrec.export import check_onnx, export_onnx
-from digitrec.files import InputError, read_json, write_json
-from digitrec.model import Deskew, Ensemble, FastNet, SeedNet
-from digitrec.report import write_report
-from digitrec.train import combine_runs, member_config, train_ensemble
+from digitrec.core.config import make_config
+from digitrec.core.data import write_answers_csv, write_kaggle_csv
+from digitrec.core.metrics import Predictions
+from digitrec.nets.augment import TTA_VIEWS
+from digitrec.nets.predict import predict_probs, tta_probs
+from digitrec.outputs.export import check_onnx, export_onnx
+from digitrec.core.files import InputError, read_json, write_json
+from digitrec.nets.model import Deskew, Ensemble, FastNet, ReferenceNet as SeedNet
+from digitrec.outputs.report import write_report
+from digitrec.training.ensemble import combine_runs, member_config, train_ensemble
 
 CFG = make_config(epochs=1)
 
@@ -126,7 +128,7 @@ def test_ensemble_command_combines_runs(ens_run, tmp_path, capsys, test_100):
 def test_every_command_accepts_an_ensemble_run(ens_run, tmp_path, capsys, test_100):
     from fastapi.testclient import TestClient
 
-    from digitrec.serve import create_app
+    from digitrec.outputs.serve import create_app
 
     run = tmp_path / "ens"
     combine_runs([ens_run / "member-0", ens_run / "member-1"], run)

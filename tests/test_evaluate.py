@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from digitrec.data import write_answers_csv, write_kaggle_csv
-from digitrec.evaluate import (
-    Predictions, confident_mistakes, confusion_matrix, evaluate_run, summarize, wilson_interval,
-)
-from digitrec.files import InputError
-from digitrec.submit import score, write_submission
+from digitrec.core.data import write_answers_csv, write_kaggle_csv
+from digitrec.core.metrics import Predictions, confident_mistakes, confusion_matrix, summarize, wilson_interval
+from digitrec.nets.predict import evaluate_run
+from digitrec.core.files import InputError
+from digitrec.outputs.submit import score, write_submission
 
 
 def _record(y_true, probs):

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitrec.checkpoint import load_run_model, save_weights
+from digitrec.nets.weights import load_run_model, save_weights
 from digitrec.cli import main
-from digitrec.config import MODELS, make_config
-from digitrec.data import write_kaggle_csv
-from digitrec.evaluate import predict_probs
-from digitrec.export import MAX_PROB_DIFF, OnnxClassifier, check_onnx, export_onnx
-from digitrec.files import InputError, read_json
-from digitrec.model import build_model
+from digitrec.core.config import MODELS, make_config
+from digitrec.core.data import write_kaggle_csv
+from digitrec.nets.predict import predict_probs
+from digitrec.outputs.export import MAX_PROB_DIFF, OnnxClassifier, check_onnx, export_onnx
+from digitrec.core.files import InputError, read_json
+from digitrec.nets.model import build_model
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_int8_export_cli_and_submit_without_torch(tiny_run, mnist_test, tmp_path
 def test_int8_ensemble(tiny_run, mnist_train, mnist_test, tmp_path):
     import shutil
 
-    from digitrec.train import combine_runs
+    from digitrec.training.ensemble import combine_runs
 
     shutil.copytree(tiny_run, tmp_path / "copy")
     combine_runs([tiny_run, tmp_path / "copy"], tmp_path / "ens")
@@ -199,7 +199,7 @@ def test_batchnorm_folds_through_the_pool():
     """conv -> pool -> BN -> ReLU becomes conv' -> ReLU -> pool: same outputs; a negative scale stays put."""
     import torch
 
-    from digitrec.export import fold_pooled_batchnorm
+    from digitrec.outputs.export import fold_pooled_batchnorm
 
     torch.manual_seed(0)
     model = build_model(make_config("fast")).eval()

@@ -24,13 +24,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from digitrec.checkpoint import load_checkpoint
+from digitrec.training.checkpoint import TrainState
+from digitrec.core.rundir import Run
 from digitrec.cli import main
-from digitrec.config import config_from_dict, make_config
-from digitrec.data import write_kaggle_csv
-from digitrec.files import InputError, Interrupted, RunLock, WriteError, atomic_write, read_json
-from digitrec.model import build_model
-from digitrec.train import Schedule, StopRequest, build_optimizer, fit, steps_per_epoch
+from digitrec.core.config import config_from_dict, make_config
+from digitrec.core.data import write_kaggle_csv
+from digitrec.core.files import InputError, Interrupted, RunLock, WriteError, atomic_write, read_json
+from digitrec.training.optim import steps_per_epoch
+from digitrec.training.runtime import resolve
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.train import StopRequest, fit
 from tests.conftest import synthetic_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +61,9 @@ def _temps(folder: Path) -> list[str]:
 def _load_checkpoint_state(run_dir: Path) -> dict:
     """Restore the run's checkpoint into a fresh model, as --resume does; returns its state."""
     cfg = config_from_dict(read_json(run_dir / "config.json"))
-    model = build_model(cfg)
-    optimizer = build_optimizer(model, cfg)
-    schedule = Schedule(optimizer, cfg, steps_per_epoch(1000, cfg))  # one-cycle's step count: the checkpoint's
-    return load_checkpoint(run_dir / "checkpoint.safetensors", model, optimizer, schedule.scheduler,
-                           torch.Generator())
+    with torch.random.fork_rng(devices=[]):  # TrainState.start seeds torch's generator
+        state = TrainState.start(cfg, resolve(RuntimeConfig(device="cpu")), steps_per_epoch(1000, cfg))
+    return state.load(Run(run_dir))
 
 
 def _history_without_seconds(run_dir: Path) -> list[str]:
@@ -371,7 +372,7 @@ def test_a_bad_checkpoint_is_one_error_line_and_nothing_is_written(tmp_path, tin
 
 HOLDER = """
 import sys, time
-from digitrec.files import RunLock
+from digitrec.core.files import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -541,9 +542,9 @@ class _NanLossAt:
 
 
 def test_a_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import digitrec.train
+    import digitrec.training.train
 
-    monkeypatch.setattr(digitrec.train, "F", _NanLossAt(15))  # epoch 2, step 5 of 10
+    monkeypatch.setattr(digitrec.training.train, "F", _NanLossAt(15))  # epoch 2, step 5 of 10
     run = tmp_path / "run"
     message = (rf"^{re.escape(str(run))}: the training loss became nan at epoch 2, step 5 of 10; stopped, the "
                r"checkpoint of epoch 1 is kept \(a lower --lr often helps\)$")

@@ -28,15 +28,16 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from safetensors.torch import save as st_save
 
-import digitrec.serve
-from digitrec.checkpoint import WEIGHTS_FILE, load_weights
+import digitrec.outputs.serve
+from digitrec.core.rundir import WEIGHTS as WEIGHTS_FILE
+from digitrec.nets.weights import load_weights
 from digitrec.cli import main
-from digitrec.config import config_from_dict, make_config
-from digitrec.data import Digits, make_digits, read_idx, read_idx_pair, read_kaggle_csv, write_kaggle_csv
-from digitrec.evaluate import Predictions
-from digitrec.files import InputError
-from digitrec.model import build_model
-from digitrec.submit import MAX_IMAGE_ID, read_label_file, score, write_submission
+from digitrec.core.config import config_from_dict, make_config
+from digitrec.core.data import Digits, make_digits, read_idx, read_idx_pair, read_kaggle_csv, write_kaggle_csv
+from digitrec.core.metrics import Predictions
+from digitrec.core.files import InputError
+from digitrec.nets.model import build_model
+from digitrec.outputs.submit import MAX_IMAGE_ID, read_label_file, score, write_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 # Deterministic and quick in `make test`; HYPOTHESIS_PROFILE=long explores more (a few minutes).
@@ -310,7 +311,7 @@ def test_soak_slice_has_no_errors(tiny_run):
 def test_uploads_are_decoded_one_per_core_at_most(tiny_run, monkeypatch):
     """A 70 KB PNG can hold 36 megapixels (~0.5 GB while decoded): the server's memory is bounded
     only if it decodes no more uploads at once than it has cores, however many arrive together."""
-    real_open_image, lock = digitrec.serve.open_image, threading.Lock()
+    real_open_image, lock = digitrec.outputs.serve.open_image, threading.Lock()
     decoding, most, threads = 0, 0, set()
 
     def slow_open_image(data, name):
@@ -324,8 +325,8 @@ def test_uploads_are_decoded_one_per_core_at_most(tiny_run, monkeypatch):
             decoding -= 1
         return real_open_image(data, name)
 
-    monkeypatch.setattr(digitrec.serve, "open_image", slow_open_image)
-    app, png = digitrec.serve.create_app(tiny_run), fuzz.seed_images()["png"]
+    monkeypatch.setattr(digitrec.outputs.serve, "open_image", slow_open_image)
+    app, png = digitrec.outputs.serve.create_app(tiny_run), fuzz.seed_images()["png"]
     n = 3 * (os.cpu_count() or 1) + 2
 
     async def upload_all():
@@ -434,7 +435,7 @@ def test_bad_weights_file_is_one_error_line_exit_2_nothing_written(damage, tiny_
 def test_weights_of_a_huge_model_are_refused_before_it_is_built(tmp_path, monkeypatch):
     """Metadata claiming a model of ~10^13 parameters is checked on the meta device, never allocated."""
     built = []
-    monkeypatch.setattr("digitrec.checkpoint.build_model", lambda cfg: built.append(cfg) or build_model(cfg))
+    monkeypatch.setattr("digitrec.nets.weights.build_model", lambda cfg: built.append(cfg) or build_model(cfg))
     path = tmp_path / WEIGHTS_FILE
     path.write_bytes(st_save({"weight": torch.zeros(3)},
                              metadata={"config": json.dumps(make_config("fast", width=1_000_000).to_dict())}))

@@ -15,9 +15,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digitrec.cli import main
-from digitrec.files import InputError
-from digitrec.images import (CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, preprocess,
-                             read_images, split_digits, to_grey, to_mnist)
+from digitrec.core.files import InputError
+from digitrec.outputs.images import CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, preprocess, read_images, split_digits, to_grey, to_mnist
 from .image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip
 
 SUPPORTED = "(PNG, JPEG, GIF, BMP, TIFF, WEBP)"
@@ -327,8 +326,8 @@ def test_a_phone_photo_reads_fast(digits, width, height, bound):
 
 @pytest.fixture(scope="module")
 def classify(tiny_run):
-    from digitrec.checkpoint import load_run_model
-    from digitrec.evaluate import predict_probs
+    from digitrec.nets.weights import load_run_model
+    from digitrec.nets.predict import predict_probs
 
     model, _, _ = load_run_model(tiny_run)
     return lambda images: predict_probs(model, np.stack(images))

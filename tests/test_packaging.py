@@ -85,7 +85,7 @@ def test_make_test_says_how_to_get_the_browser_when_it_cannot_install_it():
 ])
 def test_a_command_whose_extra_is_missing_names_it(argv, module, extra, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
-    for name in [m for m in sys.modules if m in ("digitrec.serve", "digitrec.export")]:
+    for name in [m for m in sys.modules if m in ("digitrec.outputs.serve", "digitrec.outputs.export")]:
         monkeypatch.delitem(sys.modules, name)
     assert main(argv) == 2
     assert capsys.readouterr().err == (f"error: digitrec {argv[0]} needs {module}, from the '{extra}' extra: "

@@ -12,9 +12,12 @@ import pytest
 from PIL import Image
 
 from digitrec.cli import main
-from digitrec.evaluate import Predictions, calibration, evaluate_run, summarize
-from digitrec.files import InputError, read_json, write_json
-from digitrec.report import most_confused_pairs, read_history, write_comparison, write_report
+from digitrec.core.metrics import Predictions, reliability as calibration, summarize
+from digitrec.nets.predict import evaluate_run
+from digitrec.core.files import InputError, read_json, write_json
+from digitrec.core.metrics import most_confused_pairs
+from digitrec.core.rundir import Run
+from digitrec.outputs.report import write_comparison, write_report
 
 SECTIONS = ["summary", "data", "curves", "confusion", "per-class", "mistakes", "calibration"]
 FIGURES = {"label_distribution", "samples", "augmented", "training_curves", "confusion_counts",
@@ -274,9 +277,9 @@ def test_pages_in_headless_chromium_load_every_image_and_request_nothing(run_wit
 
 
 def test_a_run_without_hold_out_shows_dashes_and_one_cycle_rates_per_step(small_train, tmp_path):
-    from digitrec.config import make_config
-    from digitrec.report import learning_rate_steps
-    from digitrec.train import fit
+    from digitrec.core.config import make_config
+    from digitrec.outputs.report import learning_rate_steps
+    from digitrec.training.train import fit
 
     run_dir = tmp_path / "fast"
     cfg = make_config("fast", epochs=2)  # no hold-out, one-cycle schedule
@@ -292,7 +295,7 @@ def test_a_run_without_hold_out_shows_dashes_and_one_cycle_rates_per_step(small_
     n_steps = 1000 // 128
     positions, rates = learning_rate_steps(cfg, 1000, 2)
     assert len(rates) == 2 * n_steps and positions[0] == 1 and positions[n_steps] == 2
-    history = read_history(run_dir / "history.csv")
+    history = Run(run_dir).history()
     assert [rates[0], rates[n_steps]] == pytest.approx([row["lr"] for row in history])  # each epoch's first step
     assert len(set(rates.round(12))) == len(rates)  # a new rate every step
     assert learning_rate_steps(make_config("seed"), 1000, 2) is None  # the plateau rate only moves between epochs

@@ -18,12 +18,12 @@ with warnings.catch_warnings():  # starlette's test client nags about its httpx 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from digitrec.checkpoint import load_run_model
+from digitrec.nets.weights import load_run_model
 from digitrec.cli import build_parser, main
-from digitrec.evaluate import evaluate_run, predict_probs
-from digitrec.files import InputError, read_json
-from digitrec.images import NO_DIGIT, open_image, to_mnist
-from digitrec.serve import create_app
+from digitrec.nets.predict import evaluate_run, predict_probs
+from digitrec.core.files import InputError, read_json
+from digitrec.outputs.images import NO_DIGIT, open_image, to_mnist
+from digitrec.outputs.serve import create_app
 
 
 @pytest.fixture(scope="module")

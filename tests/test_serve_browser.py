@@ -19,7 +19,7 @@ import uvicorn
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from digitrec.serve import create_app
+from digitrec.outputs.serve import create_app
 
 CHROMIUM = os.environ.get("DIGITREC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -14,15 +14,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from digitrec.augment import affine_matrices, elastic_displacement, random_affine, sample_affine_params
-from digitrec.config import make_config
-from digitrec.data import write_kaggle_csv
-from digitrec.evaluate import TTA_VIEWS, predict, predict_probs, summarize, tta_probs
-from digitrec.checkpoint import load_run_model
-from digitrec.files import InputError
-from digitrec.model import TTA, ByteMaskDropout, Deskew, SeedNet, build_model, count_parameters
-from digitrec.runtime import RuntimeConfig, resolve
-from digitrec.train import Schedule, build_optimizer, build_scheduler, fit, split_validation, steps_per_epoch, train_one_epoch
+from digitrec.nets.augment import affine_matrices, elastic_displacement, random_affine, sample_affine_params
+from digitrec.core.config import make_config
+from digitrec.core.data import write_kaggle_csv
+from digitrec.core.metrics import summarize
+from digitrec.nets.augment import TTA_VIEWS
+from digitrec.nets.predict import predict, predict_probs, tta_probs
+from digitrec.nets.weights import load_run_model
+from digitrec.core.files import InputError
+from digitrec.nets.model import ByteMaskDropout, Deskew, ReferenceNet as SeedNet, TTA, build_model, count_parameters
+from digitrec.core.config import RuntimeConfig
+from digitrec.training.runtime import resolve
+from digitrec.core.splits import split_validation
+from digitrec.training.optim import Schedule, build_optimizer, build_scheduler, steps_per_epoch
+from digitrec.training.train import fit, train_one_epoch
 from tests.conftest import synthetic_digits
 
 
@@ -179,7 +184,7 @@ def test_on_epoch_sees_every_epoch_and_changes_nothing(tmp_path):
 
 MALLOC_PROBE = """
 import ctypes, sys, torch
-from digitrec.runtime import RuntimeConfig, setup_process
+from digitrec.training.runtime import RuntimeConfig, setup_process
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

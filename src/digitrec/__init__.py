@@ -29,20 +29,22 @@ except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not instal
 # public name -> the module that defines it
 _EXPORTS = {
     "DigitClassifier": "estimator",
-    "Predictions": "evaluate",
-    "Digits": "data",
-    "as_digits": "data",
-    "load_mnist": "data",
-    "kaggle_like_split": "data",
-    "read_kaggle_csv": "data",
-    "TrainConfig": "config",
-    "make_config": "config",
-    "PRESETS": "config",
-    "build_model": "model",
-    "plot_digits": "figures",
-    "plot_label_counts": "figures",
-    "plot_augmentations": "figures",
-    "write_report": "report",
+    "as_digits": "estimator",  # core.data.as_digits, and image files read as photos
+    "Predictions": "core.metrics",
+    "Digits": "core.data",
+    "load_mnist": "core.data",
+    "kaggle_like_split": "core.data",
+    "read_kaggle_csv": "core.data",
+    "TrainConfig": "core.config",
+    "RuntimeConfig": "core.config",
+    "make_config": "core.config",
+    "PRESETS": "core.config",
+    "Run": "core.rundir",
+    "build_model": "nets.model",
+    "plot_digits": "core.figures",
+    "plot_label_counts": "core.figures",
+    "plot_augmentations": "nets.augment",
+    "write_report": "outputs.report",
 }
 __all__ = ["__version__", *_EXPORTS]
 

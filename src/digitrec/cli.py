@@ -17,10 +17,16 @@ import threading
 import time
 from pathlib import Path
 
-from . import data as data_mod
-from .config import PRESETS, TrainConfig, config_from_dict, make_config
-from .runtime import RuntimeConfig
-from .files import InputError, Interrupted, read_json
+from .core import data as data_mod
+from .core.config import PRESETS, RuntimeConfig, TrainConfig, config_from_dict, make_config
+from .core.files import InputError, Interrupted
+from .core.metrics import format_summary, predictions_from_probs, summarize
+from .core.rundir import CHECKPOINT, CONFIG, SUBMISSION, Run
+from .outputs.export import QUANTISATION_IMAGES, OnnxClassifier, check_onnx, export_onnx
+from .outputs.submit import score, with_answers, write_submission
+
+# A command that needs torch (or OpenCV) imports it inside its own function, each such import marked
+# so: `digitrec --help`, `data`, `score`, `verify` and the `--onnx` paths never load torch.
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_class, title: str) -> None:
@@ -53,7 +59,7 @@ def _config_from_args(args) -> TrainConfig:
 
 def _set_up_runtime(rcfg: RuntimeConfig, env):
     """The entry point's process set-up, done once, and this process's decided runtime."""
-    from .runtime import resolve, setup_process
+    from .training.runtime import resolve, setup_process  # torch
 
     threads = setup_process(rcfg, env.local_world_size)
     return resolve(rcfg, env.rank, env.world_size, env.local_rank, env.local_world_size, threads)
@@ -165,9 +171,9 @@ def cmd_data_check(args) -> None:
 
 def cmd_train(args) -> None:
     """One process, one rank of a torchrun job, or (--nproc N) the launcher of N local workers."""
-    from . import distributed
-    from .checkpoint import CHECKPOINT_FILE
-    from .train import DEFAULT_ENSEMBLE_SIZE, StopRequest, check_ensemble_start, check_start, fit, train_ensemble
+    from .training import distributed  # torch
+    from .training.ensemble import DEFAULT_ENSEMBLE_SIZE, check_ensemble_start, train_ensemble  # torch
+    from .training.train import StopRequest, check_start, fit  # torch
 
     env = distributed.DistEnv.from_environ()
     if args.nproc < 1:
@@ -183,11 +189,11 @@ def cmd_train(args) -> None:
     ensemble = args.ensemble is not None
     size = DEFAULT_ENSEMBLE_SIZE if args.ensemble == "default" else args.ensemble
     # after a worker died, torchrun --max-restarts restarts the group: it continues from the checkpoint
-    restarted_from = out / ("config.json" if ensemble else CHECKPOINT_FILE)
+    restarted_from = out / (CONFIG if ensemble else CHECKPOINT)
     resume = args.resume or (env.restart_count > 0 and restarted_from.is_file())
     if resume:
         # the saved recipe, with any flag given now; fit() refuses if that changes anything
-        saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
+        saved = Run(out).config() if Run(out).has(CONFIG) else {}
         cfg = config_from_dict({**saved, **_overrides(args)}) if saved else _config_from_args(args)
     else:
         cfg = _config_from_args(args)
@@ -199,10 +205,10 @@ def cmd_train(args) -> None:
     elif not ensemble:
         check_start(cfg, digits, out, resume, world_size)
     if args.nproc > 1:
-        from torch.distributed.elastic.multiprocessing import SignalException
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.elastic.multiprocessing import SignalException  # torch
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # torch
 
-        from .runtime import resolve_device
+        from .training.runtime import resolve_device  # torch
 
         resolve_device(runtime_cfg.device)  # a missing GPU is one line here, not one per worker
         try:  # torchrun's launcher forwards SIGINT/SIGTERM to the workers; rank 0 prints how to resume
@@ -249,13 +255,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_run, format_summary, summarize
+    from .nets.predict import evaluate_run  # torch
 
     if args.test:
         if not args.answers:
             raise InputError("--test needs --answers FILE.csv (the labels to score against)")
-        from .submit import with_answers
-
         digits = with_answers(data_mod.read_kaggle_csv(args.test, "test"), args.answers)
     else:
         digits = _load_data(args, "test", "test")
@@ -265,18 +269,13 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_submit(args) -> None:
-    from .submit import write_submission
-
     if args.onnx and args.tta:
         raise InputError("--tta needs the run's PyTorch model; it cannot be combined with --onnx")
     digits = data_mod.read_kaggle_csv(args.test_csv, "test")
     if args.onnx:  # onnxruntime only: torch is never imported
-        from .evaluate import predictions_from_probs
-        from .export import OnnxClassifier
-
         preds = predictions_from_probs("submission", digits, OnnxClassifier(args.run).predict_probs(digits.images))
     else:
-        from .evaluate import evaluate_run
+        from .nets.predict import evaluate_run  # torch
 
         preds = evaluate_run(args.run, digits, "submission", tta=args.tta)
     path = write_submission(preds, args.output)
@@ -286,18 +285,16 @@ def cmd_submit(args) -> None:
 def _classifier(args):
     """uint8 (N, 28, 28) -> probabilities (N, 10), from an ONNX file (no torch) or a run's weights."""
     if args.onnx:
-        from .export import OnnxClassifier
-
         return OnnxClassifier(args.run).predict_probs
-    from .checkpoint import load_run_model
-    from .evaluate import predict_probs
+    from .nets.weights import load_run_model  # torch
+    from .nets.predict import predict_probs  # torch
 
     model, cfg, _ = load_run_model(args.run)
     return lambda images: predict_probs(model, images)
 
 
 def cmd_predict(args) -> None:
-    from .images import format_readings, read_images, save_preprocessed
+    from .outputs.images import format_readings, read_images, save_preprocessed  # OpenCV
 
     readings = read_images(args.images, _classifier(args), multi=args.multi, keep_steps=bool(args.show_preprocessed))
     if not readings:
@@ -314,12 +311,10 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .export import CALIBRATION_IMAGES, check_onnx, export_onnx
-
     calibration = None
     if args.int8:  # training images only: the test images below are for the check
         calibration = data_mod.load_mnist("train", args.cache_dir).subset(
-            slice(0, CALIBRATION_IMAGES), f"mnist:train[:{CALIBRATION_IMAGES}]")
+            slice(0, QUANTISATION_IMAGES), f"mnist:train[:{QUANTISATION_IMAGES}]")
     path = export_onnx(args.run, args.output, int8=args.int8, calibration=calibration)
     test = data_mod.load_mnist("test", args.cache_dir)
     check = check_onnx(args.run, path, test.images[:args.check_images])
@@ -332,7 +327,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_ensemble(args) -> None:
-    from .train import combine_runs
+    from .training.ensemble import combine_runs  # torch
 
     metrics = combine_runs(args.runs, args.output)
     print(f"{metrics['model']}, {metrics['parameters']:,} parameters, trained on {metrics['data']}: "
@@ -340,38 +335,47 @@ def cmd_ensemble(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from .submit import score
-
     result = score(args.submission, args.answers)
     print(f"accuracy {100 * result['accuracy']:.3f}% ({result['correct']} of {result['n']})")
 
 
+def cmd_verify(args) -> None:
+    """Every file of a run folder (and its members') checked against the digests in its manifest."""
+    problems = Run(args.run).verify()
+    for line in problems:
+        print(line)
+    unchecked = [line for line in problems if "nothing to check" in line]
+    if len(problems) > len(unchecked):
+        raise InputError(f"{args.run}: {len(problems) - len(unchecked)} file(s) do not match their digests")
+    if not unchecked:
+        print(f"{args.run}: every file matches its SHA-256 digest")
+
+
 def cmd_serve(args) -> None:
-    from .serve import serve
+    from .outputs.serve import serve  # torch
 
     serve(args.run, args.host, args.port, args.workers)
 
 
 def cmd_report(args) -> None:
-    from .report import write_report
+    from .outputs.report import write_report  # torch
 
     print(f"report: {write_report(args.run, args.top)}")
 
 
 def cmd_compare(args) -> None:
-    from .report import write_comparison
+    from .outputs.report import write_comparison  # torch
 
     print(f"comparison: {write_comparison(args.runs, args.output)}")
 
 
 def cmd_run(args) -> None:
     """The main job: fetch MNIST, train, evaluate on the official test set, write a submission."""
-    from .evaluate import evaluate_run, format_summary, summarize
-    from .report import write_report
-    from .submit import write_submission
-    from .train import fit
+    from .nets.predict import evaluate_run  # torch
+    from .outputs.report import write_report  # torch
+    from .training.train import fit  # torch
 
-    from .distributed import DistEnv
+    from .training.distributed import DistEnv  # torch
 
     cfg = _config_from_args(args)
     rt = _set_up_runtime(RuntimeConfig(**_given(args, RuntimeConfig)), DistEnv())
@@ -384,7 +388,7 @@ def cmd_run(args) -> None:
     preds = evaluate_run(out, test, "test")
     summary = summarize(preds)
     print(format_summary(summary))
-    submission = write_submission(preds, out / "submission.csv")
+    submission = write_submission(preds, out / SUBMISSION)
     print(f"\ntraining: {metrics['train_seconds']:.1f} s for {cfg.epochs} epochs of preset '{cfg.preset}'")
     print(f"official MNIST test accuracy: {100 * summary['accuracy']:.2f}% ({summary['errors']} errors in {summary['n']})")
     print(f"run files: {out}/\nsubmission: {submission}")
@@ -456,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--nproc", type=int, default=1, metavar="N",
                            help="train in N processes on this machine (torchrun's launcher): DistributedDataParallel "
                                 "with --batch-size the global batch, or with --ensemble one member per process")
-        _add_config_flags(p, TrainConfig, "recipe (fields of TrainConfig in config.py)")
-        _add_config_flags(p, RuntimeConfig, "runtime (fields of RuntimeConfig in runtime.py)")
+        _add_config_flags(p, TrainConfig, "recipe (fields of TrainConfig in core/config.py)")
+        _add_config_flags(p, RuntimeConfig, "runtime (fields of RuntimeConfig in core/config.py)")
 
     p = command("evaluate", cmd_evaluate, "evaluate a run on a labelled test set")
     p.add_argument("run", type=Path)
@@ -466,14 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="test", help="name of the saved predictions (predictions_<name>.npz)")
     p.add_argument("--top", type=int, default=6, help="how many confident mistakes to list")
     p.add_argument("--tta", action="store_true",
-                   help="average over small shifts and rotations (evaluate.TTA_VIEWS); saved as <name>-tta")
+                   help="average over small shifts and rotations (nets/augment.py: TTA_VIEWS); saved as <name>-tta")
 
     p = command("submit", cmd_submit, "write a Kaggle submission for a test CSV")
     p.add_argument("run", type=Path, help="run directory (with --onnx: an exported .onnx file)")
     p.add_argument("test_csv")
     p.add_argument("-o", "--output", default="submission.csv")
     p.add_argument("--onnx", action="store_true", help="RUN is an ONNX file; run it with onnxruntime, without torch")
-    p.add_argument("--tta", action="store_true", help="average over small shifts and rotations (evaluate.TTA_VIEWS)")
+    p.add_argument("--tta", action="store_true", help="average over small shifts and rotations (nets/augment.py: TTA_VIEWS)")
 
     p = command("predict", cmd_predict, "read digits from image files (PNG, JPEG, GIF, BMP, TIFF, WebP)")
     p.add_argument("run", type=Path, help="run directory (with --onnx: an exported .onnx file)")
@@ -500,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("score", cmd_score, "score a submission against an answer key")
     p.add_argument("submission")
     p.add_argument("answers")
+
+    p = command("verify", cmd_verify, "check a run folder's files against the SHA-256 digests in its manifest")
+    p.add_argument("run", type=Path)
 
     p = command("serve", cmd_serve, "the draw-a-digit web page and JSON API for a run")
     p.add_argument("run", type=Path)

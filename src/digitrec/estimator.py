@@ -1,66 +1,59 @@
 """The estimator: digitrec in the scikit-learn / Keras spirit, for notebooks and scripts.
 
-`DigitClassifier(preset, **config).fit(data)` trains through `train.fit` (or `train_ensemble`),
-which writes a run folder like `digitrec train` does, then reads the model back with
-`checkpoint.load_run_model`; every other verb calls `evaluate`, `submit` or `report` on that run.
+`DigitClassifier(preset, **config).fit(data)` trains through `training.train.fit` (or
+`training.ensemble.train_ensemble`), which writes a run folder like `digitrec train` does, then
+reads the model back with `nets.weights.load_run_model`; every other verb calls the predict,
+submit or report functions on that run.
 Nothing here trains, predicts or scores on its own. Learned attributes end in `_`.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import TrainConfig, make_config
-from .data import as_digits
-from .evaluate import Predictions
-from .runtime import RUNTIME_FIELDS, RuntimeConfig, resolve
+from .core import data as core_data
+from .core.config import RUNTIME_FIELDS, RuntimeConfig, TrainConfig, make_config
+from .core.data import IMAGE_SUFFIXES, Digits, make_digits
+from .core.figures import training_curves_figure
+from .core.metrics import Predictions
+from .core.rundir import Run, new_run
+from .nets.predict import evaluate_run, predict_probs, tta_probs
+from .nets.weights import load_run_model
+from .outputs.report import learning_rate_steps, write_report
+from .outputs.submit import write_submission
+from .training.ensemble import combine_runs, train_ensemble
+from .training.runtime import resolve
+from .training.train import fit
 
 RUNS_ROOT = Path("runs")  # where fresh run folders go when no `out` is given
-# What a run folder holds (train.fit, evaluate_run, write_submission, write_report): the only files
-# `overwrite=True` removes, so anything else a user keeps beside them stays.
-RUN_FILES = ("config.json", "metrics.json", "history.csv", "model.safetensors", "checkpoint.safetensors",
-             "submission.csv", "report.html")
-RUN_PATTERNS = ("predictions_*.npz", "evaluation_*.json", "figures/*.png")
 _DEFAULTS = {"out": None, "overwrite": False, "resume": False, "ensemble": None, "verbose": True}  # left out of repr
 
 
-def new_run_dir(preset: str, root: str | os.PathLike = RUNS_ROOT) -> Path:
-    """A fresh, empty folder `root/<preset>-<date>-<time>-<6 hex digits>`, created now, so
-    re-running a notebook cell never collides with the previous run."""
-    while True:
-        path = Path(root) / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
+def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train") -> Digits:
+    """core.data.as_digits, where image files (a path, or a list of paths) are also read as photos, the
+    way `digitrec predict` reads them (cropped, centred, scaled like MNIST).
 
+    >>> dr.as_digits(["three.jpg", "seven.png"]).images.shape  # doctest: +SKIP
+    (2, 28, 28)
+    """
+    paths = [data] if isinstance(data, (str, os.PathLike)) else data
+    if (isinstance(paths, (list, tuple)) and paths and all(isinstance(p, (str, os.PathLike)) for p in paths)
+            and all(Path(p).suffix.lower() in IMAGE_SUFFIXES for p in paths)):
+        from .outputs.images import open_image, to_mnist  # OpenCV and Pillow: only when photos are read
 
-def holds_run(run_dir: str | os.PathLike) -> bool:
-    run_dir = Path(run_dir)
-    return any((run_dir / name).exists() for name in ("config.json", "model.safetensors", "checkpoint.safetensors"))
-
-
-def remove_run_files(run_dir: str | os.PathLike) -> None:
-    """Delete digitrec's own files from a run folder (and its ensemble members'); keep everything else."""
-    run_dir = Path(run_dir)
-    for member in sorted(run_dir.glob("member-*")):
-        if member.is_dir():
-            remove_run_files(member)
-            if not any(member.iterdir()):
-                member.rmdir()
-    for path in [run_dir / name for name in RUN_FILES] + [p for pattern in RUN_PATTERNS for p in run_dir.glob(pattern)]:
-        if path.is_file():
-            path.unlink()
-    figures = run_dir / "figures"
-    if figures.is_dir() and not any(figures.iterdir()):
-        figures.rmdir()
+        images = []
+        for path in paths:
+            image = to_mnist(open_image(path, str(path)))
+            if image is None:
+                raise ValueError(f"{path}: no digit found")
+            images.append(image)
+        digits = make_digits(np.stack(images), None, str(paths[0]) if len(paths) == 1 else f"{len(paths)} files")
+        return core_data.as_digits(digits, y, need_labels=need_labels)
+    return core_data.as_digits(data, y, need_labels=need_labels, mnist_split=mnist_split)
 
 
 class DigitClassifier:
@@ -131,7 +124,6 @@ class DigitClassifier:
 
     def fit(self, X, y=None) -> "DigitClassifier":
         """Train on labelled data (see the class docstring for what X can be); returns self."""
-        from .train import fit, train_ensemble
 
         cfg, runtime_cfg = self._configs()
         runtime = resolve(runtime_cfg)  # a missing device fails before the data is read
@@ -150,13 +142,13 @@ class DigitClassifier:
         if self.out is None:
             if self.resume:
                 raise ValueError("resume=True needs out= (the run folder to continue)")
-            return new_run_dir(self.preset)
+            return new_run(self.preset, RUNS_ROOT).path
         out = Path(self.out)
-        if holds_run(out) and not self.resume:
+        if Run(out).holds_run() and not self.resume:
             if not self.overwrite:
                 raise ValueError(f"{out}: already holds a run; pass overwrite=True to replace it, "
                                  "resume=True to continue it, or another out")
-            remove_run_files(out)
+            Run(out).remove_own_files()
         return out
 
     @classmethod
@@ -165,7 +157,6 @@ class DigitClassifier:
 
         >>> clf = dr.DigitClassifier.load("runs/fast")  # doctest: +SKIP
         """
-        from .checkpoint import load_run_model
 
         _, cfg, _ = load_run_model(run_dir)
         preset = make_config(cfg.preset).to_dict()
@@ -179,27 +170,23 @@ class DigitClassifier:
 
         >>> ens = dr.DigitClassifier.combine([clf_fast, clf_best])  # doctest: +SKIP
         """
-        from .train import combine_runs
 
         for clf in classifiers:
             clf._fitted()
-        out = Path(out) if out is not None else new_run_dir("ensemble")
-        if holds_run(out):
+        out = Path(out) if out is not None else new_run("ensemble", RUNS_ROOT).path
+        if Run(out).holds_run():
             raise ValueError(f"{out}: already holds a run; choose another out")
         combine_runs([clf.run_dir_ for clf in classifiers], out)
         return cls.load(out)
 
     def _read_run(self, run_dir: Path) -> "DigitClassifier":
-        from .checkpoint import load_run_model
-        from .files import read_json
 
         self.model_, self.config_, _ = load_run_model(run_dir)
         self.run_dir_ = run_dir
-        history = run_dir / "history.csv"
-        self.history_ = pd.read_csv(history) if history.is_file() else pd.DataFrame()
-        self.metrics_ = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-        val = run_dir / "predictions_val.npz"
-        self.val_predictions_ = Predictions.load(val) if val.is_file() else None
+        run = Run(run_dir)
+        self.history_ = pd.DataFrame(run.history())
+        self.metrics_ = run.metrics()
+        self.val_predictions_ = run.predictions("val")
         self.classes_ = np.arange(10)
         return self
 
@@ -212,7 +199,6 @@ class DigitClassifier:
 
     def predict_proba(self, X, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, 10), rows summing to 1. `tta`: averaged over evaluate.TTA_VIEWS."""
-        from .evaluate import predict_probs, tta_probs
 
         self._fitted()
         images = as_digits(X, mnist_split="test").images
@@ -232,15 +218,12 @@ class DigitClassifier:
     def evaluate(self, X, y=None, name: str = "test", tta: bool = False) -> Predictions:
         """Predictions on X, also saved in the run (predictions_<name>.npz, and its scores when
         labelled) so `report()` shows them. Plot them with its plot_* methods."""
-        from .evaluate import evaluate_run
 
         self._fitted()
         return evaluate_run(self.run_dir_, as_digits(X, y, mnist_split="test"), name, tta=tta)
 
     def submit(self, X, path: str | os.PathLike = "submission.csv", tta: bool = False) -> Path:
         """A Kaggle submission file (ImageId,Label) for X, in X's order. Returns its path."""
-        from .evaluate import evaluate_run
-        from .submit import write_submission
 
         self._fitted()
         preds = evaluate_run(self.run_dir_, as_digits(X, mnist_split="test"), "submission", tta=tta)
@@ -248,15 +231,12 @@ class DigitClassifier:
 
     def report(self, top_mistakes: int = 24) -> Path:
         """Write the run's HTML report (run_dir_/report.html) and return its path."""
-        from .report import write_report
 
         self._fitted()
         return write_report(self.run_dir_, top_mistakes)
 
     def plot_history(self):
         """Loss, accuracy and learning rate per epoch (one-cycle's rate at every step) as a Figure."""
-        from .figures import training_curves_figure
-        from .report import learning_rate_steps
 
         cfg = self._fitted()
         if self.history_.empty:

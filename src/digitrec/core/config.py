@@ -1,9 +1,10 @@
-"""The recipe: one frozen dataclass whose defaults are the reference recipe (SPEC 2).
+"""The two configs of a run, frozen dataclasses: the recipe and the runtime.
 
-It holds what decides the weights (model, optimiser, schedule, augmentation, epochs, batch, seed)
-and nothing about where they are computed: device, precision, threads and ranks are runtime.py's
-RuntimeConfig, so a run resumes on other hardware. Presets are named sets of overrides on these
-defaults; CLI flags map 1:1 onto the fields of both.
+`TrainConfig`, the recipe, holds what decides the weights (model, optimiser, schedule, augmentation,
+epochs, batch, seeds); its defaults are the reference recipe (SPEC 2). `RuntimeConfig` holds where
+and how they are computed (device, precision, threads, memory format), so a run resumes on other
+hardware. Presets are named sets of overrides on the recipe's defaults; CLI flags map 1:1 onto the
+fields of both.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-MODELS = ("seed", "fast", "best")
+MODELS = ("reference", "fast", "best")
+# earlier spellings of a model's name, still read (config.json files, make_config, --model)
+MODEL_ALIASES = {"seed": "reference"}
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("plateau", "onecycle", "constant")
 VAL_SPLITS = ("sklearn", "numpy")
@@ -25,13 +28,13 @@ class TrainConfig:
     >>> (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr)
     ('seed', 30, 86, 0.001)
     """
-    preset: str = "seed"
-    model: str = "seed"  # architecture in model.py: "seed" is the reference 5-layer CNN
-    width: int = 32  # channels of the first stage, for the models that take a width (not "seed")
+    preset: str = "seed"  # the preset these values started from (config.PRESETS); "seed" is the reference's
+    model: str = "reference"  # network in nets/model.py: the reference 5-layer CNN ("seed" is read as this)
+    width: int = 32  # channels of the first stage, for the models that take a width (not "reference")
     deskew: bool = False  # "fast"/"best": straighten each digit's slant inside the model (model.Deskew)
     alternate_deskew: bool = False  # ensembles: members 1, 3, 5, ... deskew, so they err unlike the rest
     # predict by test-time augmentation: the model averages its probabilities over small shifts and
-    # rotations of each image (evaluate.TTA_VIEWS) in every path that loads it (model.TTA)
+    # rotations of each image (nets/tta.py: TTA_VIEWS) in every path that loads it
     tta: bool = False
     epochs: int = 30  # the reference trained 30 epochs
     batch_size: int = 86  # images per step; 37,800 // 86 = 439 steps per epoch
@@ -43,6 +46,8 @@ class TrainConfig:
     rho: float = 0.9  # RMSprop moving-average factor (PyTorch `alpha`)
     eps: float = 1e-8
     momentum: float = 0.0
+    # SGD with momentum only: Nesterov's look-ahead momentum (fast, best); RMSprop has none
+    nesterov: bool = True
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
 
@@ -52,6 +57,11 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_min_delta: float = 1e-4  # absolute improvement in val accuracy that counts
     min_lr: float = 1e-5
+    # schedule "onecycle" (fast, best): the rate warms up over this share of all steps, then anneals by
+    # a cosine (OneCycleLR's pct_start); with SGD, momentum cycles 0.95 -> 0.85 against the rate
+    # (Smith's one-cycle policy) when cycle_momentum is set. Other optimisers keep their momentum.
+    onecycle_warmup: float = 0.25
+    cycle_momentum: bool = True
 
     # validation hold-out: train_test_split(test_size=0.1, random_state=2)
     val_fraction: float = 0.1
@@ -79,13 +89,17 @@ class TrainConfig:
     elastic_alpha: float = 0.0
     elastic_sigma: float = 4.0
 
-    seed: int = 0  # weights, shuffling, augmentation and dropout
+    seed: int = 0  # the random seed: initial weights and dropout (torch's default generator)
+    # shuffling and augmentation draw from their own generator, seeded seed + this, so that changing the
+    # augmentation never moves the initial weights (and the reverse)
+    shuffle_seed_offset: int = 1
 
     def __post_init__(self):
+        object.__setattr__(self, "model", MODEL_ALIASES.get(self.model, self.model))
         checks = [
             (self.model in MODELS, f"model must be one of {MODELS}"),
-            (not ((self.deskew or self.alternate_deskew) and self.model == "seed"),
-             "deskew and alternate_deskew need model 'fast' or 'best' (seed is the reference)"),
+            (not ((self.deskew or self.alternate_deskew) and self.model == "reference"),
+             "deskew and alternate_deskew need model 'fast' or 'best' (not the reference network)"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.epochs >= 1, "epochs must be at least 1"),
@@ -98,6 +112,7 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (0 < self.plateau_factor < 1, "plateau_factor must be in (0, 1)"),
             (self.plateau_patience >= 1, "plateau_patience must be at least 1"),
+            (0 < self.onecycle_warmup < 1, "onecycle_warmup must be in (0, 1)"),
             (0 <= self.rotation_deg <= 180, "rotation_deg must be in [0, 180]"),
             (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be in [0, 1)"),
             (self.elastic_alpha >= 0 and self.elastic_sigma > 0, "elastic_alpha must be >= 0 and elastic_sigma > 0"),
@@ -114,29 +129,29 @@ class TrainConfig:
 # Each preset: overrides on the reference defaults, with the reason in a comment.
 PRESETS: dict[str, dict] = {
     "seed": {},  # the reference recipe, exactly
-    # 16 s on 2 CPU cores from the data to the test predictions, 99.52% ± 0.04 over 5 seeds (issue 19's
-    # time-to-accuracy record: benchmarks/speedrun.py; README "Time to accuracy"). Chosen on a 10% validation split of the official 60k (train_test_split's,
-    # val_seed 7; accuracy there, mean of 2-5 seeds, with TTA): width 16 trains 1.9x the images/s of
-    # width 24 (oneDNN's 16-channel blocks; width 20: 1.15x); 4 epochs 99.58%, 3 99.51%,
-    # 5-6 99.56%; TTA +0.13 points at 4 epochs (99.45% without), so the model predicts by it. No
-    # better: lr 0.2 (99.55%), batch 256 at lr 0.2 (99.50%), label smoothing 0 (99.59%) or 0.2 (99.51%),
-    # milder augmentation (99.56%), an EMA of the weights (decay 0.99: 99.56%; 0.998: 99.35%). The
-    # previous `fast`, width 24 for 6 epochs without TTA, reached 99.58% (99.63% with TTA) in 2.9x the training time.
+    # 16 s on 2 CPU cores from the data to the test predictions, 99.52% ± 0.04 over 5 seeds
+    # (benchmarks/speedrun.py; docs/presets.md). Chosen on a 10% validation split of the official 60k
+    # (train_test_split's, val_seed 7; accuracy there, mean of 2-5 seeds, with TTA): width 16 trains
+    # 1.9x the images/s of width 24 (oneDNN's 16-channel blocks; width 20: 1.15x); 4 epochs 99.58%,
+    # 3 99.51%, 5-6 99.56%; TTA +0.13 points at 4 epochs (99.45% without), so the model predicts by
+    # it. No better: lr 0.2 (99.55%), batch 256 at lr 0.2 (99.50%), label smoothing 0 (99.59%) or 0.2
+    # (99.51%), milder augmentation (99.56%), an EMA of the weights (decay 0.99: 99.56%; 0.998: 99.35%).
     "fast": {
         "model": "fast", "width": 16,  # conv-pool-BN net, 16/32/64 channels: 4 MFLOP/image forward (seed: 65)
         "epochs": 4, "batch_size": 128,
         "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,  # nesterov SGD
         "schedule": "onecycle",  # warm up for 25% of steps, then cosine down
         "label_smoothing": 0.1,  # ... which leaves the probabilities underconfident: calibrated below
-        "tta": True,  # every prediction averages 7 views of the image (evaluate.TTA_VIEWS)
+        "tta": True,  # every prediction averages 7 views of the image (nets/tta.py)
         "val_fraction": 0.0,  # hyperparameters are fixed: train on every image but the calibration hold-out
         # 3,000 of the 60k images fit the temperature (about 15 errors to balance the sure answers
-        # against); README "Calibrated confidence" has what it costs and gains
+        # against); docs/calibration.md has what it costs and gains
         "calibration_fraction": 0.05,
     },
-    # ~10 minutes on 2 CPU cores: `fast`'s recipe on a net twice as deep, 2.5x the epochs. On the
-    # same validation split (val_seed 7, 54k/6k) it reached 99.67% where `fast` (then width 24, 6 epochs) reached 99.43%, and
-    # 99.53% already after 10 of 15 epochs; test-time augmentation did not help it (99.65%).
+    # 7-9 minutes on 2 CPU cores, 99.70% ± 0.04 on the test set over 10 seeds (benchmarks/accuracy.py):
+    # `fast`'s recipe on a net twice as deep, for 15 epochs. On the validation split above (val_seed 7,
+    # 54k/6k) it reached 99.67%, and 99.53% already after 10 of 15 epochs; test-time augmentation did
+    # not help it (99.65%).
     # Ensemble members alternate plain and deskewed inputs: on that split a deskewed `best` (99.62%)
     # disagrees with plain `best` on 14 images, where 20 epochs, elastic distortion, width 32 or no
     # label smoothing disagree on 6-9; the mixes of those six runs with the fewest errors (16-17 of 6,000)
@@ -172,6 +187,8 @@ def make_config(preset: str = "seed", **overrides) -> TrainConfig:
 # Fields of config.json files written before the recipe and the runtime were split: runtime
 # settings are dropped; the split those runs held out is kept, and they held out no calibration images.
 LEGACY_RUNTIME_FIELDS = ("threads", "eval_batch_size", "channels_last", "compile")
+# the recipe fields added since keep, when a file lacks them, the values that were fixed in code then
+# (TrainConfig's defaults are those values)
 LEGACY_DEFAULTS = {"val_split": "numpy", "calibration_fraction": 0.0, "calibration_seed": 0}
 
 
@@ -183,3 +200,47 @@ def config_from_dict(values: dict) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
     return TrainConfig(**values)
+
+
+# Images per forward pass when predicting. Smaller batches stay in the CPU's caches: with 2 threads,
+# 10,000 test images took 0.23 / 0.21 / 0.19 s at 1000 / 256 / 128 (`fast` without its views) and
+# 1.72 / 1.44 / 1.41 s with its 7 views.
+PREDICT_BATCH = 256
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # or "cuda:N"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a run computes; nothing here decides the weights (a run resumes on other hardware).
+
+    >>> RuntimeConfig(device="cpu", precision="bf16").precision
+    'bf16'
+    """
+    device: str = "auto"  # auto: the accelerator torch reports (CUDA, then MPS), else the CPU
+    precision: str = "auto"  # autocast dtype; auto: bf16 on a GPU that has it, fp32 elsewhere (the reference's numbers are fp32)
+    threads: int = 0  # torch intra-op threads per process; 0 = physical cores / processes on this machine
+    eval_batch_size: int = PREDICT_BATCH  # inference only: images per pass (PREDICT_BATCH says why)
+    channels_last: bool = True  # memory format for conv kernels (same numbers, faster on CPU)
+    compile: bool = False  # torch.compile the model: slower for the reference here (481 vs 589 images/s, 23 s to compile)
+
+    def __post_init__(self):
+        device_ok = self.device in DEVICES or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        checks = [
+            (device_ok, f"device must be one of {', '.join(DEVICES)} or cuda:N, not {self.device!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.threads >= 0 and self.eval_batch_size >= 1, "threads >= 0 and eval_batch_size >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(RuntimeConfig))
+
+

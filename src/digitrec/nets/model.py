@@ -1,7 +1,7 @@
 """The networks. Each returns logits (B, 10) for a batch (B, 1, 28, 28) scaled to [0, 1].
 
 Every network divides its logits by its own `temperature` (a buffer saved with the weights; 1 until
-calibrate.py fits one at the end of training), so every path that loads a model (evaluate, predict,
+the end of training fits one: nets/temperature.py), so every path that loads a model (evaluate, predict,
 submit, serve, the ONNX export, ensembles) shows calibrated probabilities without code of its own.
 """
 
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import TrainConfig
+from ..core.config import TrainConfig
+from .augment import TTA_VIEWS, view_grid
 
 
 class _ByteMaskDrop(torch.autograd.Function):
@@ -67,7 +68,7 @@ class Classifier(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class SeedNet(Classifier):
+class ReferenceNet(Classifier):
     """The reference Keras CNN, 887,530 parameters, padding 'same'.
 
     conv32 5x5 -> conv32 5x5 -> pool -> drop .25 -> conv64 3x3 -> conv64 3x3 -> pool -> drop .25
@@ -206,19 +207,17 @@ class Ensemble(Classifier):
 
 class TTA(Classifier):
     """`net` trained on single images, predicting by test-time augmentation: in eval mode it returns
-    log(mean_v softmax(net(view_v(x)))) over evaluate.TTA_VIEWS (small shifts and rotations). In
-    training mode it is `net`. Living in the model, the views reach every path that loads it
-    (evaluate, predict, submit, serve, the ONNX export); the temperature calibrate.py fits is this
-    module's, on the averaged probabilities. One pass per view: a batch of 7x the images would
+    log(mean_v softmax(net(view_v(x)))) over `views` (augment.TTA_VIEWS: small shifts and rotations).
+    In training mode it is `net`. Living in the model, the views reach every path that loads it
+    (evaluate, predict, submit, serve, the ONNX export); the temperature fitted at the end of
+    training is this module's, on the averaged probabilities. One pass per view: a batch of 7x the images would
     outgrow the CPU's caches (`fast` on 10,000 images: 4.8 s so, 1.7 s a view at a time).
     """
 
-    def __init__(self, net: nn.Module, size: int = 28):
+    def __init__(self, net: nn.Module, views=TTA_VIEWS, size: int = 28):
         super().__init__()
-        from .evaluate import TTA_VIEWS, view_grid
-
         self.net = net
-        grids = torch.cat([view_grid(view, [1, 1, size, size]) for view in TTA_VIEWS])
+        grids = torch.cat([view_grid(view, [1, 1, size, size]) for view in views])
         self.register_buffer("grids", grids, persistent=False)  # (V, H, W, 2): no weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,14 +232,14 @@ class TTA(Classifier):
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The untrained network `cfg.model` names (seed, fast or best), deskewing its inputs if `cfg.deskew`
+    """The untrained network `cfg.model` names (reference, fast or best), deskewing its inputs if `cfg.deskew`
     and predicting by test-time augmentation if `cfg.tta`.
 
     >>> build_model(make_config("seed"))  # doctest: +SKIP
-    SeedNet(...)
+    ReferenceNet(...)
     """
-    if cfg.model == "seed":
-        net = SeedNet()
+    if cfg.model == "reference":
+        net = ReferenceNet()
     elif cfg.model == "fast":
         net = FastNet(cfg.width, cfg.deskew)
     elif cfg.model == "best":

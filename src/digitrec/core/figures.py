@@ -18,6 +18,8 @@ import numpy as np
 from cycler import cycler
 from matplotlib.patches import Rectangle
 
+from .data import as_digits
+
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, YELLOW, BLACK = (
     "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -31,8 +33,6 @@ STYLE = {
     "figure.facecolor": "white", "savefig.facecolor": "white", "savefig.dpi": 110, "savefig.bbox": "tight",
     "image.cmap": "gray",
 }
-AUGMENTED_ROWS, AUGMENTED_COPIES = 4, 7  # each row: an original and 7 augmented draws
-AUGMENT_SEED = 0  # the augmented grid is a fixed rendering, the same every time
 
 
 class Figure(matplotlib.figure.Figure):
@@ -104,25 +104,11 @@ def image_grid_figure(images: np.ndarray, titles: list[str], ncols: int, title: 
     return fig
 
 
-def augmented_grid(images: np.ndarray, cfg, copies: int = AUGMENTED_COPIES,
-                   seed: int = AUGMENT_SEED) -> np.ndarray:
-    """Each uint8 image (R, 28, 28) followed by `copies` draws of `cfg`'s augmentation: float (R * (copies + 1), 28, 28)."""
-    import torch
-
-    from .augment import random_affine
-    from .evaluate import to_float
-
-    originals = to_float(images)  # (R, 1, 28, 28)
-    x = originals.repeat_interleave(copies, dim=0)  # (R * C, 1, 28, 28)
-    augmented = random_affine(x, cfg, torch.Generator().manual_seed(seed)).squeeze(1).numpy()
-    augmented = augmented.reshape(len(images), copies, 28, 28)
-    return np.concatenate([originals.numpy(), augmented], axis=1).reshape(-1, 28, 28)
-
-
-def augmentation_figure(images: np.ndarray, cfg, copies: int = AUGMENTED_COPIES, seed: int = AUGMENT_SEED) -> Figure:
-    """One row per uint8 image (R, 28, 28): the original, then `copies` random draws of `cfg`'s augmentation."""
-    grid = augmented_grid(images, cfg, copies, seed)
-    titles = [("original" if k == 0 else f"draw {k}") for _ in images for k in range(copies + 1)]
+def augmentation_figure(grid: np.ndarray, cfg, copies: int) -> Figure:
+    """One row per original: the original, then `copies` random draws of `cfg`'s augmentation, as
+    augment.augmented_grid makes them (float (R * (copies + 1), 28, 28))."""
+    rows = len(grid) // (copies + 1)
+    titles = [("original" if k == 0 else f"draw {k}") for _ in range(rows) for k in range(copies + 1)]
     title = (f"Augmentation: rotation ±{cfg.rotation_deg:g}°, zoom ±{100 * cfg.zoom:g}%, shift ±{100 * cfg.shift:g}%"
              + (f", elastic alpha {cfg.elastic_alpha:g} px, sigma {cfg.elastic_sigma:g} px" if cfg.elastic_alpha else ""))
     return image_grid_figure(grid, titles, copies + 1, title)
@@ -293,8 +279,6 @@ def plot_digits(data, y=None, n: int = 32, ncols: int = 8, title: str | None = N
     >>> import digitrec as dr
     >>> dr.plot_digits(dr.load_mnist("test"), n=16)  # doctest: +SKIP
     """
-    from .data import as_digits
-
     digits = as_digits(data, y)
     images = digits.images[:n]
     labels = digits.labels[:n] if digits.labels is not None else [None] * len(images)
@@ -308,21 +292,5 @@ def plot_label_counts(data, y=None) -> Figure:
 
     >>> dr.plot_label_counts(dr.load_mnist("train"))  # doctest: +SKIP
     """
-    from .data import as_digits
-
     digits = as_digits(data, y, need_labels=True)
     return label_distribution_figure(np.bincount(digits.labels, minlength=10).tolist())
-
-
-def plot_augmentations(data, preset: str = "seed", rows: int = AUGMENTED_ROWS, copies: int = AUGMENTED_COPIES,
-                       seed: int = AUGMENT_SEED, **overrides) -> Figure:
-    """The first `rows` images of `data`, each followed by `copies` draws of the preset's augmentation
-    (config fields as keyword overrides, e.g. rotation_deg=20).
-
-    >>> dr.plot_augmentations(dr.load_mnist("train"), "seed", rows=2)  # doctest: +SKIP
-    """
-    from .config import make_config
-    from .data import as_digits
-
-    cfg = make_config(preset, **overrides)
-    return augmentation_figure(as_digits(data).images[:rows], cfg, copies, seed)

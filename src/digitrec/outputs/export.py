@@ -16,8 +16,11 @@ and onnxruntime and nothing else.
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import os
+import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -25,10 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .files import InputError, atomic_write, read_json
+from ..core.files import InputError, atomic_write, first_line
+from ..core.rundir import Run
 
 if TYPE_CHECKING:
-    from .data import Digits
+    from ..core.data import Digits
 
 OPSET = 17  # supported by every onnxruntime of the last three years
 INPUT_NAME = "images"
@@ -36,7 +40,7 @@ OUTPUT_NAMES = ("logits", "probs")
 NORMALISATION = "float32 (N, 1, 28, 28) = uint8 pixels / 255, white ink on black, MNIST geometry"
 MAX_PROB_DIFF = 1e-4  # largest |P_onnx - P_torch| the export check accepts (float32)
 MAX_INT8_DISAGREEMENT = 0.01  # largest share of predictions int8 may change and pass the check
-CALIBRATION_IMAGES = 1000  # training images whose activation ranges set the int8 scales
+QUANTISATION_IMAGES = 1000  # training images whose activation ranges set the int8 scales
 
 
 def export_onnx(run_dir: str | os.PathLike, out_path: str | os.PathLike, int8: bool = False,
@@ -46,9 +50,9 @@ def export_onnx(run_dir: str | os.PathLike, out_path: str | os.PathLike, int8: b
     With `int8`, the graph is quantised with activation ranges measured on `calibration`
     (training images: never the test set), and the metadata says so.
     """
-    import onnx
+    import onnx  # the onnx package: only to write a file, not to run one
 
-    from .checkpoint import load_run_model
+    from ..nets.weights import load_run_model  # torch: only to export or check, never to run a file
 
     if int8 and (calibration is None or not len(calibration)):
         raise InputError("an int8 export needs calibration images (training images)")
@@ -74,9 +78,8 @@ def onnx_program(model) -> bytes:
 
     Batch norms behind a max-pool are folded into their conv first (`fold_pooled_batchnorm`).
     """
-    import io
 
-    import torch
+    import torch  # torch: only to export, never to run a file
 
     model = fold_pooled_batchnorm(model)
 
@@ -109,10 +112,9 @@ def fold_pooled_batchnorm(model):
     is >= 0, as increasing maps commute with max. onnxruntime then fuses each ReLU into its conv,
     and in int8 the max-pool runs on the 8-bit values (its input and output share one scale).
     """
-    import copy
 
-    import torch
-    from torch import nn
+    import torch  # torch: only to export, never to run a file
+    from torch import nn  # torch, as above
 
     model = copy.deepcopy(model)
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
@@ -145,11 +147,10 @@ def quantize(onnx_model, calibration_images: np.ndarray):
     and that layer costs nothing). Softmax is left alone for the same reason. Activation ranges:
     min-max over `calibration_images`, uint8 (N, 28, 28).
     """
-    import tempfile
 
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+    import onnx  # the onnx package: only to write a file, not to run one
+    from onnxruntime.quantization import (  # only for an int8 export
+        CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static)
 
     class Batches(CalibrationDataReader):
         def __init__(self, images: np.ndarray, batch_size: int = 250):
@@ -207,8 +208,8 @@ def _to_input(images: np.ndarray) -> np.ndarray:
 
 
 def _metadata(run_dir: Path, cfg) -> dict:
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-    test = run_dir / "evaluation_test.json"
+    run = Run(run_dir)
+    metrics, headline = run.metrics(), run.headline()
     try:
         version = metadata.version("digitrec")
     except metadata.PackageNotFoundError:
@@ -217,7 +218,7 @@ def _metadata(run_dir: Path, cfg) -> dict:
         "preset": cfg.preset,
         "model": metrics.get("model", ""),
         "val_accuracy": metrics.get("val_accuracy", ""),
-        "test_accuracy": read_json(test)["accuracy"] if test.is_file() else "",
+        "test_accuracy": headline["accuracy"] if headline["on"] == "test" else "",
         "normalisation": NORMALISATION,
         "input": INPUT_NAME,
         "outputs": ",".join(OUTPUT_NAMES),
@@ -234,7 +235,7 @@ class OnnxClassifier:
 
     def __init__(self, path: str | os.PathLike | bytes, threads: int = 0):
         """`path`: an ONNX file, or the ONNX program itself as bytes (see `from_model`)."""
-        import onnxruntime as ort
+        import onnxruntime as ort  # the [onnx] extra: only when a file is run
 
         where = "the in-memory ONNX program" if isinstance(path, bytes) else path
         if not isinstance(path, bytes):
@@ -253,7 +254,7 @@ class OnnxClassifier:
                                                 providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=["QDQPropagationTransformer"])
         except Exception as e:  # onnxruntime raises its own exception types for invalid models
-            raise InputError(f"{where}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+            raise InputError(f"{where}: not a readable ONNX model ({first_line(e)})") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         names = [o.name for o in self.session.get_outputs()]
         if [i.name for i in self.session.get_inputs()] != [INPUT_NAME] or "probs" not in names:
@@ -280,8 +281,8 @@ def check_onnx(run_dir: str | os.PathLike, onnx_path: str | os.PathLike, images:
     A float32 file passes with probabilities within MAX_PROB_DIFF and no prediction changed; an
     int8 file when at most MAX_INT8_DISAGREEMENT of the predictions changed.
     """
-    from .checkpoint import load_run_model
-    from .evaluate import predict_probs
+    from ..nets.weights import load_run_model  # torch: only to export or check, never to run a file
+    from ..nets.predict import predict_probs  # torch, as above
 
     model, _, _ = load_run_model(run_dir)
     torch_probs = predict_probs(model, images)

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .files import LOCK_FILE, InputError, atomic_write
+from ..core.files import LOCK_FILE, InputError, atomic_write
 from .runtime import Runtime, default_threads
 
 # How long a rank waits for the others at a collective step. Ensemble members are whole runs, so a
@@ -187,7 +187,7 @@ LAUNCHED_BY_NPROC = "DIGITREC_NPROC"
 
 def launch_local(nproc: int, argv: list[str]) -> None:
     """Run `digitrec <argv>` in `nproc` workers on this machine through torchrun's elastic launcher."""
-    from torch.distributed.run import main as torchrun
+    from torch.distributed.run import main as torchrun  # torchrun's launcher: only for --nproc
 
     # the workers set their own threads (runtime.setup_process); this only spares torchrun's warning
     os.environ.setdefault("OMP_NUM_THREADS", str(default_threads(nproc)))

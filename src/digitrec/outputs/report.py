@@ -9,7 +9,6 @@ The page embeds its images as data URIs and loads nothing else (a CSP meta tag e
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import math
 import os
@@ -17,13 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .config import TrainConfig, config_from_dict
-from .evaluate import Predictions, calibration, most_confused_pairs, summarize
-from .figures import (AUGMENT_SEED, AUGMENTED_COPIES, AUGMENTED_ROWS, augmentation_figure, comparison_figure,
+from ..core.config import TrainConfig, config_from_dict
+from ..core.metrics import Predictions, reliability, most_confused_pairs, summarize
+from ..core.rundir import CONFIG, FIGURES, REPORT, Run, predictions_file
+from ..nets.augment import AUGMENT_SEED, AUGMENTED_COPIES, AUGMENTED_ROWS, augmented_grid
+from ..training.optim import build_optimizer, build_scheduler, steps_per_epoch
+from ..core.figures import (augmentation_figure, comparison_figure,
                       confusion_figure, image_grid_figure, label_distribution_figure, mistakes_figure,
                       reliability_figure, training_curves_figure)
-from .files import InputError, atomic_write, read_json
+from ..core.files import InputError, atomic_write
 
 SAMPLE_IMAGES = 32  # sample grid: 4 rows of 8
 
@@ -44,37 +47,13 @@ class RunFiles:
 
 
 def read_run(run_dir: str | os.PathLike) -> RunFiles:
-    """Read a run's files; missing ones are None. A directory without config.json is not a run."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: no such run directory")
-    if not (run_dir / "config.json").is_file():
-        raise InputError(f"{run_dir}: not a digitrec run (no config.json)")
-    preds_file = next((f for f in ("predictions_test.npz", "predictions_val.npz") if (run_dir / f).is_file()), None)
-    return RunFiles(run_dir, _read_json(run_dir / "config.json"), _read_json(run_dir / "metrics.json"),
-                    read_history(run_dir / "history.csv"),
-                    Predictions.load(run_dir / preds_file) if preds_file else None, preds_file)
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except ValueError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
-
-
-def read_history(path: Path) -> list[dict]:
-    """history.csv as a list of per-epoch dicts of floats (NaN where a cell is empty)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    try:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in rows]
-    except ValueError as e:
-        raise InputError(f"{path}: not a history file ({e})") from None
+    """Read a run's files (each checked against its digest); missing ones are None. A directory
+    without config.json is not a run."""
+    run = Run(run_dir)
+    run.require(CONFIG)
+    scored = run.scored_set()
+    return RunFiles(run.path, run.config(), run.metrics() or None, run.history(),
+                    run.predictions(scored) if scored else None, predictions_file(scored) if scored else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,8 +150,8 @@ def evaluated_on(run: RunFiles, short: bool = False) -> str:
         return "no predictions"
     n = f"{len(run.preds.ids):,} images"
     if short:
-        return f"{'test' if run.preds_file == 'predictions_test.npz' else 'validation'} ({n})"
-    if run.preds_file == "predictions_test.npz":
+        return f"{'test' if run.preds_file == predictions_file('test') else 'validation'} ({n})"
+    if run.preds_file == predictions_file("test"):
         return f"test set ({n}, {run.preds_file})"
     return f"validation hold-out ({n}, {run.preds_file}; no test predictions in this run)"
 
@@ -203,9 +182,9 @@ def write_report(run_dir: str | os.PathLike, top_mistakes: int = 24) -> Path:
         raise InputError(f"top mistakes must be at least 1, not {top_mistakes}")
     run = read_run(run_dir)
     summary = summarize(run.preds, top_mistakes) if run.preds is not None and run.preds.has_labels else None
-    calib = calibration(run.preds) if summary is not None else None
+    calib = reliability(run.preds) if summary is not None else None
     before = run.preds.uncalibrated() if summary is not None else None
-    calib_before = calibration(before) if before is not None else None
+    calib_before = reliability(before) if before is not None else None
     figures = _Figures()
     sections = [
         _summary_section(run, summary, calib),
@@ -219,14 +198,10 @@ def write_report(run_dir: str | os.PathLike, top_mistakes: int = 24) -> Path:
     title = f"digitrec run {run.name}"
     body = (f"<header><h1>{_e(title)}</h1>"
             f"{_p(f'{run.run_dir.resolve()}', 'muted')}</header>\n" + "\n".join(sections))
-    figures_dir = run.run_dir / "figures"
+    folder = Run(run.run_dir)
     for name, png in figures.pngs.items():
-        with atomic_write(figures_dir / f"{name}.png", "wb") as f:
-            f.write(png)
-    path = run.run_dir / "report.html"
-    with atomic_write(path, encoding="utf-8") as f:
-        f.write(_page(title, body))
-    return path
+        folder.write_bytes(f"{FIGURES}/{name}.png", png)
+    return folder.write_text(REPORT, _page(title, body))
 
 
 def _summary_section(run: RunFiles, summary: dict | None, calib: dict | None) -> str:
@@ -297,7 +272,7 @@ def _data_section(run: RunFiles, figures: _Figures) -> str:
         return _section("data", "Data", parts)
     parts.append(figures.add(
         "augmented", "grid of augmented samples: each row an original and random draws", augmentation_figure,
-        images[:AUGMENTED_ROWS], cfg, AUGMENTED_COPIES, AUGMENT_SEED))
+        augmented_grid(images[:AUGMENTED_ROWS], cfg, AUGMENTED_COPIES, AUGMENT_SEED), cfg, AUGMENTED_COPIES))
     parts.append(_p("Each row: an original and random draws of the run's augmentation (fixed seed "
                     f"{AUGMENT_SEED}; a rendering, not the draws seen in training).", "muted"))
     return _section("data", "Data", parts)
@@ -309,10 +284,6 @@ def learning_rate_steps(cfg: TrainConfig, n_train: int, epochs: int) -> tuple[np
     None for the others. It replays train's own scheduler on a stand-in parameter."""
     if cfg.schedule != "onecycle" or epochs < 1:
         return None
-    import torch
-
-    from .train import build_optimizer, build_scheduler, steps_per_epoch
-
     n_steps = steps_per_epoch(n_train, cfg)
     if n_steps < 1:
         return None

@@ -29,9 +29,10 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
-from .checkpoint import load_run_model
+from ..core.files import InputError
+from ..core.rundir import Run
+from ..nets.weights import load_run_model
 from .export import OnnxClassifier
-from .files import InputError, read_json
 from .images import NO_DIGIT, open_image, to_mnist
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -221,23 +222,16 @@ def _install_error_handlers(app) -> None:
 
 def model_info(run_dir: Path, cfg, model: torch.nn.Module) -> dict:
     """What /api/model reports: the run, its model, and the best accuracy figure the run holds."""
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-    test_path = run_dir / "evaluation_test.json"
-    if test_path.is_file():
-        evaluation = read_json(test_path)
-        accuracy, accuracy_on, n = evaluation["accuracy"], "test", evaluation.get("n")
-    elif metrics.get("val_accuracy") is not None:
-        accuracy, accuracy_on, n = metrics["val_accuracy"], "validation", metrics.get("n_val")
-    else:
-        accuracy, accuracy_on, n = None, None, None
+    run = Run(run_dir)
+    metrics, headline = run.metrics(), run.headline()
     return {
         "run": run_dir.resolve().name,
         "preset": cfg.preset,
         "model": metrics.get("model", cfg.model),  # "ensemble of K (...)" for an ensemble run
         "parameters": sum(p.numel() for p in model.parameters()),
-        "accuracy": accuracy,
-        "accuracy_on": accuracy_on,  # "test" (evaluation_test.json), "validation", or None
-        "accuracy_n": n,
+        "accuracy": headline["accuracy"],
+        "accuracy_on": headline["on"],  # "test" (evaluation_test.json), "validation", or None
+        "accuracy_n": headline["n"],
         # what was trained and how well; not the machine it ran on (CPU, platform, git commit)
         "metrics": {key: value for key, value in metrics.items() if key != "environment"},
     }
@@ -327,7 +321,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
     One process answers on one core (Python's GIL); a second one doubles the pixels endpoint's
     throughput on a 2-core machine (see benchmarks/serve_load.py).
     """
-    import uvicorn
+    import uvicorn  # the server itself: not needed to build the app (tests, ASGI hosts)
 
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")

@@ -1,11 +1,14 @@
-"""Evaluation: one predictions record per data set, and every metric computed from it.
+"""The predictions record and every metric computed from it: numpy only, no torch.
 
-Compute once, render many times: the confusion matrix, the error gallery, the HTML report and
-the submission CSV all read a `Predictions` record (saved as `predictions_<name>.npz`).
+Compute once, render many times: the confusion matrix, the error gallery, the HTML report and the
+submission CSV all read one `Predictions` record per data set (saved as `predictions_<name>.npz`
+in a run folder, core/rundir.py).
 """
 
 from __future__ import annotations
 
+import html
+import io
 import math
 import os
 import zipfile
@@ -16,118 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Digits
-from .files import InputError, atomic_write, write_json
-
-
-# torch is imported inside the functions that run a model: Predictions, summarize and the rest
-# stay importable without it, so `--onnx` deployments (onnxruntime only) can use them.
-
-
-# Images per forward pass when predicting. Smaller batches stay in the CPU's caches: with 2 threads,
-# 10,000 test images took 0.23 / 0.21 / 0.19 s at 1000 / 256 / 128 (`fast`), 0.62 / 0.35 / 0.31 s
-# (the previous `fast`, width 24), 1.72 / 1.44 / 1.41 s (`fast` with its 7 views).
-PREDICT_BATCH = 256
-
-
-def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] (the reference divides by 255)."""
-    import torch
-
-    x = torch.as_tensor(images)
-    return x.unsqueeze(1).float().div_(255.0)
-
-
-def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = PREDICT_BATCH,
-                   channels_last: bool = True) -> torch.Tensor:
-    """Logits (N, 10) for uint8 images (N, 28, 28), in large batches with no autograd.
-
-    `channels_last` puts the model (in place) and each batch in channels-last memory: the same
-    numbers, and on a CPU `fast` predicts 2.6x the images/s (oneDNN's max-pool on a (1000, 16, 28, 28)
-    batch: 11.4 ms in PyTorch's default layout, 2.6 ms in this one)."""
-    import torch
-
-    model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = to_float(images[start:start + batch_size])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(model(x))
-    return torch.cat(out) if out else torch.empty(0, 10)
-
-
-def predict_probs(model: torch.nn.Module, images: np.ndarray, batch_size: int = PREDICT_BATCH,
-                  channels_last: bool = True) -> np.ndarray:
-    """Class probabilities (N, 10) float32 for uint8 images (N, 28, 28)."""
-    return predict_logits(model, images, batch_size, channels_last).softmax(1).numpy()
-
-
-# Test-time augmentation views: (shift right, shift down) in pixels, rotation in degrees. Small
-# enough that every view is still the same digit; the identity view comes first.
-TTA_VIEWS: tuple[tuple[float, float, float], ...] = (
-    (0, 0, 0),
-    (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0),
-    (0, 0, 5), (0, 0, -5),
-)
-
-
-def view_grid(view: tuple[float, float, float], shape: list[int]) -> torch.Tensor:
-    """Where `view` = (dx, dy, degrees) samples each output pixel of a batch of `shape` (B, 1, H, W):
-    an affine_grid (B, H, W, 2), as augment.py draws them."""
-    import torch
-    import torch.nn.functional as F
-
-    from .augment import affine_matrices
-
-    dx, dy, degrees = view
-    n, _, height, width = shape
-    full = torch.full((n,), 1.0)
-    # affine_matrices maps output to input coordinates: moving the digit right samples from the left
-    params = {"angle_deg": full * degrees, "zoom_x": full, "zoom_y": full,
-              "shift_x": full * (-dx / width), "shift_y": full * (-dy / height)}
-    return F.affine_grid(affine_matrices(params), list(shape), align_corners=False)
-
-
-def view_images(x: torch.Tensor, view: tuple[float, float, float]) -> torch.Tensor:
-    """A float batch (B, 1, 28, 28) moved by `view` = (dx, dy, degrees), sampled as in augment.py."""
-    import torch.nn.functional as F
-
-    if tuple(view) == (0, 0, 0):
-        return x
-    grid = view_grid(view, list(x.shape)).to(x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def tta_probs(model: torch.nn.Module, images: np.ndarray, views=TTA_VIEWS, batch_size: int = PREDICT_BATCH,
-              channels_last: bool = True) -> np.ndarray:
-    """Class probabilities (N, 10) averaged over `views` of each uint8 image (N, 28, 28). A model that
-    predicts by test-time augmentation already (recipe field `tta`, model.TTA) is asked once: views
-    of its views would be other views, not these."""
-    import torch
-
-    from .model import TTA
-
-    if any(isinstance(m, TTA) for m in model.modules()):
-        return predict_probs(model, images, batch_size, channels_last)
-
-    model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    out = [np.empty((0, 10), dtype=np.float32)]
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = to_float(images[start:start + batch_size])  # (B, 1, 28, 28)
-            probs = 0
-            for view in views:
-                xv = view_images(x, view)
-                if channels_last:
-                    xv = xv.contiguous(memory_format=torch.channels_last)
-                probs = probs + model(xv).softmax(1)
-            out.append((probs / len(views)).numpy())
-    return np.concatenate(out)
+from .files import InputError, atomic_write, first_line
 
 
 @dataclass(frozen=True, repr=False)
@@ -158,33 +50,45 @@ class Predictions:
         self._need_labels()
         return float((self.y_pred == self.y_true).mean())
 
-    def save(self, path: str | os.PathLike) -> None:
-        with atomic_write(path, "wb") as f:
-            extra = {} if self.probs_uncalibrated is None else {"probs_uncalibrated": self.probs_uncalibrated}
-            np.savez_compressed(f, name=np.array(self.name), ids=self.ids, y_true=self.y_true,
-                                y_pred=self.y_pred, probs=self.probs, images=self.images, **extra)
+    def to_bytes(self) -> bytes:
+        """The record as an .npz file's bytes (no pickles)."""
+        buffer = io.BytesIO()
+        extra = {} if self.probs_uncalibrated is None else {"probs_uncalibrated": self.probs_uncalibrated}
+        np.savez_compressed(buffer, name=np.array(self.name), ids=self.ids, y_true=self.y_true,
+                            y_pred=self.y_pred, probs=self.probs, images=self.images, **extra)
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Predictions":
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such predictions file")
+    def from_bytes(cls, data: bytes, where: str | os.PathLike) -> "Predictions":
+        """The record in an .npz file's bytes; InputError naming `where` if they are anything else."""
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 preds = cls(str(z["name"]), z["ids"], z["y_true"], z["y_pred"], z["probs"], z["images"],
                             z["probs_uncalibrated"] if "probs_uncalibrated" in z.files else None)
         # a truncated, garbled or foreign file: numpy lets each layer's own error through
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            detail = (str(e).splitlines() or [type(e).__name__])[0]
-            raise InputError(f"{path}: not a digitrec predictions file ({detail})") from None
+            raise InputError(f"{where}: not a digitrec predictions file ({first_line(e)})") from None
         n = len(preds.ids)
         shapes = {"ids": (n,), "y_true": (n,), "y_pred": (n,), "probs": (n, 10), "images": (n, 28, 28),
                   "probs_uncalibrated": (n, 10)}
         wrong = next((key for key, shape in shapes.items()
                       if getattr(preds, key) is not None and getattr(preds, key).shape != shape), None)
         if wrong is not None:
-            raise InputError(f"{path}: not a digitrec predictions file ({wrong} has shape "
+            raise InputError(f"{where}: not a digitrec predictions file ({wrong} has shape "
                              f"{list(getattr(preds, wrong).shape)}, expected {list(shapes[wrong])})")
         return preds
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the record to `path` (atomically). In a run folder, rundir.Run.write_predictions also
+        records its digest."""
+        with atomic_write(path, "wb") as f:
+            f.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Predictions":
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such predictions file")
+        return cls.from_bytes(Path(path).read_bytes(), path)
 
     def _need_labels(self) -> None:
         if not self.has_labels:
@@ -212,13 +116,13 @@ class Predictions:
 
     def plot_confusion_matrix(self, normalise: bool = False):
         """The confusion matrix as a Figure: image counts, or each row as % of its true digit."""
-        from .figures import confusion_figure
+        from .figures import confusion_figure  # matplotlib: only when a figure is asked for
 
         return confusion_figure(self.confusion_matrix(), normalise)
 
     def plot_top_losses(self, k: int = 6, ncols: int = 3):
         """The reference's "most important errors": the `k` most confident mistakes with all 10 probabilities."""
-        from .figures import mistakes_figure
+        from .figures import mistakes_figure  # matplotlib: only when a figure is asked for
 
         mistakes = self.top_losses(k)
         if not mistakes:
@@ -228,10 +132,10 @@ class Predictions:
     def plot_calibration(self, n_bins: int = 15):
         """Reliability diagram: accuracy against confidence per bin, with the expected calibration error
         (and the uncalibrated model's, where the record holds its probabilities)."""
-        from .figures import reliability_figure
+        from .figures import reliability_figure  # matplotlib: only when a figure is asked for
 
         before = self.uncalibrated()
-        return reliability_figure(calibration(self, n_bins), calibration(before, n_bins) if before else None)
+        return reliability_figure(reliability(self, n_bins), reliability(before, n_bins) if before else None)
 
     def uncalibrated(self) -> "Predictions | None":
         """The record as the model scored it with every temperature 1, if the record holds that."""
@@ -245,8 +149,6 @@ class Predictions:
         return f"Predictions('{self.name}', {len(self.ids):,} images{scored})"
 
     def _repr_html_(self) -> str:
-        import html
-
         rows = [("images", f"{len(self.ids):,}")]
         if self.has_labels:
             summary = summarize(self, 0)
@@ -262,6 +164,7 @@ class Predictions:
         return f"<div><strong>Predictions '{html.escape(self.name)}'</strong><table>{body}</table></div>"
 
 
+
 def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray,
                            probs_uncalibrated: np.ndarray | None = None) -> Predictions:
     probs = np.asarray(probs, dtype=np.float32)
@@ -271,34 +174,6 @@ def predictions_from_probs(name: str, digits: Digits, probs: np.ndarray,
     return Predictions(name, digits.ids, y_true.astype(np.int64), probs.argmax(1).astype(np.int64),
                        probs, digits.images, probs_uncalibrated)
 
-
-def predict(model: torch.nn.Module, digits: Digits, name: str, batch_size: int = PREDICT_BATCH,
-            channels_last: bool = True, tta: bool = False) -> Predictions:
-    """The model's predictions of `digits`. For labelled digits, a calibrated model's record also holds
-    its uncalibrated probabilities, for the reliability diagram's before / after: its logits times its
-    temperature when that is its only one, else a second pass with every temperature 1 (an ensemble
-    of calibrated members; `tta`). Unlabelled ones (a submission) are not scored, so they skip that."""
-    from .calibrate import is_calibrated, temperatures_off
-
-    def probs() -> np.ndarray:
-        if tta:
-            return tta_probs(model, digits.images, batch_size=batch_size, channels_last=channels_last)
-        return predict_probs(model, digits.images, batch_size, channels_last)
-
-    if tta:
-        calibrated = probs()
-    else:
-        logits = predict_logits(model, digits.images, batch_size, channels_last)
-        calibrated = logits.softmax(1).numpy()
-    uncalibrated = None
-    if digits.labels is not None and is_calibrated(model):
-        inner = [b for n, b in model.named_buffers() if n.endswith(".temperature")]  # members', a TTA's net's
-        if not tta and all(float(b) == 1.0 for b in inner):  # the logits are divided by one temperature
-            uncalibrated = (logits * model.temperature).softmax(1).numpy()
-        else:
-            with temperatures_off(model):
-                uncalibrated = probs()
-    return predictions_from_probs(name, digits, calibrated, uncalibrated)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
@@ -355,8 +230,8 @@ def summarize(preds: Predictions, top_mistakes: int = 6) -> dict:
         "errors": total - correct,
         "accuracy_ci95": list(wilson_interval(correct, total)),
         "loss": float(nll),
-        "ece": calibration(preds)["ece"],
-        "ece_uncalibrated": calibration(preds.uncalibrated())["ece"] if preds.probs_uncalibrated is not None else None,
+        "ece": reliability(preds)["ece"],
+        "ece_uncalibrated": reliability(preds.uncalibrated())["ece"] if preds.probs_uncalibrated is not None else None,
         "per_class": [{"class": c, "precision": float(precision[c]), "recall": float(recall[c]),
                        "f1": float(f1[c]), "support": int(cm[c].sum())} for c in range(10)],
         "confusion_matrix": cm.tolist(),
@@ -364,7 +239,7 @@ def summarize(preds: Predictions, top_mistakes: int = 6) -> dict:
     }
 
 
-def calibration(preds: Predictions, n_bins: int = 15) -> dict:
+def reliability(preds: Predictions, n_bins: int = 15) -> dict:
     """Reliability of the top probability: `n_bins` equal-width confidence bins and the expected
     calibration error, ECE = sum over bins of (share of images) * |accuracy - mean confidence|."""
     if not preds.has_labels:
@@ -402,18 +277,3 @@ def format_summary(summary: dict) -> str:
               for m in summary["confident_mistakes"]]
     return "\n".join(lines)
 
-
-def evaluate_run(run_dir: str | os.PathLike, digits: Digits, name: str = "test", tta: bool = False) -> Predictions:
-    """Predict `digits` with a finished run's model and save `predictions_<name>.npz` in the run.
-
-    With `tta`, probabilities are averaged over TTA_VIEWS and the name gets a "-tta" suffix.
-    """
-    from .checkpoint import load_run_model
-
-    model, _, _ = load_run_model(run_dir)
-    preds = predict(model, digits, f"{name}-tta" if tta else name, tta=tta)
-    name = preds.name
-    preds.save(Path(run_dir) / f"predictions_{name}.npz")
-    if preds.has_labels:
-        write_json(Path(run_dir) / f"evaluation_{name}.json", summarize(preds))
-    return preds

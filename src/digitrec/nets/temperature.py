@@ -4,7 +4,9 @@ A model trained with label smoothing (`fast`, `best`) states ~90% where it is ri
 time. Dividing its logits by one scalar T, fitted by minimising the negative log-likelihood on
 images it did not train on, fixes most of that and changes no prediction (argmax(z / T) = argmax z).
 The temperature lives in the model (model.Classifier's `temperature` buffer), so it is saved with
-the weights and every path that loads them applies it.
+the weights and every path that loads them applies it. This module is the one place that finds those
+buffers (an ensemble has one per member and its own) and holds the fit; predict.fit_model_temperature
+applies the fit to a model.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import numpy as np
-
-from .data import Digits
-from .evaluate import calibration, predict_logits, predictions_from_probs
+import torch
 
 # The temperatures the fit may choose: beyond these the held-out set is degenerate (no errors at all,
 # or no better than chance) and the bound is the honest answer.
@@ -60,13 +60,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 10
     return float(np.exp((low + high) / 2))
 
 
+def is_temperature(name: str) -> bool:
+    """Whether a state-dict key or buffer name is a temperature (the model's own or a member's)."""
+    return name == "temperature" or name.endswith(".temperature")
+
+
+def temperature_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every temperature in `model` by name: "temperature" is its own; "members.0.temperature", a
+    member's; "net.temperature", the net inside a TTA model."""
+    return {name: buffer for name, buffer in model.named_buffers() if is_temperature(name)}
+
+
 @contextmanager
 def temperatures_off(model):
     """Every temperature in `model` (an ensemble's and its members') set to 1 inside the block."""
-    import torch
-
-    saved = [(buffer, buffer.clone()) for name, buffer in model.named_buffers()
-             if name == "temperature" or name.endswith(".temperature")]
+    saved = [(buffer, buffer.clone()) for buffer in temperature_buffers(model).values()]
     with torch.no_grad():
         for buffer, _ in saved:
             buffer.fill_(1.0)
@@ -78,31 +86,6 @@ def temperatures_off(model):
                 buffer.copy_(value)
 
 
-def calibrate(model, digits: Digits) -> dict:
-    """Fit `model.temperature` on labelled held-out `digits`, in place; returns what it measured.
-
-    Only the model's own temperature is fitted: an ensemble's members keep theirs and the ensemble
-    rescales their average. Returns the temperature, the image count, and the NLL and expected
-    calibration error (15 bins) on `digits` before (temperature 1) and after.
-    """
-    import torch
-
-    with torch.no_grad():
-        model.temperature.fill_(1.0)
-    logits = predict_logits(model, digits.images).double().numpy()
-    temperature = fit_temperature(logits, digits.labels)
-    with torch.no_grad():
-        model.temperature.fill_(temperature)
-
-    def ece(t: float) -> float:
-        return calibration(predictions_from_probs("calibration", digits, softmax(logits, t)))["ece"]
-
-    return {"temperature": temperature, "n": len(digits),
-            "nll_before": nll(logits, digits.labels), "nll_after": nll(logits, digits.labels, temperature),
-            "ece_before": ece(1.0), "ece_after": ece(temperature)}
-
-
 def is_calibrated(model) -> bool:
     """Whether any temperature in `model` (an ensemble's or a member's) differs from 1."""
-    return any(float(buffer) != 1.0 for name, buffer in model.named_buffers()
-               if name == "temperature" or name.endswith(".temperature"))
+    return any(float(buffer) != 1.0 for buffer in temperature_buffers(model).values())

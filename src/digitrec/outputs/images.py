@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .files import InputError, atomic_write
+from ..core.files import InputError, atomic_write
 
 # Only these Pillow decoders are ever tried: fewer parsers, less attack surface.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")

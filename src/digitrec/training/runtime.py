@@ -1,54 +1,24 @@
 """Where and how a run computes: device, precision, threads, rank. Nothing here decides the weights.
 
-`RuntimeConfig` holds the runtime settings a user picks (CLI flags map onto its fields, as they do
-onto TrainConfig's); `resolve` turns them into a `Runtime`, the decided facts that the training
+`RuntimeConfig` (core/config.py) holds the runtime settings a user picks (CLI flags map onto its
+fields, as they do onto TrainConfig's); `resolve` turns them into a `Runtime`, the decided facts that the training
 loop reads: a torch.device, the autocast dtype, whether a grad scaler runs, the rank and world size.
 `setup_process` is the process set-up (threads, glibc's malloc) that only an entry point does,
 once: the CLI or a torchrun worker. Library calls never change process-wide state.
-torch is imported inside the functions, so the CLI reads RuntimeConfig's fields for its flags
-without loading it (the `--onnx` commands never do).
+RuntimeConfig itself lives in core/config.py beside the recipe, so the CLI reads its fields for its
+flags without loading torch (the `--onnx` commands never do).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import os
 from dataclasses import dataclass
 
-from .evaluate import PREDICT_BATCH
+import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")  # or "cuda:N"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    device: str = "auto"  # auto: the accelerator torch reports (CUDA, then MPS), else the CPU
-    precision: str = "auto"  # autocast dtype; auto: bf16 on a GPU that has it, fp32 elsewhere (seed's numbers are fp32)
-    threads: int = 0  # torch intra-op threads per process; 0 = physical cores / processes on this machine
-    eval_batch_size: int = PREDICT_BATCH  # inference only: images per pass (evaluate.PREDICT_BATCH says why)
-    channels_last: bool = True  # memory format for conv kernels (same numbers, faster on CPU)
-    compile: bool = False  # torch.compile the model: slower for seed here (481 vs 589 images/s, 23 s to compile)
-
-    def __post_init__(self):
-        device_ok = self.device in DEVICES or (self.device.startswith("cuda:") and self.device[5:].isdigit())
-        checks = [
-            (device_ok, f"device must be one of {', '.join(DEVICES)} or cuda:N, not {self.device!r}"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.threads >= 0 and self.eval_batch_size >= 1, "threads >= 0 and eval_batch_size >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(RuntimeConfig))
-
+from ..core.config import PREDICT_BATCH, RuntimeConfig
 
 @dataclass(frozen=True)
 class Runtime:
@@ -82,40 +52,30 @@ class Runtime:
 
     def fork_rng(self):
         """The default generators of the CPU and of this device, restored as they were on exit."""
-        import torch
-
         if self.device.type == "cpu":
             return torch.random.fork_rng(devices=[])
         return torch.random.fork_rng(devices=[self.device], device_type=self.device.type)
 
     def device_rng_state(self) -> tuple[str, torch.Tensor] | None:
         """(checkpoint key, state) of this device's default generator; None on the CPU."""
-        import torch
-
         if self.device.type == "cpu":
             return None
         return f"rng.{self.device.type}", torch.get_device_module(self.device.type).get_rng_state(self.device)
 
     def set_device_rng_state(self, tensors: dict) -> None:
         """Restore this device's generator from a checkpoint's tensors, if that device type saved one."""
-        import torch
-
         key = f"rng.{self.device.type}"
         if self.device.type != "cpu" and key in tensors:
             torch.get_device_module(self.device.type).set_rng_state(tensors[key], self.device)
 
     def autocast(self):
         """The forward pass's precision context (a no-op in fp32)."""
-        import torch
-
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision])
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
-        import torch
-
         return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
     def describe(self) -> dict:
@@ -124,8 +84,6 @@ class Runtime:
 
 
 def available_devices() -> list[str]:
-    import torch
-
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -139,8 +97,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
     Never a silent fall-back to the CPU. Under torchrun, "auto" and "cuda" mean this process's GPU.
     """
-    import torch
-
     here = available_devices()
     if name == "auto":
         if torch.cuda.is_available():
@@ -154,8 +110,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    import torch
-
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if name == "fp16" and device.type != "cuda":
@@ -191,8 +145,6 @@ def resolve(cfg: RuntimeConfig = RuntimeConfig(), rank: int = 0, world_size: int
             local_world_size: int = 1, threads: int | None = None) -> Runtime:
     """Decide the runtime of this process; changes nothing. `threads`: what the process uses (default:
     torch's current setting, which setup_process made cfg.threads)."""
-    import torch
-
     device = resolve_device(cfg.device, local_rank)
     return Runtime(device=device, precision=resolve_precision(cfg.precision, device),
                    threads=threads if threads is not None else torch.get_num_threads(),
@@ -213,8 +165,6 @@ def setup_process(cfg: RuntimeConfig, local_world_size: int = 1) -> int:
     thousand and ~4,100 images/s (seed: +2.5%). The peak resident memory stays what a step needs.
     Process-wide and permanent, so only the CLI and torchrun workers call it. Returns the threads.
     """
-    import torch
-
     threads = cfg.threads or default_threads(local_world_size)
     torch.set_num_threads(threads)
     try:

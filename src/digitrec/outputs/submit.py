@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import Digits
-from .evaluate import Predictions
-from .files import InputError, atomic_write
+from ..core.data import Digits
+from ..core.files import InputError, atomic_write, first_line
+from ..core.metrics import Predictions
 
 SUBMISSION_COLUMNS = ["ImageId", "Label"]
 # Cells are read as float64, which holds every integer up to this exactly; a larger ImageId (no
@@ -37,7 +37,7 @@ def read_label_file(path: str | os.PathLike) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, engine="pyarrow")
     except (pd.errors.ParserError, ValueError) as e:
-        raise InputError(f"{name}: not a readable CSV ({str(e).splitlines()[0]})") from None
+        raise InputError(f"{name}: not a readable CSV ({first_line(e)})") from None
     columns = [str(c).strip() for c in frame.columns]
     if columns != SUBMISSION_COLUMNS:
         raise InputError(f"{name}: header must be exactly 'ImageId,Label', found {','.join(columns)!r}")

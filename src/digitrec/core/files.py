@@ -1,4 +1,4 @@
-"""Small file helpers every stage shares: the user-facing error types, atomic writes, the run lock."""
+"""Small file helpers every layer shares: the user-facing error types, atomic writes, JSON, the run lock."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ class Interrupted(Exception):
 
 TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the file
 LOCK_FILE = ".lock"
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message, first line only (its type's name when the message is empty), for an
+    `error:` line that stays one line."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _reason(e: OSError) -> str:
