@@ -67,6 +67,7 @@ NEAR = 0.35  # a stroke further from the main stroke than this fraction of its s
 # side wide, far wider than any stroke of a digit that fits in the picture, so it erases strokes
 # and keeps the light's gradient, a shadow's edge and the paper's colour.
 BACKGROUND_FRACTION = 0.3
+BACKGROUND_LONG = 0.2  # ... and at least this fraction of the longer side: wider than a digit's strokes, under a fifth of its height
 BACKGROUND_CELLS = 15  # ... computed on a copy shrunk so the filter is this many pixels wide: fast
 BACKGROUND_PEN = 0.4  # strokes wider than this fraction of the closing: it did not erase them; the paper is then
 PAPER_PERCENTILE = 95  # ... one level for the picture, this percentile of it (a digit covers under half its picture)
@@ -221,7 +222,7 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
         # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
         # partly taken for the background: the picture is then all digit, and its paper one level
         strokes = _handwriting(ink > 0)
-        window = max(3.0, BACKGROUND_FRACTION * min(page.shape))
+        window = max(3.0, _closing_width(page.shape))
         if strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * window:
             level = np.percentile(page, PAPER_PERCENTILE)
             ink = _divided(page, np.maximum(page, np.uint8(level)))
@@ -272,12 +273,22 @@ def _dark_ink(grey: np.ndarray) -> bool:
 
 def _background(page: np.ndarray) -> np.ndarray:
     """The page's brightness without its strokes (H, W) uint8: a closing (max then min filter)
-    BACKGROUND_FRACTION of the shorter side wide, computed on a `_shrunk` copy and enlarged back."""
-    small, cells = _shrunk(page, BACKGROUND_FRACTION)
-    background = cv2.morphologyEx(small, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (cells, cells)))
+    `_closing_width` wide, computed on a `_shrunk` copy and enlarged back."""
+    small, cells = _shrunk(page, _closing_width(page.shape) / min(page.shape))
+    # the picture's edge repeated outward first: a closing that stops at the edge takes the paper
+    # there for as bright as the paper a window inward, and a shadow's dark side turns to "ink"
+    padded = cv2.copyMakeBorder(small, cells, cells, cells, cells, cv2.BORDER_REPLICATE)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (cells, cells))
+    background = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)[cells:-cells, cells:-cells]
     if small.shape != page.shape:
         background = cv2.resize(background, page.shape[::-1], interpolation=cv2.INTER_LINEAR)
     return np.maximum(background, page)  # the page is never brighter than its own background
+
+
+def _closing_width(shape: tuple[int, int]) -> float:
+    """The background closing's width (px): BACKGROUND_FRACTION of the shorter side, and no less
+    than BACKGROUND_LONG of the longer one (a narrow picture of a 1: its stem fills the width)."""
+    return max(BACKGROUND_FRACTION * min(shape), BACKGROUND_LONG * max(shape))
 
 
 def _shrunk(page: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
