@@ -352,11 +352,9 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
         extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
         lines = {axis: [line for line in found if line.thick <= LINE_PEN * pen and line.runs_past(*extent[axis], pen)]
                  for axis, found in lines.items()}
-        for box in boxes:
-            if all(side.thick <= LINE_PEN * pen for side in box):
-                top, bottom, left, right = box
-                lines["h"] += [top, bottom]
-                lines["v"] += [left, right]
+        for top, bottom, left, right in boxes:  # four thin sides meeting at the corners: evidence enough
+            lines["h"] += [top, bottom]
+            lines["v"] += [left, right]
     if not lines["h"] and not lines["v"]:
         return ink
     removed = np.zeros(mask.shape, bool)
