@@ -115,6 +115,34 @@ def phone_jpeg(megapixels: float, digit: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def heldout_report(modules: dict, classify, n: int) -> None:
+    """The held-out generator's pictures, read by every pipeline: per condition and strength, and
+    whole numbers on ruled paper."""
+    if "digitrec.data" not in sys.modules:  # heldout_photos.py was written against the flat layout
+        from digitrec.core import data
+        sys.modules["digitrec.data"] = data
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import heldout_photos
+
+    names = list(modules)
+    print(f"\nheld-out generator, {n} pictures each\n\n| condition | strength | {' | '.join(names)} | this tree - best other |")
+    print("| --- | ---: |" + " ---: |" * (len(names) + 1))
+    for condition in heldout_photos.CONDITIONS:
+        for strength in heldout_photos.STRENGTHS:
+            cases = heldout_photos.cases(condition, strength, n)
+            labels = np.array([int(case.label) for case in cases])
+            scores = [float(read_right(classify, read_all(m, [c.encoded for c in cases])[0], labels).mean())
+                      for m in modules.values()]
+            print(f"| {condition} | {strength} | {' | '.join(f'{s:.1%}' for s in scores)} "
+                  f"| {100 * (scores[-1] - max(scores[:-1])):+.1f} |", flush=True)
+    cases = heldout_photos.number_cases(n)
+    truth = [np.array([int(c) for c in case.label]) for case in cases]
+    scores = [numbers_right(classify, read_all(m, [c.encoded for c in cases], multi=True)[0], truth)
+              for m in modules.values()]
+    print(f"| {heldout_photos.NUMBERS}, whole number right | {n} numbers | {' | '.join(f'{s:.1%}' for s in scores)} "
+          f"| {100 * (scores[-1] - max(scores[:-1])):+.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -122,6 +150,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timings of each phone-sized JPEG")
     parser.add_argument("--only", default="", help="only the rows whose name contains this")
     parser.add_argument("--multi", action="store_true", help="only the numbers")
+    parser.add_argument("--heldout", type=int, default=0,
+                        help="also the held-out generator (benchmarks/heldout_photos.py): this many pictures per "
+                             "condition and strength, and numbers on ruled paper (never tune on it)")
     args = parser.parse_args()
 
     modules = {name: load_revision(rev) for name, rev in PIPELINES.items()} | {"this tree": this_tree}
@@ -173,6 +204,8 @@ def main() -> None:
             times.append(ms)
         row(name, f"{len(files)} numbers", scores, times)
 
+    if args.heldout:
+        heldout_report(modules, classify, args.heldout)
     if args.only or args.multi:
         return
     print(f"\n| phone photo (JPEG) | {' | '.join(f'{n}, ms' for n in names)} |")
