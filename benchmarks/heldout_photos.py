@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from digitrec.data import load_mnist
+from digitrec.core.data import load_mnist
 
 CONDITIONS: tuple[str, ...] = ("tight_crop", "ruled", "grid", "form_box", "marks", "lighting", "pencil",
                                "loose_crop")

@@ -118,9 +118,6 @@ def phone_jpeg(megapixels: float, digit: np.ndarray) -> bytes:
 def heldout_report(modules: dict, classify, n: int) -> None:
     """The held-out generator's pictures, read by every pipeline: per condition and strength, and
     whole numbers on ruled paper."""
-    if "digitrec.data" not in sys.modules:  # heldout_photos.py was written against the flat layout
-        from digitrec.core import data
-        sys.modules["digitrec.data"] = data
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import heldout_photos
 

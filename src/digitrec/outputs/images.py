@@ -85,8 +85,13 @@ LINE_SLACK = 0.004
 LINE_SPAN = 0.8
 LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that runs off the edge, across 30%
 LINE_PEN = 0.8  # ... and are at most this fraction of the pen's stroke width thick (see _pen_width)
+STUB_PEN = 0.5  # ... and go with whatever ink across them holds less than this fraction of the pen's width off them
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
+LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
+TILT_STEPS = ((1.0, 10), (0.2, 5))  # ... searched in steps of 1 degree either way, then of 0.2 round the best
+TILT_POINTS = 5_000  # ... on at most about this many pixels of the long components' ink
+TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more than no tilt does
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
@@ -307,23 +312,29 @@ def _shrunk(page: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
 def remove_lines(ink: np.ndarray) -> np.ndarray:
     """The ink without long straight printed lines: ruled lines, a form's box, underlines.
 
-    Candidates are runs of ink at least LINE_RUN of the image long, horizontal or vertical (give or
-    take LINE_SLACK of the image across, for a page shot at an angle; gaps up to LINE_GAP, for a
-    faint line that binarised into dashes), each fitted with a straight line. A candidate is a
-    printed line if it crosses the picture (`_Line.crosses`), or if it is a side of a box: two
-    horizontal candidates joined at both ends by two vertical ones. Only the ink on the fitted line
-    goes, so a stroke that merges into a line stays, and strokes that crossed a line are joined
-    again across it (a closing across the line, kept only where the line was).
+    Lines are looked for up to LINE_TILT degrees off horizontal and vertical: each axis is worked
+    on in its own sheared frame (`_Shear`), in which its lines, tilted as the longest ink says
+    (`_tilt`), run straight along it. Candidates are runs of ink at least LINE_RUN of the image
+    long there (give or take LINE_SLACK of the image across, for the rest of a tilt; gaps up to
+    LINE_GAP, for a faint line that binarised into dashes), each fitted with a straight line. A
+    candidate is a printed line if it crosses the picture (`_Line.crosses`), is thin next to the
+    pen and runs past both ends of the handwriting, or if it is a side of a box: two horizontal
+    candidates joined at both ends by two vertical ones. Only the ink on the fitted line goes, so a
+    stroke that merges into a line stays, and strokes that crossed a line are joined again across
+    it (a closing across the line, kept only where the line was).
     """
     mask = (ink > 0).astype(np.uint8)
     height, width = mask.shape
+    n, labels, stats, _ = _components(mask)
+    frames = {axis: _Shear.along(mask, axis, _tilt(mask, labels, stats, axis)) for axis in ("h", "v")}
     candidates = {}
     for axis, (length, across) in {"h": (width, height), "v": (height, width)}.items():
+        frame = frames[axis]
         slack = 2 * max(1, round(LINE_SLACK * across)) + 1
         run = max(3, round(LINE_RUN * length))
         gap = max(3, round(LINE_GAP * length))
         along, sideways, gaps = ((run, 1), (1, slack), (gap, 1)) if axis == "h" else ((1, run), (slack, 1), (1, gap))  # (columns, rows)
-        joined = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_RECT, sideways))  # a tilted line's steps joined
+        joined = cv2.dilate(frame.mask, cv2.getStructuringElement(cv2.MORPH_RECT, sideways))  # a tilted line's steps joined
         joined = cv2.morphologyEx(joined, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, gaps))  # and a faint one's dashes
         runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
         candidates[axis] = []
@@ -333,7 +344,7 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
         for k in range(1, n):
             x, y, w, h = (int(v) for v in stats[k, :4])
             if (w if axis == "h" else h) >= min(LINE_EDGE_SPAN * length, BOX_SIDE * min(width, height)):
-                pixels = (labels[y:y + h, x:x + w] == k) & (mask[y:y + h, x:x + w] > 0)
+                pixels = (labels[y:y + h, x:x + w] == k) & (frame.mask[y:y + h, x:x + w] > 0)
                 if pixels.any():
                     candidates[axis].append(_Line.fit(pixels, axis, x, y))
     lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
@@ -342,9 +353,10 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     if lines["h"] or lines["v"] or boxes:
         # a printed line is thin next to the pen's strokes and runs past the handwriting's ends: a
         # stroke that crosses a tightly cropped picture (a 1, a 7's bar, a 9's stem) is neither
+        box_sides = {"h": [side for box in boxes for side in box[:2]], "v": [side for box in boxes for side in box[2:]]}
         on_lines = np.zeros(mask.shape, bool)
-        for line in [*lines["h"], *lines["v"], *(side for box in boxes for side in box)]:
-            on_lines[line.box] |= line.pixels
+        for axis, frame in frames.items():
+            on_lines |= frame.undo(frame.paint([*lines[axis], *box_sides[axis]]))
         handwriting = _handwriting(mask.astype(bool) & ~on_lines)
         if handwriting is None:  # nothing to tell a line from a stroke by: keep the ink
             return ink
@@ -352,23 +364,137 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
         extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
         lines = {axis: [line for line in found if line.thick <= LINE_PEN * pen and line.runs_past(*extent[axis], pen)]
                  for axis, found in lines.items()}
-        for top, bottom, left, right in boxes:  # four thin sides meeting at the corners: evidence enough
-            lines["h"] += [top, bottom]
-            lines["v"] += [left, right]
+        for axis, sides in box_sides.items():  # four thin sides meeting at the corners: evidence enough
+            lines[axis] += sides
     if not lines["h"] and not lines["v"]:
         return ink
     removed = np.zeros(mask.shape, bool)
+    reach = int(np.ceil(STUB_PEN * pen)) + 1  # beside a line, as far as `_line_runs` looks
     for axis, found in lines.items():
         if not found:
             continue
-        band = np.zeros(mask.shape, bool)  # the lines' pixels, and strokes' pixels on them
-        for line in found:
-            band[line.box] |= line.pixels
-        across = max(line.thick for line in found) + 3  # a tilted line covers a little more
-        kernel = (1, across) if axis == "h" else (across, 1)
-        bridged = cv2.morphologyEx(mask & ~band, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, kernel))
-        removed |= band & (bridged == 0)
+        frame = frames[axis]
+        goes = np.zeros(frame.mask.shape, bool)
+        for line in found:  # one at a time: a stroke between two lines is ink beside each
+            rows, cols = line.box
+            if axis == "h":
+                rows = slice(max(0, rows.start - reach), rows.stop + reach)
+            else:
+                cols = slice(max(0, cols.start - reach), cols.stop + reach)
+            window = frame.mask[rows, cols]
+            band = np.zeros(window.shape, bool)
+            top, left = line.box[0].start - rows.start, line.box[1].start - cols.start
+            band[top:top + line.pixels.shape[0], left:left + line.pixels.shape[1]] = line.pixels
+            goes[rows, cols] |= _line_runs(window, band, axis, pen)
+        removed |= frame.undo(goes)
     return np.where(removed, 0, ink).astype(np.uint8)
+
+
+def _line_runs(mask: np.ndarray, band: np.ndarray, axis: str, pen: float) -> np.ndarray:
+    """What goes of the ink (bool, same frame) where lines along `axis` lie on `band`, looking at
+    each run of ink across them (down a column for "h", along a row for "v"): the ink on the line
+    stays where the run holds ink on both sides of it, STUB_PEN of a pen's width in all (a stroke
+    crosses it or lies along it: bridged); elsewhere it goes, and with it the ink on either side
+    that is thinner than that (the line's fringe, a sliver of a stroke grazing it). What is left
+    along a line is at least half a stroke's width across, or nothing: no hair-like stubs."""
+    m, b = (mask, band) if axis == "h" else (mask.T, band.T)
+    ink = m.ravel(order="F") > 0  # column after column
+    on_line = b.ravel(order="F") & ink
+    follows = np.r_[False, ink[:-1]]
+    follows[::m.shape[0]] = False  # a column's first pixel starts a run
+    runs = np.cumsum(ink & ~follows) * ink  # each run of ink its own number; 0 = paper
+    lined = np.bincount(runs, weights=on_line, minlength=runs.max() + 1)
+    seen = np.cumsum(on_line)  # the line's pixels met so far in the run
+    seen = seen - (seen - on_line)[np.flatnonzero(ink & ~follows)][np.maximum(runs - 1, 0)] * (runs > 0)
+    before, after = ink & ~on_line & (seen == 0), ink & ~on_line & (seen == lined[runs])
+    above = np.bincount(runs, weights=before, minlength=len(lined))
+    below = np.bincount(runs, weights=after, minlength=len(lined))
+    thick = STUB_PEN * pen
+    line_goes = (lined > 0) & ~((above > 0) & (below > 0) & (above + below >= thick))
+    goes = line_goes[runs] & ((~before & ~after) | (before & (above < thick)[runs]) | (after & (below < thick)[runs]))
+    goes &= ink
+    out = goes.reshape(m.shape, order="F")
+    # a sliver beside the line that touches a stroke along it is that stroke's edge where it
+    # crosses the line at a slant, not a stub: it stays
+    stays = (m > 0) & ~out
+    edge = out & ~b & (cv2.dilate(stays.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0)
+    out &= ~edge
+    return out if axis == "h" else out.T
+
+
+def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) -> float:
+    """The slope of the printed lines along an axis ("h": rows per column, "v": columns per row),
+    within LINE_TILT degrees; 0 where no ink runs LINE_EDGE_SPAN of the picture along it.
+
+    Every long component's ink is projected across the axis at each slope, and the slope whose
+    projection is most peaked wins (the sum of squared counts): a straight line piles up in one
+    bin, a digit's curves spread out. Coarse steps first, then finer ones round the best (TILT_STEPS)."""
+    height, width = mask.shape
+    size, extent = (width, stats[:, cv2.CC_STAT_WIDTH]) if axis == "h" else (height, stats[:, cv2.CC_STAT_HEIGHT])
+    long = extent >= LINE_EDGE_SPAN * size
+    long[0] = False
+    if not long.any():
+        return 0.0
+    ys, xs = np.nonzero(long[labels])
+    along, across = (xs, ys) if axis == "h" else (ys, xs)
+    step = max(1, len(along) // TILT_POINTS)
+    along, across = along[::step].astype(np.float32), across[::step].astype(np.float32)
+
+    def peakedness(degrees: np.ndarray) -> np.ndarray:
+        slopes = np.tan(np.radians(degrees))
+        bins = np.round(across[None, :] - slopes[:, None] * along[None, :]).astype(np.int64)
+        bins -= bins.min(1, keepdims=True)
+        span = int(bins.max()) + 1
+        counts = np.bincount((bins + np.arange(len(slopes))[:, None] * span).ravel(), minlength=len(slopes) * span)
+        return (counts.reshape(len(slopes), span).astype(np.float64) ** 2).sum(1)
+
+    best = 0.0
+    for spacing, steps in TILT_STEPS:
+        degrees = np.clip(best + spacing * np.arange(-steps, steps + 1), -LINE_TILT, LINE_TILT)
+        scores = peakedness(degrees)
+        best = float(degrees[int(np.argmax(scores))])
+    # no clearly straighter slope than none: no tilted line (a digit's strokes, or lines across the other axis)
+    if scores.max() < TILT_GAIN * peakedness(np.zeros(1))[0]:
+        return 0.0
+    return float(np.tan(np.radians(best)))
+
+
+@dataclass(frozen=True)
+class _Shear:
+    """A bool/uint8 mask sheared so that lines of one axis with a given slope run straight along
+    it: for "h", each column shifted down by a whole number of rows (for "v", each row right by
+    columns). Whole-pixel shifts: `undo` gives back exactly the pixels of the original frame."""
+
+    mask: np.ndarray  # the sheared mask, uint8
+    axis: str
+    shifts: np.ndarray  # per column ("h") or row ("v"), >= 0
+    size: int  # the original frame's size across the axis (rows for "h")
+
+    @classmethod
+    def along(cls, mask: np.ndarray, axis: str, slope: float) -> _Shear:
+        m = mask if axis == "h" else mask.T
+        shifts = -np.round(np.arange(m.shape[1]) * slope).astype(np.int64)
+        shifts -= shifts.min()
+        if not shifts.any():
+            return cls(mask, axis, shifts, m.shape[0])
+        out = np.zeros((m.shape[0] + int(shifts.max()), m.shape[1]), m.dtype)
+        out[np.arange(m.shape[0])[:, None] + shifts[None, :], np.arange(m.shape[1])[None, :]] = m
+        return cls(out if axis == "h" else out.T, axis, shifts, m.shape[0])
+
+    def undo(self, sheared: np.ndarray) -> np.ndarray:
+        """An array of the sheared frame's shape, back in the original frame."""
+        if not self.shifts.any():
+            return sheared
+        m = sheared if self.axis == "h" else sheared.T
+        out = m[np.arange(self.size)[:, None] + self.shifts[None, :], np.arange(m.shape[1])[None, :]]
+        return out if self.axis == "h" else out.T
+
+    def paint(self, lines: list[_Line]) -> np.ndarray:
+        """The lines' pixels (bool, in the sheared frame)."""
+        painted = np.zeros(self.mask.shape, bool)
+        for line in lines:
+            painted[line.box] |= line.pixels
+        return painted
 
 
 @dataclass(frozen=True)
