@@ -7,7 +7,8 @@ pipeline and classified by one trained run; the clean-MNIST accuracy of that run
 heads the table. The other pipelines are src/digitrec/images.py as of a git revision (PIPELINES,
 read with `git show`, so no second checkout is needed). Time per image: median of open + preprocess
 per picture (decoded from its encoded bytes), every pipeline in this one process. Then numbers of
-2-4 digits, on plain and on ruled paper (whole numbers read exactly right), and phone-sized JPEGs:
+2-4 digits, on plain paper, on ruled paper and on ruled paper as notebooks vary (`ruled_number`: line
+spacing, thickness, colour, a tilt; whole numbers read exactly right), and phone-sized JPEGs:
 1 and 12 megapixels, open + preprocess, median of --repeats.
 
 Prints Markdown tables. Usage (a `fast` run trains in under a minute: `digitrec train --preset fast --out RUN`):
@@ -38,7 +39,7 @@ from digitrec.core.data import load_mnist  # noqa: E402
 from digitrec.nets.predict import predict_probs  # noqa: E402
 from digitrec.nets.weights import load_run_model  # noqa: E402
 from digitrec.outputs import images as this_tree  # noqa: E402
-from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip  # noqa: E402
+from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip  # noqa: E402
 
 # The pipelines compared with this tree: the previous release (the last commit before the page's
 # light was divided out and printed lines removed, b9eeb18) and today's main.
@@ -184,7 +185,9 @@ def main() -> None:
         row(name, strength, scores, times)
 
     # numbers: every digit of a 2-4 digit number, on plain and on ruled paper
-    for name, make in {"number, whole number right": strip, "number on ruled paper, whole number right": ruled_strip}.items():
+    numbers = {"number, whole number right": strip, "number on ruled paper, whole number right": ruled_strip,
+               "number on varied ruled paper, whole number right": ruled_number}
+    for name, make in numbers.items():
         if args.only not in name:
             continue
         rng = np.random.default_rng(2)

@@ -281,3 +281,25 @@ def ruled_strip(digits: list[np.ndarray], rng) -> Image.Image:
         mask = np.maximum(mask, _line_mask(page.shape[:2], (0, row), (page.shape[1], row), 2.0))
     return _photo(_darken(page, mask, (130, 170, 230)), rng)
 
+
+
+def ruled_number(digits: list[np.ndarray], rng) -> Image.Image:
+    """A handwritten number on ruled paper as notebooks vary: `strip` on lines 35-80% of its height
+    apart (so a line may cross a 4's or 9's stem or a loop's top, and one lies near its base, where
+    a 1 stands), 1-3.5 px thick, blue, grey or dark blue, tilted up to 3 degrees, the picture's
+    edge 4-40 px above and below the number."""
+    number = np.asarray(strip(digits, rng), dtype=np.float32)
+    height, width = number.shape[:2]
+    margin = int(rng.integers(4, 41))
+    page = np.full((height + 2 * margin, width + 60, 3), PAPER, np.float32)
+    page[margin:margin + height, 30:30 + width] = number
+    rows, cols = page.shape[:2]
+    spacing = float(rng.uniform(0.35, 0.8)) * height
+    base = margin + float(rng.uniform(0.75, 0.95)) * height
+    rise = cols * np.tan(np.radians(float(rng.uniform(-3, 3))))
+    thickness = float(rng.uniform(1, 3.5))
+    mask = np.zeros((rows, cols), np.float32)
+    for row in np.arange(base - spacing * np.ceil((base + abs(rise)) / spacing), rows + abs(rise) + spacing, spacing):
+        mask = np.maximum(mask, _line_mask((rows, cols), (0, row - rise / 2), (cols, row + rise / 2), thickness))
+    rgb = [(130, 170, 230), (150, 150, 150), (90, 125, 210)][int(rng.integers(3))]
+    return _photo(_darken(page, mask, rgb), rng)

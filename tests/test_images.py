@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from digitrec.cli import main
 from digitrec.core.files import InputError
 from digitrec.outputs.images import CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, preprocess, read_images, split_digits, to_grey, to_mnist
-from .image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip
+from .image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip
 
 SUPPORTED = "(PNG, JPEG, GIF, BMP, TIFF, WEBP)"
 
@@ -505,6 +505,20 @@ def test_numbers_are_split_left_to_right(digits, classify):
     # MNIST digits with a speck of ink beside them); 29 of these 30 allows one such miss
     assert strips_split_right >= 29
     assert (classify(parts).argmax(1) == np.array(truth)).mean() >= clean - 0.06
+
+
+@pytest.mark.parametrize("number", ["12258", "376994", "4190"])
+def test_a_number_on_ruled_paper_reads_exactly(number, mnist_test):
+    """Lines through a 4's or 9's stem, along a loop's top, under a 1 standing on one: as many
+    digits as written, each the digit itself (likeness, as the fixture's 1-epoch model is too
+    unsure for exact readings to say much about the preprocessing)."""
+    rng = np.random.default_rng(int(number))
+    for _ in range(8):
+        picks = [int(rng.choice(np.flatnonzero(mnist_test.labels == int(c))[:200])) for c in number]
+        found = split_digits(ruled_number(list(mnist_test.images[picks]), rng))
+        assert len(found) == len(number)
+        for digit, i in zip(found, picks):
+            assert best_shifted_correlation(digit, to_mnist(Image.fromarray(mnist_test.images[i]))) > PHOTO_LIKENESS
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,7 +85,8 @@ LINE_SLACK = 0.004
 LINE_SPAN = 0.8
 LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that runs off the edge, across 30%
 LINE_PEN = 0.8  # ... and are at most this fraction of the pen's stroke width thick (see _pen_width)
-STUB_PEN = 0.5  # ... and go with whatever ink across them holds less than this fraction of the pen's width off them
+STUB_PEN = 0.5  # ... and take along each run of ink across them shorter than half their thickness plus the pen's width
+STUB_MIN = 2  # ... or than their thickness plus this many px (a box's side may be as thick as the pen)
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
@@ -318,10 +319,10 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     long there (give or take LINE_SLACK of the image across, for the rest of a tilt; gaps up to
     LINE_GAP, for a faint line that binarised into dashes), each fitted with a straight line. A
     candidate is a printed line if it crosses the picture (`_Line.crosses`), is thin next to the
-    pen and runs past both ends of the handwriting, or if it is a side of a box: two horizontal
-    candidates joined at both ends by two vertical ones. Only the ink on the fitted line goes, so a
-    stroke that merges into a line stays, and strokes that crossed a line are joined again across
-    it (a closing across the line, kept only where the line was).
+    pen and runs past both ends of the handwriting (or off the picture), or if it is a side of a
+    box round the handwriting: two horizontal candidates joined at both ends by two vertical ones.
+    What goes is decided run by run across each line (`_line_runs`): the line's ink and slivers
+    beside it go, a stroke that crosses it or lies along it stays whole, bridged, with no stubs.
     """
     mask = (ink > 0).astype(np.uint8)
     height, width = mask.shape
@@ -362,14 +363,21 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
             return ink
         pen = _pen_width(handwriting)
         extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
-        lines = {axis: [line for line in found if line.thick <= LINE_PEN * pen and line.runs_past(*extent[axis], pen)]
+        lines = {axis: [line for line in found
+                        if line.thick <= LINE_PEN * pen and line.runs_past(*extent[axis], pen, frames[axis].leaves(line))]
                  for axis, found in lines.items()}
-        for axis, sides in box_sides.items():  # four thin sides meeting at the corners: evidence enough
-            lines[axis] += sides
+        for top, bottom, left, right in boxes:
+            # four thin sides meeting at the corners, round the handwriting: evidence enough (two
+            # ruled lines and two upright strokes of a number between them are not round it)
+            (first_x, last_x), (first_y, last_y) = extent["h"], extent["v"]
+            if (left.position - pen <= first_x and last_x <= right.position + pen
+                    and top.position - pen <= first_y and last_y <= bottom.position + pen):
+                lines["h"] += [top, bottom]
+                lines["v"] += [left, right]
     if not lines["h"] and not lines["v"]:
         return ink
     removed = np.zeros(mask.shape, bool)
-    reach = int(np.ceil(STUB_PEN * pen)) + 1  # beside a line, as far as `_line_runs` looks
+    reach = int(np.ceil(max(STUB_PEN * pen, STUB_MIN))) + 1  # beside a line, as far as `_line_runs` looks
     for axis, found in lines.items():
         if not found:
             continue
@@ -385,37 +393,30 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
             band = np.zeros(window.shape, bool)
             top, left = line.box[0].start - rows.start, line.box[1].start - cols.start
             band[top:top + line.pixels.shape[0], left:left + line.pixels.shape[1]] = line.pixels
-            goes[rows, cols] |= _line_runs(window, band, axis, pen)
+            goes[rows, cols] |= _line_runs(window, band, line.thick, axis, pen)
         removed |= frame.undo(goes)
     return np.where(removed, 0, ink).astype(np.uint8)
 
 
-def _line_runs(mask: np.ndarray, band: np.ndarray, axis: str, pen: float) -> np.ndarray:
-    """What goes of the ink (bool, same frame) where lines along `axis` lie on `band`, looking at
-    each run of ink across them (down a column for "h", along a row for "v"): the ink on the line
-    stays where the run holds ink on both sides of it, STUB_PEN of a pen's width in all (a stroke
-    crosses it or lies along it: bridged); elsewhere it goes, and with it the ink on either side
-    that is thinner than that (the line's fringe, a sliver of a stroke grazing it). What is left
-    along a line is at least half a stroke's width across, or nothing: no hair-like stubs."""
+def _line_runs(mask: np.ndarray, band: np.ndarray, thick: float, axis: str, pen: float) -> np.ndarray:
+    """What goes of the ink (bool, same frame) where a line `thick` px thick along `axis` lies on
+    `band`, looking at each run of ink across it (down a column for "h", along a row for "v"): a
+    run nearer the line's thickness than the pen's, or no more than STUB_MIN px thicker than the
+    line, goes whole (the line, its fringe, a sliver of a stroke grazing it); any other stays
+    whole: a stroke crosses the line there (bridged), or lies along it (a 2's flat base on the
+    line, the top of a 9's loop). So what is left along a line is half-way to a pen's width across
+    or more, or nothing: no hair-like stubs. Only a sliver that touches a staying run along the
+    line stays too: the edge of a stroke that crosses it at a slant."""
     m, b = (mask, band) if axis == "h" else (mask.T, band.T)
     ink = m.ravel(order="F") > 0  # column after column
-    on_line = b.ravel(order="F") & ink
     follows = np.r_[False, ink[:-1]]
     follows[::m.shape[0]] = False  # a column's first pixel starts a run
     runs = np.cumsum(ink & ~follows) * ink  # each run of ink its own number; 0 = paper
-    lined = np.bincount(runs, weights=on_line, minlength=runs.max() + 1)
-    seen = np.cumsum(on_line)  # the line's pixels met so far in the run
-    seen = seen - (seen - on_line)[np.flatnonzero(ink & ~follows)][np.maximum(runs - 1, 0)] * (runs > 0)
-    before, after = ink & ~on_line & (seen == 0), ink & ~on_line & (seen == lined[runs])
-    above = np.bincount(runs, weights=before, minlength=len(lined))
-    below = np.bincount(runs, weights=after, minlength=len(lined))
-    thick = STUB_PEN * pen
-    line_goes = (lined > 0) & ~((above > 0) & (below > 0) & (above + below >= thick))
-    goes = line_goes[runs] & ((~before & ~after) | (before & (above < thick)[runs]) | (after & (below < thick)[runs]))
-    goes &= ink
-    out = goes.reshape(m.shape, order="F")
-    # a sliver beside the line that touches a stroke along it is that stroke's edge where it
-    # crosses the line at a slant, not a stub: it stays
+    length = np.bincount(runs, minlength=runs.max() + 1)
+    lined = np.bincount(runs, weights=b.ravel(order="F") & ink, minlength=len(length))
+    goes = (lined > 0) & (length < max(STUB_PEN * (thick + pen), thick + STUB_MIN))
+    goes[0] = False
+    out = goes[runs].reshape(m.shape, order="F")
     stays = (m > 0) & ~out
     edge = out & ~b & (cv2.dilate(stays.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0)
     out &= ~edge
@@ -424,7 +425,7 @@ def _line_runs(mask: np.ndarray, band: np.ndarray, axis: str, pen: float) -> np.
 
 def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) -> float:
     """The slope of the printed lines along an axis ("h": rows per column, "v": columns per row),
-    within LINE_TILT degrees; 0 where no ink runs LINE_EDGE_SPAN of the picture along it.
+    within LINE_TILT degrees; 0 where no straight ink runs LINE_SPAN of the picture along it.
 
     Every long component's ink is projected across the axis at each slope, and the slope whose
     projection is most peaked wins (the sum of squared counts): a straight line piles up in one
@@ -440,21 +441,24 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) ->
     step = max(1, len(along) // TILT_POINTS)
     along, across = along[::step].astype(np.float32), across[::step].astype(np.float32)
 
-    def peakedness(degrees: np.ndarray) -> np.ndarray:
+    def projections(degrees: np.ndarray) -> np.ndarray:  # (angles, bins) pixel counts
         slopes = np.tan(np.radians(degrees))
         bins = np.round(across[None, :] - slopes[:, None] * along[None, :]).astype(np.int64)
         bins -= bins.min(1, keepdims=True)
         span = int(bins.max()) + 1
         counts = np.bincount((bins + np.arange(len(slopes))[:, None] * span).ravel(), minlength=len(slopes) * span)
-        return (counts.reshape(len(slopes), span).astype(np.float64) ** 2).sum(1)
+        return counts.reshape(len(slopes), span).astype(np.float64)
 
     best = 0.0
     for spacing, steps in TILT_STEPS:
         degrees = np.clip(best + spacing * np.arange(-steps, steps + 1), -LINE_TILT, LINE_TILT)
-        scores = peakedness(degrees)
-        best = float(degrees[int(np.argmax(scores))])
-    # no clearly straighter slope than none: no tilted line (a digit's strokes, or lines across the other axis)
-    if scores.max() < TILT_GAIN * peakedness(np.zeros(1))[0]:
+        counts = projections(degrees)
+        k = int(np.argmax((counts ** 2).sum(1)))
+        best = float(degrees[k])
+    # a line across the picture piles a pixel per step along it into one bin; and the slope must be
+    # clearly straighter than none (a digit's strokes, or lines across the other axis, are neither)
+    if (counts[k].max() * step < LINE_SPAN * size
+            or (counts[k] ** 2).sum() < TILT_GAIN * (projections(np.zeros(1)) ** 2).sum()):
         return 0.0
     return float(np.tan(np.radians(best)))
 
@@ -489,6 +493,13 @@ class _Shear:
         out = m[np.arange(self.size)[:, None] + self.shifts[None, :], np.arange(m.shape[1])[None, :]]
         return out if self.axis == "h" else out.T
 
+    def leaves(self, line: _Line) -> tuple[bool, bool]:
+        """Whether the line (found in this frame) runs off the picture's side across its axis (top
+        or bottom, for "h") at its start and at its end."""
+        shifts = self.shifts if self.shifts.any() else np.zeros(max(line.end, 1), np.int64)
+        across = (line.ends[0] - shifts[line.start], line.ends[1] - shifts[line.end - 1])
+        return tuple(bool(a <= line.thick or a >= self.size - 1 - line.thick) for a in across)
+
     def paint(self, lines: list[_Line]) -> np.ndarray:
         """The lines' pixels (bool, in the sheared frame)."""
         painted = np.zeros(self.mask.shape, bool)
@@ -509,11 +520,14 @@ class _Line:
     thick: int
     pixels: np.ndarray
     box: tuple[slice, slice]
+    ends: tuple[float, float]  # where it is across its axis at `start` and at `end` - 1
 
-    def runs_past(self, first: float, last: float, pen: float) -> bool:
+    def runs_past(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> bool:
         """Whether it runs past both ends of the handwriting's extent along it (first to last) by a
-        pen's width or more: a ruled line runs across the page, a stroke ends where the digit does."""
-        return self.start <= first - pen and self.end >= last + pen
+        pen's width or more, or leaves the picture there (`leaves`: at start, at end; a tilted line
+        runs off the top or bottom): a ruled line runs across the page, a stroke ends where the
+        digit does."""
+        return (self.start <= first - pen or leaves[0]) and (self.end >= last + pen or leaves[1])
 
     def crosses(self, size: int) -> bool:
         """Whether it is a line across the page (of `size` along it): LINE_SPAN of it, or, where it
@@ -542,7 +556,8 @@ class _Line:
         on_line = ink & (np.abs(np.arange(ink.shape[0])[:, None] - centre[None, :]) <= thick / 2 + 1)
         along, across = (x, y) if axis == "h" else (y, x)
         return cls(along + int(cols[0]), along + int(cols[-1]) + 1, across + float(np.polyval(fit, cols.mean())), thick,
-                   on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])))
+                   on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])),
+                   (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))))
 
 
 def _handwriting(ink: np.ndarray) -> np.ndarray | None:
