@@ -91,7 +91,7 @@ LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out th
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
 TILT_STEPS = ((1.0, 10), (0.2, 5))  # ... searched in steps of 1 degree either way, then of 0.2 round the best
-TILT_POINTS = 5_000  # ... on at most about this many pixels of the long components' ink
+TILT_POINTS = 2_000  # ... on at most about this many pixels of the long components' ink
 TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more than no tilt does
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
@@ -354,10 +354,11 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     if lines["h"] or lines["v"] or boxes:
         # a printed line is thin next to the pen's strokes and runs past the handwriting's ends: a
         # stroke that crosses a tightly cropped picture (a 1, a 7's bar, a 9's stem) is neither
-        box_sides = {"h": [side for box in boxes for side in box[:2]], "v": [side for box in boxes for side in box[2:]]}
+        # (measured without the lines across the picture, but with the boxes' sides: a box's side
+        # may be a stroke, as two ruled lines and a number's upright strokes make a "box")
         on_lines = np.zeros(mask.shape, bool)
         for axis, frame in frames.items():
-            on_lines |= frame.undo(frame.paint([*lines[axis], *box_sides[axis]]))
+            on_lines |= frame.undo(frame.paint(lines[axis]))
         handwriting = _handwriting(mask.astype(bool) & ~on_lines)
         if handwriting is None:  # nothing to tell a line from a stroke by: keep the ink
             return ink
@@ -368,10 +369,11 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
                  for axis, found in lines.items()}
         for top, bottom, left, right in boxes:
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
-            # ruled lines and two upright strokes of a number between them are not round it)
+            # ruled lines and two upright strokes of a number between them are not round all of it)
             (first_x, last_x), (first_y, last_y) = extent["h"], extent["v"]
-            if (left.position - pen <= first_x and last_x <= right.position + pen
-                    and top.position - pen <= first_y and last_y <= bottom.position + pen):
+            tol = pen + BOX_TOLERANCE * min(right.position - left.position, bottom.position - top.position)
+            if (left.position - tol <= first_x and last_x <= right.position + tol
+                    and top.position - tol <= first_y and last_y <= bottom.position + tol):
                 lines["h"] += [top, bottom]
                 lines["v"] += [left, right]
     if not lines["h"] and not lines["v"]:
@@ -432,7 +434,7 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) ->
     bin, a digit's curves spread out. Coarse steps first, then finer ones round the best (TILT_STEPS)."""
     height, width = mask.shape
     size, extent = (width, stats[:, cv2.CC_STAT_WIDTH]) if axis == "h" else (height, stats[:, cv2.CC_STAT_HEIGHT])
-    long = extent >= LINE_EDGE_SPAN * size
+    long = extent >= LINE_SPAN * size  # shorter, no bin below could hold LINE_SPAN of it
     long[0] = False
     if not long.any():
         return 0.0
