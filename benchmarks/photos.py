@@ -1,17 +1,20 @@
-"""Reading phone-photo-like images (issue 17): accuracy per condition, today's preprocessing against
-the new one, and the time per image.
+"""Reading phone-photo-like images (issues 17, 27): accuracy per condition and strength, the
+previous release's preprocessing, today's main's and this tree's side by side, and the time per image.
 
-Every condition of tests/image_variants.py (the clean VARIANTS and the photo CONDITIONS at each of
-their STRENGTHS) is built from the same MNIST test digits, read by both pipelines and classified by
-one trained run; the clean-MNIST accuracy of that run on the same digits heads the table. "Before"
-is src/digitrec/images.py as of commit BEFORE (read with `git show`, so no second checkout is
-needed). Time per image: median of open + preprocess per picture (decoded from its encoded bytes),
-both pipelines, measured side by side in this one process. Then phone-sized JPEGs: 1 and 12
-megapixels, open + preprocess, median of --repeats.
+Every condition of tests/image_variants.py (the clean VARIANTS, and the photo CONDITIONS at each of
+their STRENGTHS, tight crops included) is built from the same MNIST test digits, read by each
+pipeline and classified by one trained run; the clean-MNIST accuracy of that run on the same digits
+heads the table. The other pipelines are src/digitrec/images.py as of a git revision (PIPELINES,
+read with `git show`, so no second checkout is needed). Time per image: median of open + preprocess
+per picture (decoded from its encoded bytes), every pipeline in this one process. Then numbers of
+2-4 digits, on plain paper, on ruled paper and on ruled paper as notebooks vary (`ruled_number`: line
+spacing, thickness, colour, a tilt; whole numbers read exactly right), and phone-sized JPEGs:
+1 and 12 megapixels, open + preprocess, median of --repeats.
 
-Prints a Markdown table. Usage (a `fast` run trains in under a minute: `digitrec train --preset fast --out RUN`):
-    python benchmarks/photos.py RUN [--digits 1000] [--repeats 15] [--only ruled]
-The README's table: `--digits 1000 --repeats 21` (about 5 minutes on 2 busy cores).
+Prints Markdown tables. Usage (a `fast` run trains in under a minute: `digitrec train --preset fast --out RUN`):
+    python benchmarks/photos.py RUN [--digits 1000] [--repeats 15] [--only ruled] [--multi]
+`--multi`: only the numbers (--digits digits' worth of them); `--only`: only the rows whose name
+contains it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import re
 import statistics
 import subprocess
 import sys
@@ -31,24 +35,31 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/image_variants.py
 
-from digitrec.outputs import images as after
-from digitrec.nets.weights import load_run_model
-from digitrec.core.data import load_mnist
-from digitrec.nets.predict import predict_probs
-from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_strip, strip  # noqa: E402
+from digitrec.core.data import load_mnist  # noqa: E402
+from digitrec.nets.predict import predict_probs  # noqa: E402
+from digitrec.nets.weights import load_run_model  # noqa: E402
+from digitrec.outputs import images as this_tree  # noqa: E402
+from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip  # noqa: E402
 
-BEFORE = "f0cc9c3"  # the last commit with the previous preprocessing
+# The pipelines compared with this tree: the previous release (the last commit before the page's
+# light was divided out and printed lines removed, b9eeb18) and today's main.
+PIPELINES = {"previous": "f0cc9c3", "main": "main"}
 
 
-def load_before():
-    """images.py as of BEFORE, imported as digitrec._images_before (its relative imports still work)."""
-    source = subprocess.run(["git", "show", f"{BEFORE}:src/digitrec/images.py"], cwd=ROOT, check=True,
+def load_revision(rev: str):
+    """images.py as of git revision `rev`, imported as its own module (wherever the file lived then;
+    its relative imports of files.py point at today's home of InputError)."""
+    paths = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "src/digitrec"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    path = next(p for p in paths if p.endswith("/images.py"))
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    spec = importlib.util.spec_from_loader("digitrec._images_before", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "digitrec"
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    exec(compile(source, f"{BEFORE}:images.py", "exec"), module.__dict__)
+    source = re.sub(r"^from \.+[\w.]*files import", f"from {this_tree.InputError.__module__} import", source, flags=re.M)
+    name = f"digitrec._images_{re.sub(r'[^0-9A-Za-z]', '_', rev)}"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    module.__package__ = this_tree.__package__
+    sys.modules[name] = module  # dataclasses look their module up there
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
     return module
 
 
@@ -82,6 +93,12 @@ def read_right(classify, digits: list, labels: np.ndarray) -> np.ndarray:
     return ok
 
 
+def numbers_right(classify, found: list[list[np.ndarray]], truth: list[np.ndarray]) -> float:
+    """The share of numbers read exactly: as many digits as written, each right."""
+    return float(np.mean([len(d) == len(t) and bool((classify(np.stack(d)).argmax(1) == t).all())
+                          for d, t in zip(found, truth)]))
+
+
 def phone_jpeg(megapixels: float, digit: np.ndarray) -> bytes:
     """A digit about a fifth of the picture's height on paper with a gradient of light, 4:3 JPEG."""
     height = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
@@ -99,43 +116,78 @@ def phone_jpeg(megapixels: float, digit: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def heldout_report(modules: dict, classify, n: int) -> None:
+    """The held-out generator's pictures, read by every pipeline: per condition and strength, and
+    whole numbers on ruled paper."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import heldout_photos
+
+    names = list(modules)
+    print(f"\nheld-out generator, {n} pictures each\n\n| condition | strength | {' | '.join(names)} | this tree - best other |")
+    print("| --- | ---: |" + " ---: |" * (len(names) + 1))
+    for condition in heldout_photos.CONDITIONS:
+        for strength in heldout_photos.STRENGTHS:
+            cases = heldout_photos.cases(condition, strength, n)
+            labels = np.array([int(case.label) for case in cases])
+            scores = [float(read_right(classify, read_all(m, [c.encoded for c in cases])[0], labels).mean())
+                      for m in modules.values()]
+            print(f"| {condition} | {strength} | {' | '.join(f'{s:.1%}' for s in scores)} "
+                  f"| {100 * (scores[-1] - max(scores[:-1])):+.1f} |", flush=True)
+    cases = heldout_photos.number_cases(n)
+    truth = [np.array([int(c) for c in case.label]) for case in cases]
+    scores = [numbers_right(classify, read_all(m, [c.encoded for c in cases], multi=True)[0], truth)
+              for m in modules.values()]
+    print(f"| {heldout_photos.NUMBERS}, whole number right | {n} numbers | {' | '.join(f'{s:.1%}' for s in scores)} "
+          f"| {100 * (scores[-1] - max(scores[:-1])):+.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--digits", type=int, default=1000, help="MNIST test digits per condition")
+    parser.add_argument("--digits", type=int, default=1000, help="MNIST test digits per condition and strength")
     parser.add_argument("--repeats", type=int, default=15, help="timings of each phone-sized JPEG")
     parser.add_argument("--only", default="", help="only the rows whose name contains this")
+    parser.add_argument("--multi", action="store_true", help="only the numbers")
+    parser.add_argument("--heldout", type=int, default=0,
+                        help="also the held-out generator (benchmarks/heldout_photos.py): this many pictures per "
+                             "condition and strength, and numbers on ruled paper (never tune on it)")
     args = parser.parse_args()
 
-    before = load_before()
+    modules = {name: load_revision(rev) for name, rev in PIPELINES.items()} | {"this tree": this_tree}
     model, _, _ = load_run_model(args.run)
     classify = lambda x: predict_probs(model, np.asarray(x))  # noqa: E731
     test = load_mnist("test")
     index = np.random.default_rng(0).choice(len(test), args.digits, replace=False)
     images, labels = test.images[index], test.labels[index]
     clean = float((classify(images).argmax(1) == labels).mean())
-    print(f"run {args.run}: {clean:.2%} on these {args.digits} MNIST test digits, as they are\n")
+    print(f"run {args.run}: {clean:.2%} on these {args.digits} MNIST test digits, as they are; "
+          f"pipelines: {', '.join(f'{n} ({PIPELINES.get(n, ROOT)})' for n in modules)}\n")
+    names = list(modules)
+    print(f"| condition | strength | {' | '.join(names)} | this tree - best other | ms/image {' / '.join(names)} |")
+    print("| --- | ---: |" + " ---: |" * (len(names) + 2))
 
-    # the photo conditions' digits take the strengths in turn: a third of them each
-    conditions = {f"{name} (clean)": lambda d, rng, i, f=f: f(d, rng) for name, f in VARIANTS.items()}
-    conditions |= {name: lambda d, rng, i, f=f: f(d, rng, STRENGTHS[i % len(STRENGTHS)]) for name, f in CONDITIONS.items()}
-    print("| condition | before | after | change | after, by strength 1 / 2 / 3 | ms/image before | ms/image after |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, make in conditions.items():
+    def row(name: str, strength: str, scores: list[float], ms: list[float]) -> None:
+        print(f"| {name} | {strength} | {' | '.join(f'{s:.1%}' for s in scores)} "
+              f"| {100 * (scores[-1] - max(scores[:-1])):+.1f} | {' / '.join(f'{t:.1f}' for t in ms)} |", flush=True)
+
+    conditions = {(name, "clean"): lambda d, rng, f=f: f(d, rng) for name, f in VARIANTS.items()}
+    conditions |= {(name, str(s)): lambda d, rng, f=f, s=s: f(d, rng, s) for name, f in CONDITIONS.items() for s in STRENGTHS}
+    for (name, strength), make in conditions.items() if not args.multi else ():
         if args.only not in name:
             continue
         rng = np.random.default_rng(1)
-        files = [encode(make(digit, rng, i)) for i, digit in enumerate(images)]
-        old, old_ms = read_all(before, files)
-        new, new_ms = read_all(after, files)
-        a, b = read_right(classify, old, labels), read_right(classify, new, labels)
-        strengths = "—" if "clean" in name else " / ".join(
-            f"{b[i::len(STRENGTHS)].mean():.1%}" for i in range(len(STRENGTHS)))
-        print(f"| {name} | {a.mean():.1%} | {b.mean():.1%} | {100 * (b.mean() - a.mean()):+.1f} | {strengths} "
-              f"| {old_ms:.1f} | {new_ms:.1f} |", flush=True)
+        files = [encode(make(digit, rng)) for digit in images]
+        scores, times = [], []
+        for module in modules.values():
+            found, ms = read_all(module, files)
+            scores.append(float(read_right(classify, found, labels).mean()))
+            times.append(ms)
+        row(name, strength, scores, times)
 
     # numbers: every digit of a 2-4 digit number, on plain and on ruled paper
-    for name, make in {"number (clean)": strip, "number on ruled paper": ruled_strip}.items():
+    numbers = {"number, whole number right": strip, "number on ruled paper, whole number right": ruled_strip,
+               "number on varied ruled paper, whole number right": ruled_number}
+    for name, make in numbers.items():
         if args.only not in name:
             continue
         rng = np.random.default_rng(2)
@@ -145,24 +197,23 @@ def main() -> None:
             files.append(encode(make(list(images[start:start + k]), rng)))
             truth.append(labels[start:start + k])
             start += k
-        row = [name]
-        for module in (before, after):
+        scores, times = [], []
+        for module in modules.values():
             found, ms = read_all(module, files, multi=True)
-            whole = sum(len(d) == len(t) and bool((classify(np.stack(d)).argmax(1) == t).all())
-                        for d, t in zip(found, truth))
-            row += [whole / len(files), ms]
-        print(f"| {name}: whole number right | {row[1]:.1%} | {row[3]:.1%} | {100 * (row[3] - row[1]):+.1f} | — "
-              f"| {row[2]:.1f} | {row[4]:.1f} |", flush=True)
+            scores.append(numbers_right(classify, found, truth))
+            times.append(ms)
+        row(name, f"{len(files)} numbers", scores, times)
 
-    print("\n| phone photo (JPEG) | before, ms | after, ms |")
-    print("| --- | ---: | ---: |")
-    for megapixels in (1, 12) if not args.only else ():
+    if args.heldout:
+        heldout_report(modules, classify, args.heldout)
+    if args.only or args.multi:
+        return
+    print(f"\n| phone photo (JPEG) | {' | '.join(f'{n}, ms' for n in names)} |")
+    print("| --- |" + " ---: |" * len(names))
+    for megapixels in (1, 12):
         data = phone_jpeg(megapixels, images[0])
-        row = []
-        for module in (before, after):
-            _, ms = read_all(module, [data] * args.repeats)
-            row.append(ms)
-        print(f"| {megapixels} MP | {row[0]:.0f} | {row[1]:.1f} |", flush=True)
+        times = [read_all(module, [data] * args.repeats)[1] for module in modules.values()]
+        print(f"| {megapixels} MP | {' | '.join(f'{t:.1f}' for t in times)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -244,7 +244,30 @@ def angled(digit, rng, strength=2):
     return _photo(np.asarray(warped, np.float32) * xs[None, :, None], rng)
 
 
-CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled)}
+def tight_crop(digit, rng, strength=2):
+    """A photo cropped to the digit (a phone's crop tool, one cell of a scanned form): dark ink on
+    grey-white paper, the picture's edges a margin of 10-6%, 6-3% or 3-0% of the digit's size from
+    its ink (each side drawn apart), the digit 40-240 px tall, a little blur and noise, PNG or JPEG."""
+    low, high = ((0.06, 0.10), (0.03, 0.06), (0.0, 0.03))[strength - 1]
+    side = int(rng.integers(40, 241))  # the ink's longer side in the picture, px
+    rows, cols = np.flatnonzero(digit.any(1)), np.flatnonzero(digit.any(0))
+    ink = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = side / max(ink.shape)
+    ink_w, ink_h = max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale))
+    left, right, top, bottom = (round(float(rng.uniform(low, high)) * side) for _ in range(4))
+    paper = tuple(int(v) for v in rng.integers(185, 246) + rng.integers(-8, 9, 3))
+    ink_rgb = tuple(int(v) for v in rng.integers(10, 70) + rng.integers(-8, 9, 3))
+    page = np.asarray(_on_paper(Image.fromarray(ink).resize((ink_w, ink_h), Image.Resampling.BICUBIC), ink_rgb,
+                                paper, canvas=(ink_w + left + right, ink_h + top + bottom), offset=(left, top)),
+                      np.float32)
+    blur = float(rng.uniform(0, 0.01 * side))  # up to 1% of the digit's size: a slightly soft focus
+    page = np.asarray(Image.fromarray(page.astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur)), np.float32)
+    if rng.random() < 0.5:
+        return _photo(page, rng, noise=float(rng.uniform(1, 4)), quality=int(rng.integers(70, 96)))
+    return Image.fromarray(np.clip(page + rng.normal(0, float(rng.uniform(1, 4)), page.shape[:2] + (1,)), 0, 255).astype(np.uint8))
+
+
+CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled, tight_crop)}
 
 
 def ruled_strip(digits: list[np.ndarray], rng) -> Image.Image:
@@ -257,3 +280,26 @@ def ruled_strip(digits: list[np.ndarray], rng) -> Image.Image:
     for row in (40 + 0.45 * height, 40 + 0.9 * height, 40 + 0.9 * height - 0.9 * 0.45 * height * 2):
         mask = np.maximum(mask, _line_mask(page.shape[:2], (0, row), (page.shape[1], row), 2.0))
     return _photo(_darken(page, mask, (130, 170, 230)), rng)
+
+
+
+def ruled_number(digits: list[np.ndarray], rng) -> Image.Image:
+    """A handwritten number on ruled paper as notebooks vary: `strip` on lines 35-80% of its height
+    apart (so a line may cross a 4's or 9's stem or a loop's top, and one lies near its base, where
+    a 1 stands), 1-3.5 px thick, blue, grey or dark blue, tilted up to 3 degrees, the picture's
+    edge 4-40 px above and below the number."""
+    number = np.asarray(strip(digits, rng), dtype=np.float32)
+    height, width = number.shape[:2]
+    margin = int(rng.integers(4, 41))
+    page = np.full((height + 2 * margin, width + 60, 3), PAPER, np.float32)
+    page[margin:margin + height, 30:30 + width] = number
+    rows, cols = page.shape[:2]
+    spacing = float(rng.uniform(0.35, 0.8)) * height
+    base = margin + float(rng.uniform(0.75, 0.95)) * height
+    rise = cols * np.tan(np.radians(float(rng.uniform(-3, 3))))
+    thickness = float(rng.uniform(1, 3.5))
+    mask = np.zeros((rows, cols), np.float32)
+    for row in np.arange(base - spacing * np.ceil((base + abs(rise)) / spacing), rows + abs(rise) + spacing, spacing):
+        mask = np.maximum(mask, _line_mask((rows, cols), (0, row - rise / 2), (cols, row + rise / 2), thickness))
+    rgb = [(130, 170, 230), (150, 150, 150), (90, 125, 210)][int(rng.integers(3))]
+    return _photo(_darken(page, mask, rgb), rng)

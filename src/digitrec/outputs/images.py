@@ -17,10 +17,8 @@ onnxruntime-only deployments use this module too.
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
-import json
 import os
 import re
 import warnings
@@ -32,11 +30,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..core.files import InputError, atomic_write
+from ..core.data import IMAGE_SUFFIXES
+from ..core.files import InputError, atomic_write, first_line
 
 # Only these Pillow decoders are ever tried: fewer parsers, less attack surface.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 # Largest image we decode (width * height). 40 megapixels is more than any phone photo; a
 # "decompression bomb" (a tiny file claiming a huge canvas) is refused before it is decoded.
 MAX_PIXELS = 40_000_000
@@ -52,6 +50,9 @@ CENTRE = 14.0  # where MNIST puts the ink's centre of mass (row, col); measured 
 # around it that a pixel takes (0 = paper), then scaled so that a stroke's core is 1.
 MIN_CONTRAST = 0.1  # the strongest stroke takes at least this share, else "no digit" (soft pencil: 0.15)
 NOISE_FLOOR = 4.0  # a pixel is ink only if this many standard deviations of the page's noise darker than its paper
+# ... and taken as at most this many times the spread of the page's fine grain: measured on the
+# conditions of tests/image_variants.py, the page's spread is 1-2 times the grain's (3-7.5 after JPEG at quality 25)
+NOISE_RESIDUAL = 4.0
 INK_THRESHOLD = 0.2  # ... and this fraction of a stroke core's contrast: fainter is paper texture or JPEG noise
 MIN_PART = 0.08  # a blob smaller than this fraction of the largest one is a speck, not a stroke
 FRAGMENT_HEIGHT = 0.6  # in a number, a piece shorter than this fraction of the median digit is part of a neighbour
@@ -64,7 +65,10 @@ NEAR = 0.35  # a stroke further from the main stroke than this fraction of its s
 # side wide, far wider than any stroke of a digit that fits in the picture, so it erases strokes
 # and keeps the light's gradient, a shadow's edge and the paper's colour.
 BACKGROUND_FRACTION = 0.3
+BACKGROUND_LONG = 0.2  # ... and at least this fraction of the longer side: wider than a digit's strokes, under a fifth of its height
 BACKGROUND_CELLS = 15  # ... computed on a copy shrunk so the filter is this many pixels wide: fast
+BACKGROUND_PEN = 0.4  # strokes wider than this fraction of the closing: it did not erase them; the paper is then
+PAPER_PERCENTILE = 95  # ... one level for the picture, this percentile of it (a digit covers under half its picture)
 # Polarity (see _dark_ink): the paper is the median of a window this fraction of the shorter side
 # wide. Measured on 300 digits per condition of tests/image_variants.py and 2,000 MNIST digits, no
 # picture read the wrong way round at 0.6; at 0.3, 31 `thick` ones (the strokes of a digit cropped
@@ -78,7 +82,15 @@ LINE_RUN = 0.1
 LINE_SLACK = 0.004
 LINE_SPAN = 0.8
 LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that runs off the edge, across 30%
+LINE_PEN = 0.8  # ... and are at most this fraction of the pen's stroke width thick (see _pen_width)
+STUB_PEN = 0.5  # ... and take along each run of ink across them shorter than half their thickness plus the pen's width
+STUB_MIN = 2  # ... or than their thickness plus this many px (a box's side may be as thick as the pen)
+LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
+LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
+TILT_STEPS = ((1.0, 10), (0.2, 5))  # ... searched in steps of 1 degree either way, then of 0.2 round the best
+TILT_POINTS = 2_000  # ... on at most about this many pixels of the long components' ink
+TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more than no tilt does
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
@@ -133,7 +145,7 @@ def open_image(source: str | os.PathLike | bytes, name: str) -> Image.Image:
         raise InputError(f"{name}: not an image in a supported format ({', '.join(FORMATS)})") from None
     except Exception as e:
         # Pillow reports truncated and corrupt data as OSError, SyntaxError, ValueError, struct.error...
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        detail = first_line(e)
         kind = f"{image.format} image" if image is not None else "image"
         raise InputError(f"{name}: truncated or corrupt {kind} ({detail})") from None
     if pixels > MAX_PIXELS:
@@ -209,12 +221,30 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     core's contrast are paper (0); the rest keep their grey level, as MNIST's anti-aliased edges do.
     """
     page = grey if _dark_ink(grey) else 255 - grey  # dark ink on light paper
-    background = _background(page)
+    ink = _divided(page, _background(page))
+    if ink is not None:
+        # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
+        # partly taken for the background: the picture is then all digit, and its paper one level
+        strokes = _handwriting(ink > 0)
+        window = max(3.0, _closing_width(page.shape))
+        if strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * window:
+            level = np.percentile(page, PAPER_PERCENTILE)
+            ink = _divided(page, np.maximum(page, np.uint8(level)))
+    return ink
+
+
+def _divided(page: np.ndarray, background: np.ndarray) -> np.ndarray | None:
+    """`ink_map` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
+    than the page): the share of the light the ink takes, stretched and binarised."""
     contrast = cv2.subtract(background, page)  # grey levels darker than the paper around it
     # sensor and JPEG noise, from the spread of the contrast over the page (mostly paper): anything
-    # within NOISE_FLOOR of it is paper, however dark the paper is where a shadow falls
+    # within NOISE_FLOOR of it is paper, however dark the paper is where a shadow falls. Where the
+    # digit fills the picture (a tight crop) that spread is the ink's: the noise is then at most
+    # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
     sample = contrast[::4, ::4].astype(np.float32)
     noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    grain = page[::2, ::2].astype(np.float32) - cv2.blur(page, (3, 3))[::2, ::2]
+    noise = min(noise, NOISE_RESIDUAL * 1.4826 * float(np.median(np.abs(grain))))
     contrast[contrast < NOISE_FLOOR * noise] = 0
     ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
     # the strongest ink that fills a 2x2 block: a stroke, not a hot pixel or JPEG ringing
@@ -247,12 +277,22 @@ def _dark_ink(grey: np.ndarray) -> bool:
 
 def _background(page: np.ndarray) -> np.ndarray:
     """The page's brightness without its strokes (H, W) uint8: a closing (max then min filter)
-    BACKGROUND_FRACTION of the shorter side wide, computed on a `_shrunk` copy and enlarged back."""
-    small, cells = _shrunk(page, BACKGROUND_FRACTION)
-    background = cv2.morphologyEx(small, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (cells, cells)))
+    `_closing_width` wide, computed on a `_shrunk` copy and enlarged back."""
+    small, cells = _shrunk(page, _closing_width(page.shape) / min(page.shape))
+    # the picture's edge repeated outward first: a closing that stops at the edge takes the paper
+    # there for as bright as the paper a window inward, and a shadow's dark side turns to "ink"
+    padded = cv2.copyMakeBorder(small, cells, cells, cells, cells, cv2.BORDER_REPLICATE)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (cells, cells))
+    background = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)[cells:-cells, cells:-cells]
     if small.shape != page.shape:
         background = cv2.resize(background, page.shape[::-1], interpolation=cv2.INTER_LINEAR)
     return np.maximum(background, page)  # the page is never brighter than its own background
+
+
+def _closing_width(shape: tuple[int, int]) -> float:
+    """The background closing's width (px): BACKGROUND_FRACTION of the shorter side, and no less
+    than BACKGROUND_LONG of the longer one (a narrow picture of a 1: its stem fills the width)."""
+    return max(BACKGROUND_FRACTION * min(shape), BACKGROUND_LONG * max(shape))
 
 
 def _shrunk(page: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
@@ -271,23 +311,29 @@ def _shrunk(page: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
 def remove_lines(ink: np.ndarray) -> np.ndarray:
     """The ink without long straight printed lines: ruled lines, a form's box, underlines.
 
-    Candidates are runs of ink at least LINE_RUN of the image long, horizontal or vertical (give or
-    take LINE_SLACK of the image across, for a page shot at an angle; gaps up to LINE_GAP, for a
-    faint line that binarised into dashes), each fitted with a straight line. A candidate is a
-    printed line if it crosses the picture (`_Line.crosses`), or if it is a side of a box: two
-    horizontal candidates joined at both ends by two vertical ones. Only the ink on the fitted line
-    goes, so a stroke that merges into a line stays, and strokes that crossed a line are joined
-    again across it (a closing across the line, kept only where the line was).
+    Lines are looked for up to LINE_TILT degrees off horizontal and vertical: each axis is worked
+    on in its own sheared frame (`_Shear`), in which its lines, tilted as the longest ink says
+    (`_tilt`), run straight along it. Candidates are runs of ink at least LINE_RUN of the image
+    long there (give or take LINE_SLACK of the image across, for the rest of a tilt; gaps up to
+    LINE_GAP, for a faint line that binarised into dashes), each fitted with a straight line. A
+    candidate is a printed line if it crosses the picture (`_Line.crosses`), is thin next to the
+    pen and runs past both ends of the handwriting (or off the picture), or if it is a side of a
+    box round the handwriting: two horizontal candidates joined at both ends by two vertical ones.
+    What goes is decided run by run across each line (`_line_runs`): the line's ink and slivers
+    beside it go, a stroke that crosses it or lies along it stays whole, bridged, with no stubs.
     """
     mask = (ink > 0).astype(np.uint8)
     height, width = mask.shape
+    n, labels, stats, _ = _components(mask)
+    frames = {axis: _Shear.along(mask, axis, _tilt(mask, labels, stats, axis)) for axis in ("h", "v")}
     candidates = {}
     for axis, (length, across) in {"h": (width, height), "v": (height, width)}.items():
+        frame = frames[axis]
         slack = 2 * max(1, round(LINE_SLACK * across)) + 1
         run = max(3, round(LINE_RUN * length))
         gap = max(3, round(LINE_GAP * length))
         along, sideways, gaps = ((run, 1), (1, slack), (gap, 1)) if axis == "h" else ((1, run), (slack, 1), (1, gap))  # (columns, rows)
-        joined = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_RECT, sideways))  # a tilted line's steps joined
+        joined = cv2.dilate(frame.mask, cv2.getStructuringElement(cv2.MORPH_RECT, sideways))  # a tilted line's steps joined
         joined = cv2.morphologyEx(joined, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, gaps))  # and a faint one's dashes
         runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
         candidates[axis] = []
@@ -297,28 +343,169 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
         for k in range(1, n):
             x, y, w, h = (int(v) for v in stats[k, :4])
             if (w if axis == "h" else h) >= min(LINE_EDGE_SPAN * length, BOX_SIDE * min(width, height)):
-                pixels = (labels[y:y + h, x:x + w] == k) & (mask[y:y + h, x:x + w] > 0)
+                pixels = (labels[y:y + h, x:x + w] == k) & (frame.mask[y:y + h, x:x + w] > 0)
                 if pixels.any():
                     candidates[axis].append(_Line.fit(pixels, axis, x, y))
     lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
              for axis, size in (("h", width), ("v", height))}
-    for top, bottom, left, right in _boxes(candidates["h"], candidates["v"]):
-        lines["h"] += [top, bottom]
-        lines["v"] += [left, right]
+    boxes = _boxes(candidates["h"], candidates["v"])
+    if lines["h"] or lines["v"] or boxes:
+        # a printed line is thin next to the pen's strokes and runs past the handwriting's ends: a
+        # stroke that crosses a tightly cropped picture (a 1, a 7's bar, a 9's stem) is neither
+        # (measured without the lines across the picture, but with the boxes' sides: a box's side
+        # may be a stroke, as two ruled lines and a number's upright strokes make a "box")
+        on_lines = np.zeros(mask.shape, bool)
+        for axis, frame in frames.items():
+            on_lines |= frame.undo(frame.paint(lines[axis]))
+        handwriting = _handwriting(mask.astype(bool) & ~on_lines)
+        if handwriting is None:  # nothing to tell a line from a stroke by: keep the ink
+            return ink
+        pen = _pen_width(handwriting)
+        extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
+        lines = {axis: [line for line in found
+                        if line.thick <= LINE_PEN * pen and line.runs_past(*extent[axis], pen, frames[axis].leaves(line))]
+                 for axis, found in lines.items()}
+        for top, bottom, left, right in boxes:
+            # four thin sides meeting at the corners, round the handwriting: evidence enough (two
+            # ruled lines and two upright strokes of a number between them are not round all of it)
+            (first_x, last_x), (first_y, last_y) = extent["h"], extent["v"]
+            tol = pen + BOX_TOLERANCE * min(right.position - left.position, bottom.position - top.position)
+            if (left.position - tol <= first_x and last_x <= right.position + tol
+                    and top.position - tol <= first_y and last_y <= bottom.position + tol):
+                lines["h"] += [top, bottom]
+                lines["v"] += [left, right]
     if not lines["h"] and not lines["v"]:
         return ink
     removed = np.zeros(mask.shape, bool)
+    reach = int(np.ceil(max(STUB_PEN * pen, STUB_MIN))) + 1  # beside a line, as far as `_line_runs` looks
     for axis, found in lines.items():
         if not found:
             continue
-        band = np.zeros(mask.shape, bool)  # the lines' pixels, and strokes' pixels on them
-        for line in found:
-            band[line.box] |= line.pixels
-        across = max(line.thick for line in found) + 3  # a tilted line covers a little more
-        kernel = (1, across) if axis == "h" else (across, 1)
-        bridged = cv2.morphologyEx(mask & ~band, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, kernel))
-        removed |= band & (bridged == 0)
+        frame = frames[axis]
+        goes = np.zeros(frame.mask.shape, bool)
+        for line in found:  # one at a time: a stroke between two lines is ink beside each
+            rows, cols = line.box
+            if axis == "h":
+                rows = slice(max(0, rows.start - reach), rows.stop + reach)
+            else:
+                cols = slice(max(0, cols.start - reach), cols.stop + reach)
+            window = frame.mask[rows, cols]
+            band = np.zeros(window.shape, bool)
+            top, left = line.box[0].start - rows.start, line.box[1].start - cols.start
+            band[top:top + line.pixels.shape[0], left:left + line.pixels.shape[1]] = line.pixels
+            goes[rows, cols] |= _line_runs(window, band, line.thick, axis, pen)
+        removed |= frame.undo(goes)
     return np.where(removed, 0, ink).astype(np.uint8)
+
+
+def _line_runs(mask: np.ndarray, band: np.ndarray, thick: float, axis: str, pen: float) -> np.ndarray:
+    """What goes of the ink (bool, same frame) where a line `thick` px thick along `axis` lies on
+    `band`, looking at each run of ink across it (down a column for "h", along a row for "v"): a
+    run nearer the line's thickness than the pen's, or no more than STUB_MIN px thicker than the
+    line, goes whole (the line, its fringe, a sliver of a stroke grazing it); any other stays
+    whole: a stroke crosses the line there (bridged), or lies along it (a 2's flat base on the
+    line, the top of a 9's loop). So what is left along a line is half-way to a pen's width across
+    or more, or nothing: no hair-like stubs. Only a sliver that touches a staying run along the
+    line stays too: the edge of a stroke that crosses it at a slant."""
+    m, b = (mask, band) if axis == "h" else (mask.T, band.T)
+    ink = m.ravel(order="F") > 0  # column after column
+    follows = np.r_[False, ink[:-1]]
+    follows[::m.shape[0]] = False  # a column's first pixel starts a run
+    runs = np.cumsum(ink & ~follows) * ink  # each run of ink its own number; 0 = paper
+    length = np.bincount(runs, minlength=runs.max() + 1)
+    lined = np.bincount(runs, weights=b.ravel(order="F") & ink, minlength=len(length))
+    goes = (lined > 0) & (length < max(STUB_PEN * (thick + pen), thick + STUB_MIN))
+    goes[0] = False
+    out = goes[runs].reshape(m.shape, order="F")
+    stays = (m > 0) & ~out
+    edge = out & ~b & (cv2.dilate(stays.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0)
+    out &= ~edge
+    return out if axis == "h" else out.T
+
+
+def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) -> float:
+    """The slope of the printed lines along an axis ("h": rows per column, "v": columns per row),
+    within LINE_TILT degrees; 0 where no straight ink runs LINE_SPAN of the picture along it.
+
+    Every long component's ink is projected across the axis at each slope, and the slope whose
+    projection is most peaked wins (the sum of squared counts): a straight line piles up in one
+    bin, a digit's curves spread out. Coarse steps first, then finer ones round the best (TILT_STEPS)."""
+    height, width = mask.shape
+    size, extent = (width, stats[:, cv2.CC_STAT_WIDTH]) if axis == "h" else (height, stats[:, cv2.CC_STAT_HEIGHT])
+    long = extent >= LINE_SPAN * size  # shorter, no bin below could hold LINE_SPAN of it
+    long[0] = False
+    if not long.any():
+        return 0.0
+    ys, xs = np.nonzero(long[labels])
+    along, across = (xs, ys) if axis == "h" else (ys, xs)
+    step = max(1, len(along) // TILT_POINTS)
+    along, across = along[::step].astype(np.float32), across[::step].astype(np.float32)
+
+    def projections(degrees: np.ndarray) -> np.ndarray:  # (angles, bins) pixel counts
+        slopes = np.tan(np.radians(degrees))
+        bins = np.round(across[None, :] - slopes[:, None] * along[None, :]).astype(np.int64)
+        bins -= bins.min(1, keepdims=True)
+        span = int(bins.max()) + 1
+        counts = np.bincount((bins + np.arange(len(slopes))[:, None] * span).ravel(), minlength=len(slopes) * span)
+        return counts.reshape(len(slopes), span).astype(np.float64)
+
+    best = 0.0
+    for spacing, steps in TILT_STEPS:
+        degrees = np.clip(best + spacing * np.arange(-steps, steps + 1), -LINE_TILT, LINE_TILT)
+        counts = projections(degrees)
+        k = int(np.argmax((counts ** 2).sum(1)))
+        best = float(degrees[k])
+    # a line across the picture piles a pixel per step along it into one bin; and the slope must be
+    # clearly straighter than none (a digit's strokes, or lines across the other axis, are neither)
+    if (counts[k].max() * step < LINE_SPAN * size
+            or (counts[k] ** 2).sum() < TILT_GAIN * (projections(np.zeros(1)) ** 2).sum()):
+        return 0.0
+    return float(np.tan(np.radians(best)))
+
+
+@dataclass(frozen=True)
+class _Shear:
+    """A bool/uint8 mask sheared so that lines of one axis with a given slope run straight along
+    it: for "h", each column shifted down by a whole number of rows (for "v", each row right by
+    columns). Whole-pixel shifts: `undo` gives back exactly the pixels of the original frame."""
+
+    mask: np.ndarray  # the sheared mask, uint8
+    axis: str
+    shifts: np.ndarray  # per column ("h") or row ("v"), >= 0
+    size: int  # the original frame's size across the axis (rows for "h")
+
+    @classmethod
+    def along(cls, mask: np.ndarray, axis: str, slope: float) -> _Shear:
+        m = mask if axis == "h" else mask.T
+        shifts = -np.round(np.arange(m.shape[1]) * slope).astype(np.int64)
+        shifts -= shifts.min()
+        if not shifts.any():
+            return cls(mask, axis, shifts, m.shape[0])
+        out = np.zeros((m.shape[0] + int(shifts.max()), m.shape[1]), m.dtype)
+        out[np.arange(m.shape[0])[:, None] + shifts[None, :], np.arange(m.shape[1])[None, :]] = m
+        return cls(out if axis == "h" else out.T, axis, shifts, m.shape[0])
+
+    def undo(self, sheared: np.ndarray) -> np.ndarray:
+        """An array of the sheared frame's shape, back in the original frame."""
+        if not self.shifts.any():
+            return sheared
+        m = sheared if self.axis == "h" else sheared.T
+        out = m[np.arange(self.size)[:, None] + self.shifts[None, :], np.arange(m.shape[1])[None, :]]
+        return out if self.axis == "h" else out.T
+
+    def leaves(self, line: _Line) -> tuple[bool, bool]:
+        """Whether the line (found in this frame) runs off the picture's side across its axis (top
+        or bottom, for "h") at its start and at its end."""
+        shifts = self.shifts if self.shifts.any() else np.zeros(max(line.end, 1), np.int64)
+        across = (line.ends[0] - shifts[line.start], line.ends[1] - shifts[line.end - 1])
+        return tuple(bool(a <= line.thick or a >= self.size - 1 - line.thick) for a in across)
+
+    def paint(self, lines: list[_Line]) -> np.ndarray:
+        """The lines' pixels (bool, in the sheared frame)."""
+        painted = np.zeros(self.mask.shape, bool)
+        for line in lines:
+            painted[line.box] |= line.pixels
+        return painted
 
 
 @dataclass(frozen=True)
@@ -333,6 +520,14 @@ class _Line:
     thick: int
     pixels: np.ndarray
     box: tuple[slice, slice]
+    ends: tuple[float, float]  # where it is across its axis at `start` and at `end` - 1
+
+    def runs_past(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> bool:
+        """Whether it runs past both ends of the handwriting's extent along it (first to last) by a
+        pen's width or more, or leaves the picture there (`leaves`: at start, at end; a tilted line
+        runs off the top or bottom): a ruled line runs across the page, a stroke ends where the
+        digit does."""
+        return (self.start <= first - pen or leaves[0]) and (self.end >= last + pen or leaves[1])
 
     def crosses(self, size: int) -> bool:
         """Whether it is a line across the page (of `size` along it): LINE_SPAN of it, or, where it
@@ -361,7 +556,37 @@ class _Line:
         on_line = ink & (np.abs(np.arange(ink.shape[0])[:, None] - centre[None, :]) <= thick / 2 + 1)
         along, across = (x, y) if axis == "h" else (y, x)
         return cls(along + int(cols[0]), along + int(cols[-1]) + 1, across + float(np.polyval(fit, cols.mean())), thick,
-                   on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])))
+                   on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])),
+                   (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))))
+
+
+def _handwriting(ink: np.ndarray) -> np.ndarray | None:
+    """The bool mask's strokes, specks and a line's leftover edges (parts under MIN_PART of the
+    biggest) left out; None if what is left is too little to measure (under MIN_INK_PIXELS)."""
+    n, labels, stats, _ = _components(ink.astype(np.uint8))
+    areas = stats[:, cv2.CC_STAT_AREA]
+    areas[0] = 0
+    big = areas >= MIN_PART * areas.max()
+    big[0] = False
+    if areas[big].sum() < MIN_INK_PIXELS:
+        return None
+    return big[labels]
+
+
+def _pen_width(strokes: np.ndarray) -> float:
+    """The typical width (px) of the strokes in a bool mask: twice the median distance to the paper
+    along their middles (the distance transform's ridges)."""
+    distance = cv2.distanceTransform(strokes.astype(np.uint8), cv2.DIST_L2, 3)
+    ridge = (distance > 0) & (distance >= cv2.dilate(distance, np.ones((3, 3), np.uint8)))
+    return 2.0 * float(np.median(distance[ridge]))
+
+
+def _extent(strokes: np.ndarray, axis: str) -> tuple[float, float]:
+    """Where the strokes (bool mask) start and end along the axis ("h": columns, "v": rows), leaving
+    out the outermost LINE_OUTLIER of their pixels on each side (a speck far out)."""
+    cumulative = np.cumsum(strokes.sum(0 if axis == "h" else 1))
+    return (float(np.searchsorted(cumulative, LINE_OUTLIER * cumulative[-1])),
+            float(np.searchsorted(cumulative, (1 - LINE_OUTLIER) * cumulative[-1])) + 1)
 
 
 def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, _Line, _Line, _Line]]:
@@ -617,56 +842,6 @@ def read_images(paths: Iterable[str | os.PathLike], classify: Callable[[np.ndarr
 
 
 NO_DIGIT = "no digit found"
-
-
-def readings_to_json(readings: list[Reading]) -> str:
-    rows = [{"file": r.name, "number": None if r.error or not r.digits else r.number,
-             "digits": [{"digit": top[0][0], "confidence": round(top[0][1], 6),
-                         "top3": [{"class": c, "probability": round(p, 6)} for c, p in top]}
-                        for top in r.top(3)],
-             "error": r.error or (NO_DIGIT if not r.digits else None)} for r in readings]
-    return json.dumps(rows, indent=2)
-
-
-CSV_COLUMNS = ["file", "number", "position", "digit", "confidence", "top2", "p2", "top3", "p3", "error"]
-
-
-def readings_to_csv(readings: list[Reading]) -> str:
-    """One row per digit (position 1 = leftmost); a file with no digit or an error has one row."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in readings:
-        if r.error or not r.digits:
-            writer.writerow([r.name, "", "", "", "", "", "", "", "", r.error or NO_DIGIT])
-        for position, top in enumerate(r.top(3), 1):
-            (d, p), (c2, p2), (c3, p3) = top
-            writer.writerow([r.name, r.number, position, d, f"{p:.6f}", c2, f"{p2:.6f}", c3, f"{p3:.6f}", ""])
-    return buffer.getvalue()
-
-
-def readings_to_table(readings: list[Reading]) -> str:
-    """Aligned text: file, number, then each digit with its confidence and top-3."""
-    width = max([len("file"), *(len(r.name) for r in readings)])
-    number_width = max([len("number"), *(len(r.number) for r in readings)])
-    lines = [f"{'file':<{width}}  {'number':<{number_width}}  digit  confidence  top-3"]
-    for r in readings:
-        if r.error or not r.digits:
-            # the error itself goes to stderr (see cli.cmd_predict); json and csv carry it in full
-            lines.append(f"{r.name:<{width}}  {'-':<{number_width}}  {'could not be read' if r.error else NO_DIGIT}")
-            continue
-        for position, top in enumerate(r.top(3)):
-            head = f"{r.name:<{width}}  {r.number:<{number_width}}" if position == 0 else " " * (width + 2 + number_width)
-            alternatives = ", ".join(f"{c} {p:.3f}" for c, p in top)
-            lines.append(f"{head}  {top[0][0]:>5}  {top[0][1]:>10.4f}  {alternatives}")
-    return "\n".join(lines)
-
-
-def format_readings(readings: list[Reading], fmt: str = "table") -> str:
-    formats = {"table": readings_to_table, "json": readings_to_json, "csv": readings_to_csv}
-    if fmt not in formats:
-        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(formats)})")
-    return formats[fmt](readings).rstrip("\n")
 
 
 def save_preprocessed(readings: list[Reading], out_dir: str | os.PathLike) -> list[Path]:

@@ -40,7 +40,7 @@ def readings_to_json(readings: list[Reading], min_confidence: float | None = Non
     return json.dumps(rows, indent=2)
 
 
-# the columns before `unsure` are those of images.CSV_COLUMNS, in the same places
+# the columns of every reading; `unsure` and `best_guess` matter only with a min_confidence
 CSV_COLUMNS = ["file", "number", "position", "digit", "confidence", "top2", "p2", "top3", "p3", "error",
                "unsure", "best_guess"]
 
