@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 PIP := $(PY) -m pip install --quiet -c constraints.txt
-# the browser that tests/test_serve_browser.py and test_report.py drive
+# the browser that tests/outputs/test_serve_browser.py and test_report.py drive
 BROWSER := /usr/bin/chromium
-# PostgreSQL's initdb, which tests/test_tune.py starts a throwaway server with (Debian's package puts
+# PostgreSQL's initdb, which tests/training/test_tune.py starts a throwaway server with (Debian's package puts
 # it under /usr/lib/postgresql/<version>/bin, not on PATH)
 INITDB := $(firstword $(shell command -v initdb 2>/dev/null) $(wildcard /usr/lib/postgresql/*/bin/initdb))
 
@@ -37,12 +37,12 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
-# The PostgreSQL server binaries that tests/test_tune.py runs: installed as the browser is.
+# The PostgreSQL server binaries that tests/training/test_tune.py runs: installed as the browser is.
 postgres:
 	@if [ -z "$(INITDB)" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then SUDO=; \
 	  elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	  else echo "make test needs PostgreSQL's server (initdb, pg_ctl) for tests/test_tune.py; install it with: sudo apt-get install postgresql" >&2; exit 2; fi; \
+	  else echo "make test needs PostgreSQL's server (initdb, pg_ctl) for tests/training/test_tune.py; install it with: sudo apt-get install postgresql" >&2; exit 2; fi; \
 	  echo "installing postgresql (apt-get) for the tuning tests"; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \

@@ -24,7 +24,7 @@ every minute, and at the end. Without --run the model has untrained `fast` weigh
 Last, `--heavy` sends 12 and then 24 uploads at once of a ~70 KB PNG that holds a 36-megapixel
 image (legal, and the most memory one upload can take) to a fresh server, and prints its memory.
 
-tests/test_fuzz.py runs a short slice of the fuzz and the soak (a few hundred cases, 4 s of soak).
+tests/e2e/test_fuzz.py runs a short slice of the fuzz and the soak (a few hundred cases, 4 s of soak).
 """
 
 from __future__ import annotations

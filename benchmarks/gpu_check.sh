@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPU', torch.cuda.get_device_name())"
-$PY -m pytest -q tests/test_distributed.py -k "gpu or device or bf16"
+$PY -m pytest -q tests/training/test_distributed.py -k "gpu or device or bf16"
 timeout 420 $PY benchmarks/gpu_check.py --seeds 3

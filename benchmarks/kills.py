@@ -1,5 +1,5 @@
 """SIGKILL a real `digitrec train` at many random moments, resume after each, compare the end with an
-uninterrupted run: the long version of tests/test_faults.py's kill test.
+uninterrupted run: the long version of tests/e2e/test_faults.py's kill test.
 
     python benchmarks/kills.py --kills 50 --seed 1
 

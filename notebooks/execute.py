@@ -3,7 +3,7 @@
     python notebooks/execute.py notebooks/digit_recognizer.py     # what `make notebook` runs
 
 The kernel runs in the notebook's folder (its runs/ and submission files land there) unless
---cwd says otherwise. Set DIGITREC_SMALL=1 for the one-minute version. Used by tests/test_notebook.py.
+--cwd says otherwise. Set DIGITREC_SMALL=1 for the one-minute version. Used by tests/e2e/test_notebook.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A torchrun worker for tests/test_distributed.py: one epoch of the real training loop
+"""A torchrun worker for tests/training/test_distributed.py: one epoch of the real training loop
 (train.train_one_epoch) on a DistributedDataParallel model, then each rank saves its weights.
 
     torchrun --nproc-per-node W tests/ddp_worker.py MODEL OUT_DIR

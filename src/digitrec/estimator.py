@@ -222,7 +222,7 @@ class DigitClassifier:
         self.classes_ = np.arange(10)
         return self
 
-    # -- prediction: each verb calls evaluate.py on the run's model
+    # -- prediction: each verb calls nets/predict.py on the run's model
 
     def _fitted(self) -> TrainConfig:
         if not hasattr(self, "model_"):
@@ -230,7 +230,7 @@ class DigitClassifier:
         return self.config_
 
     def predict_proba(self, X, tta: bool = False) -> np.ndarray:
-        """Class probabilities (N, 10), rows summing to 1. `tta`: averaged over evaluate.TTA_VIEWS."""
+        """Class probabilities (N, 10), rows summing to 1. `tta`: averaged over augment.TTA_VIEWS."""
 
         self._fitted()
         images = as_digits(X, mnist_split="test").images

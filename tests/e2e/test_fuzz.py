@@ -414,7 +414,7 @@ def test_bad_weights_file_is_one_error_line_exit_2_nothing_written(damage, tiny_
     shutil.copytree(tiny_run, run)
     out.mkdir()
     cfg = json.loads((run / "config.json").read_text())
-    (run / "manifest.json").unlink()  # the reader's own checks (a folder without digests: tests/test_rundir.py)
+    (run / "manifest.json").unlink()  # the reader's own checks (a folder without digests: tests/core/test_rundir.py)
     weights = run / WEIGHTS_FILE
     weights.write_bytes(make_bad(weights.read_bytes(), cfg))
     monkeypatch.chdir(out)  # default outputs would land here
@@ -452,7 +452,7 @@ def test_weights_of_a_huge_model_are_refused_before_it_is_built(tmp_path, monkey
 def test_report_with_a_bad_predictions_file_is_one_error_line(damage, tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    (run / "manifest.json").unlink()  # the reader's own checks (a folder without digests: tests/test_rundir.py)
+    (run / "manifest.json").unlink()  # the reader's own checks (a folder without digests: tests/core/test_rundir.py)
     path = run / "predictions_val.npz"
     good = path.read_bytes()
     foreign, wrong_shape = io.BytesIO(), io.BytesIO()

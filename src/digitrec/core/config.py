@@ -75,7 +75,7 @@ class TrainConfig:
     stratify: bool = False
     # calibration hold-out (not in the reference): a random share of the training images, left out
     # of training, on which the end of training fits the temperature of the probabilities
-    # (calibrate.py). 0: the temperature is fitted on the validation split, or not at all without
+    # (nets/temperature.py). 0: the temperature is fitted on the validation split, or not at all without
     # one. Drawn with its own seed after the validation split, the same for every ensemble member,
     # so an ensemble's own temperature can be fitted on it too.
     calibration_fraction: float = 0.0

@@ -14,7 +14,7 @@ def split_validation(labels: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, 
 
     Unstratified with val_split "sklearn", the held-out images are exactly those of scikit-learn's
     train_test_split(test_size=val_fraction, random_state=val_seed): numpy's legacy RandomState
-    permutation, the first ceil(n * val_fraction) of it (tests/test_train.py checks it against sklearn).
+    permutation, the first ceil(n * val_fraction) of it (tests/training/test_distributed.py checks it against sklearn).
     """
     n = len(labels)
     if cfg.val_fraction == 0:

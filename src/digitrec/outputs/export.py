@@ -2,7 +2,7 @@
 
 The graph takes `images` float32 (N, 1, 28, 28) = uint8 pixels / 255, white ink on black (the
 training normalisation), and returns `logits` and `probs` (N, 10); the batch axis is dynamic. The
-logits are already divided by the model's temperature (calibrate.py), so `probs` are calibrated.
+logits are already divided by the model's temperature (nets/temperature.py), so `probs` are calibrated.
 What a deployment needs to feed it is written into the file's metadata.
 
 `export_onnx(..., int8=True)` writes the same graph quantised to 8 bits by onnxruntime's own

@@ -22,7 +22,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     if cfg.schedule == "plateau":
         # Keras reduces once `wait >= patience` (3 bad epochs); PyTorch once `num_bad_epochs >
-        # patience`. So Keras patience 3 is PyTorch patience 2 (tests/test_train.py checks it).
+        # patience`. So Keras patience 3 is PyTorch patience 2 (tests/training/test_train.py checks it).
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience - 1,
             threshold=cfg.plateau_min_delta, threshold_mode="abs", min_lr=cfg.min_lr)
