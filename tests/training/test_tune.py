@@ -271,11 +271,13 @@ def test_two_workers_share_a_postgresql_study(postgres, tiny_csv, tmp_path):
     assert not (tmp_path / "shared" / tune.STUDY_DB).exists()
     opened = tune.load_study("shared", postgres)
     trials = opened.get_trials()
-    assert tune.finished_trials(opened) == 4 and len(trials) <= 5  # at most one started past the budget
+    finished = tune.finished_trials(opened)
+    # the workers check the count, then start: both may start when one trial is left (at most one over)
+    assert 4 <= finished <= 5 and len(trials) <= 5
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
     assert (tmp_path / "shared" / tune.BEST_RECIPE).is_file()
     shown = _digitrec("tune", "--show", "shared", "--storage", postgres)
-    assert shown.returncode == 0 and shown.stdout.startswith("study shared: ") and "4 complete" in shown.stdout
+    assert shown.returncode == 0 and shown.stdout.startswith("study shared: ") and f"{finished} complete" in shown.stdout
 
 
 @pytest.mark.slow

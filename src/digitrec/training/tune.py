@@ -471,7 +471,8 @@ def run_worker(study: Study, data: Digits, rt: Runtime, worker: int = 0, quiet: 
                tracked: bool = False, poll_seconds: float | None = None) -> int:
     """Run trials of `study` until it holds its budget of finished trials (or this command's time is
     up). Returns the number of trials this worker ran. Safe to run in many processes and machines at
-    once on one storage. `tracked`: each trial is an MLflow run, nested under the study's run when
+    once on one storage; workers that find one trial left at the same moment may each start one, so
+    a study of N workers can end up to N - 1 trials past its budget. `tracked`: each trial is an MLflow run, nested under the study's run when
     the study has one (its id is in the study's attributes)."""
     opened = open_study(study, data, worker)
     parent = opened.user_attrs.get("mlflow_run_id") if tracked else None
