@@ -97,6 +97,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "digitrec.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_submit_score_and_evaluate_on_kaggle_files(tiny_run, mnist_test, tmp_path):
     test = mnist_test.subset(np.arange(500))
     write_kaggle_csv(tmp_path / "test.csv", test, with_labels=False)

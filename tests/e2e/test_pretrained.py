@@ -70,6 +70,7 @@ def test_predict_still_takes_a_run_first(tiny_run, photo, capsys):
     assert capsys.readouterr().err == f"error: {tiny_run} is a run: give the images to read after it\n"
 
 
+@pytest.mark.slow
 def test_the_estimator_and_evaluate_score_a_bundled_model_as_recorded(mnist_test, capsys):
     clf = dr.DigitClassifier.pretrained("fast")
     card = pretrained.card("fast")

@@ -376,6 +376,7 @@ def test_cli_serves_on_loopback_by_default(capsys):
     assert capsys.readouterr().err == "error: /no/such/run: no such run directory\n"
 
 
+@pytest.mark.slow
 def test_cli_serves_with_several_worker_processes(tiny_run, tmp_path):
     import os
     import socket

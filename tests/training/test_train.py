@@ -212,6 +212,7 @@ def test_resume_refuses_other_data_and_leaves_the_run_as_it_was(tmp_path):
     assert metrics["data_sha256"] == digits.sha256 != other.sha256
 
 
+@pytest.mark.slow
 def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
     """Seed recipe, one epoch on 2,700 MNIST images (300 held out): at least 75% on the 10,000 test."""
     model, cfg, meta = load_run_model(tiny_run)
@@ -222,6 +223,7 @@ def test_short_real_run_clears_75_percent(tiny_run, mnist_test):
         __import__("json").loads((tiny_run / "metrics.json").read_text()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, parameters, convs", [("fast", 29_434, 3), ("best", 165_394, 5)])
 def test_compact_presets_learn_quickly(small_train, mnist_test, preset, parameters, convs):
     """The preset's recipe, 3 epochs on 3,000 images (3-10 s): at least 90% on 2,000 test images."""
