@@ -69,6 +69,20 @@ BACKGROUND_LONG = 0.2  # ... and at least this fraction of the longer side: wide
 BACKGROUND_CELLS = 15  # ... computed on a copy shrunk so the filter is this many pixels wide: fast
 BACKGROUND_PEN = 0.4  # strokes wider than this fraction of the closing: it did not erase them; the paper is then
 PAPER_PERCENTILE = 95  # ... one level for the picture, this percentile of it (a digit covers under half its picture)
+# Even light (see _even_light): a quadratic surface fitted to the paper on a copy shrunk to
+# BACKGROUND_CELLS / EVEN_SAMPLE cells across (on up to EVEN_POINTS of its pixels), taken when the
+# darkest EVEN_DARKEST percent of the paper lie within EVEN_LIGHT of the ink's contrast of it, lifted
+# to the paper's EVEN_LIFT percentile. Not tried where over EVEN_MAX_INK of the picture is dark, or
+# fewer than EVEN_MIN_PAPER paper pixels are left to fit.
+EVEN_SAMPLE = 0.15
+EVEN_POINTS = 4_000
+EVEN_DARKEST = 1.0
+EVEN_LIGHT = 0.15
+EVEN_LIFT = 90
+EVEN_MAX_INK = 0.6
+EVEN_MIN_PAPER = 12
+EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes out as ink
+EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the closing's strokes (_within_strokes)
 # Polarity (see _dark_ink): the paper is the median of a window this fraction of the shorter side
 # wide. Measured on 300 digits per condition of tests/image_variants.py and 2,000 MNIST digits, no
 # picture read the wrong way round at 0.6; at 0.3, 31 `thick` ones (the strokes of a digit cropped
@@ -94,6 +108,8 @@ TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more t
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
+BOX_EVEN = 1.5  # ... and none is more than this many times as thick as another (plus STUB_MIN px): two ruled
+# lines, the margin and a 7's stem between them are no box
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,10 +219,22 @@ class Preprocessed:
     ink: np.ndarray | None = None  # the page's light divided out, binarised (None: a blank page)
     strokes: np.ndarray | None = None  # ... and printed lines removed
     chosen: np.ndarray | None = None  # ... and only the strokes read as the digit(s)
+    lines: tuple[LineVerdict, ...] = ()  # what line removal decided of each long straight run, and why
 
     def step_images(self) -> dict[str, np.ndarray]:
-        """Each step's image, named for the files `save_preprocessed` writes."""
+        """Each step's image, named for the files `save_preprocessed` writes; where lines were
+        looked at, "2-lines-found" too: the ink grey, what went as a line red, what stayed green."""
         steps = {"1-background-removed": self.ink, "2-lines-removed": self.strokes, "3-chosen": self.chosen}
+        if self.lines and self.ink is not None and self.strokes is not None:
+            grey = (self.ink // 2).astype(np.uint8)
+            overlay = np.stack([grey, grey, grey], -1)
+            overlay[(self.ink > 0) & (self.strokes == 0)] = (255, 40, 40)  # taken away as a printed line
+            kept = np.zeros(self.ink.shape, bool)
+            for verdict in self.lines:
+                if not verdict.removed:
+                    kept |= verdict.pixels
+            overlay[kept & (self.strokes > 0)] = (60, 220, 60)  # looked at as a line, kept as a stroke
+            steps["2-lines-found"] = overlay
         return {name: x for name, x in steps.items() if x is not None}
 
 
@@ -221,6 +249,26 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     core's contrast are paper (0); the rest keep their grey level, as MNIST's anti-aliased edges do.
     """
     page = grey if _dark_ink(grey) else 255 - grey  # dark ink on light paper
+    closed = _divided(page, _background(page))
+    even = _even_light(page)
+    if even is not None:
+        light, noise, paper = even
+        ink = _divided(page, light, noise)
+        # the surface explains the page only if next to none of the paper comes out as ink, and
+        # what it finds beyond the closing's ink lies inside strokes (a tight crop's hollowed ones),
+        # not away from them (a shadow's sharp edge, a fold: the closing follows those)
+        if ink is not None and (ink[paper] > 0).mean() <= EVEN_STRAY and _within_strokes(ink, closed):
+            return ink
+    ink = closed
+    if ink is not None:
+        # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
+        # partly taken for the background: the picture is then all digit, and its paper one level
+        strokes = _handwriting(ink > 0)
+        window = max(3.0, _closing_width(page.shape))
+        if strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * window:
+            level = np.percentile(page, PAPER_PERCENTILE)
+            ink = _divided(page, np.maximum(page, np.uint8(level)))
+    return ink
     ink = _divided(page, _background(page))
     if ink is not None:
         # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
@@ -233,18 +281,20 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     return ink
 
 
-def _divided(page: np.ndarray, background: np.ndarray) -> np.ndarray | None:
+def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = None) -> np.ndarray | None:
     """`ink_map` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
-    than the page): the share of the light the ink takes, stretched and binarised."""
+    than the page) and, if known, its noise (a standard deviation in grey levels): the share of the
+    light the ink takes, stretched and binarised."""
     contrast = cv2.subtract(background, page)  # grey levels darker than the paper around it
-    # sensor and JPEG noise, from the spread of the contrast over the page (mostly paper): anything
-    # within NOISE_FLOOR of it is paper, however dark the paper is where a shadow falls. Where the
-    # digit fills the picture (a tight crop) that spread is the ink's: the noise is then at most
-    # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
-    sample = contrast[::4, ::4].astype(np.float32)
-    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-    grain = page[::2, ::2].astype(np.float32) - cv2.blur(page, (3, 3))[::2, ::2]
-    noise = min(noise, NOISE_RESIDUAL * 1.4826 * float(np.median(np.abs(grain))))
+    if noise is None:
+        # sensor and JPEG noise, from the spread of the contrast over the page (mostly paper): anything
+        # within NOISE_FLOOR of it is paper, however dark the paper is where a shadow falls. Where the
+        # digit fills the picture (a tight crop) that spread is the ink's: the noise is then at most
+        # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
+        sample = contrast[::4, ::4].astype(np.float32)
+        noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+        grain = page[::2, ::2].astype(np.float32) - cv2.blur(page, (3, 3))[::2, ::2]
+        noise = min(noise, NOISE_RESIDUAL * 1.4826 * float(np.median(np.abs(grain))))
     contrast[contrast < NOISE_FLOOR * noise] = 0
     ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
     # the strongest ink that fills a 2x2 block: a stroke, not a hot pixel or JPEG ringing
@@ -273,6 +323,85 @@ def _dark_ink(grey: np.ndarray) -> bool:
     departure = small.astype(np.int16) - cv2.medianBlur(small, cells)
     strong = np.abs(departure) > 0.5 * np.abs(departure).max()
     return int(departure[strong].sum()) < 0
+
+
+def _within_strokes(ink: np.ndarray, closed: np.ndarray | None) -> bool:
+    """Whether the ink found beyond `closed` (the closing's ink map; None: none) lies within a pen's
+    width (and 2 px) of it, but for EVEN_BEYOND of all the ink: the middles of strokes the closing
+    hollowed (where strokes meet, wider than the typical pen), not a region of its own."""
+    if closed is None:
+        return True
+    strokes = _handwriting(ink > 0)
+    if strokes is None:
+        return True
+    distance = cv2.distanceTransform((closed == 0).astype(np.uint8), cv2.DIST_L2, 3)
+    beyond = (ink > 0) & (distance > _pen_width(strokes) + 2)
+    return int(beyond.sum()) <= EVEN_BEYOND * int((ink > 0).sum())
+
+
+def _even_light(page: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray]] | None:
+    """Where the light falls evenly, or smoothly (a gradient, vignetting): the page's brightness
+    (H, W) uint8, a quadratic surface fitted to the paper, the paper's noise about it (grey
+    levels, a standard deviation) and where the paper was sampled ((rows, columns)); None where no
+    such surface fits (a shadow's edge, faint printed lines, a page with no clear ink).
+
+    A closing cannot tell a stroke wider than its window from the paper: in a tight crop (a 1 in a
+    narrow picture, a thick 0 filling it) it takes the stroke's middle for background, and the
+    digit comes out hollow. A surface fitted to the paper alone has no window. The paper is what
+    Otsu's level puts on the light side, a pixel away from the ink; the surface holds if the
+    darkest of the paper (EVEN_DARKEST) departs from it by no more than EVEN_LIGHT of the ink's
+    contrast. It is lifted to the paper's bright side (EVEN_LIFT), where a closing would lie, and
+    the noise is measured on the paper alone, however much of the picture the digit fills.
+    """
+    small, _ = _shrunk(page, EVEN_SAMPLE)
+    level, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    dark = small <= level
+    if not dark.any() or dark.mean() > EVEN_MAX_INK:
+        return None
+    # two pixels away from the ink (one, in a picture too small for two): its blurred edge is neither
+    for away in (np.ones((5, 5), np.uint8), np.ones((3, 3), np.uint8)):
+        ys, xs = np.nonzero(cv2.erode((~dark).astype(np.uint8), away))
+        if len(ys) >= EVEN_MIN_PAPER:
+            break
+    else:
+        return None
+    height, width = small.shape
+
+    def u_of(x):  # columns of the shrunk copy on [-1, 1]
+        return 2.0 * x / max(width - 1, 1) - 1
+
+    def v_of(y):  # rows
+        return 2.0 * y / max(height - 1, 1) - 1
+
+    def surface(u: np.ndarray, v: np.ndarray, coef: np.ndarray) -> np.ndarray:  # 1, u, v, u^2, uv, v^2
+        return coef[0] + coef[1] * u + coef[2] * v + coef[3] * u * u + coef[4] * u * v + coef[5] * v * v
+
+    step = max(1, len(ys) // EVEN_POINTS)
+    ys, xs = ys[::step], xs[::step]
+    u, v = u_of(xs.astype(np.float64)), v_of(ys.astype(np.float64))
+    design = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], 1)
+    values = small[ys, xs].astype(np.float64)
+    # least squares by the normal equations: 6x6, a fraction of lstsq's time (its SVD, its threads)
+    coef = np.linalg.solve(design.T @ design + 1e-9 * np.eye(6), design.T @ values)
+    residual = values - design @ coef
+    contrast = float(np.median(values)) - float(np.median(small[dark][::max(1, int(dark.sum()) // EVEN_POINTS)]))
+    if contrast <= 0 or -np.percentile(residual, EVEN_DARKEST) > EVEN_LIGHT * contrast:
+        return None
+    # at full size, on the paper alone: the noise (the shrunk copy averaged most of it away), and
+    # the lift to the paper's bright side
+    light = surface(u_of(np.arange(width, dtype=np.float32))[None, :], v_of(np.arange(height, dtype=np.float32))[:, None],
+                    coef.astype(np.float32))
+    if light.shape != page.shape:  # a smooth surface: enlarged without loss
+        light = cv2.resize(light, page.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    stride = max(1, int(np.sqrt(page.size / (4 * EVEN_POINTS))))
+    paper = cv2.erode((page[::stride, ::stride] > level).astype(np.uint8), away)
+    py, px = np.nonzero(paper)
+    if len(py) < EVEN_MIN_PAPER:
+        return None
+    residual = page[py * stride, px * stride] - light[py * stride, px * stride]
+    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    lifted = np.clip(np.round(light + np.percentile(residual, EVEN_LIFT)), 0, 255).astype(np.uint8)
+    return np.maximum(lifted, page), noise, (py * stride, px * stride)
 
 
 def _background(page: np.ndarray) -> np.ndarray:
@@ -308,7 +437,7 @@ def _shrunk(page: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
     return small, max(3, int(round(side / factor)) | 1)
 
 
-def remove_lines(ink: np.ndarray) -> np.ndarray:
+def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> np.ndarray:
     """The ink without long straight printed lines: ruled lines, a form's box, underlines.
 
     Lines are looked for up to LINE_TILT degrees off horizontal and vertical: each axis is worked
@@ -321,11 +450,18 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     box round the handwriting: two horizontal candidates joined at both ends by two vertical ones.
     What goes is decided run by run across each line (`_line_runs`): the line's ink and slivers
     beside it go, a stroke that crosses it or lies along it stays whole, bridged, with no stubs.
+    Given a list, `verdicts` gets what was decided of every candidate that crosses the picture or
+    makes a box, and why (`--show-preprocessed` writes them out).
     """
+    verdicts = [] if verdicts is None else verdicts
     mask = (ink > 0).astype(np.uint8)
     height, width = mask.shape
     n, labels, stats, _ = _components(mask)
-    frames = {axis: _Shear.along(mask, axis, _tilt(mask, labels, stats, axis)) for axis in ("h", "v")}
+    slopes = {axis: _tilt(mask, labels, stats, axis) for axis in ("h", "v")}
+    frames = {axis: _Shear.along(mask, axis, slopes[axis]) for axis in ("h", "v")}
+
+    def judge(axis: str, line: _Line, removed: bool, why: str) -> None:
+        verdicts.append(LineVerdict.of(line, axis, frames[axis], slopes[axis], removed, why))
     candidates = {}
     for axis, (length, across) in {"h": (width, height), "v": (height, width)}.items():
         frame = frames[axis]
@@ -359,21 +495,43 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
             on_lines |= frame.undo(frame.paint(lines[axis]))
         handwriting = _handwriting(mask.astype(bool) & ~on_lines)
         if handwriting is None:  # nothing to tell a line from a stroke by: keep the ink
+            for axis, found in lines.items():
+                for line in found:
+                    judge(axis, line, False, "kept: no other ink to tell a printed line from a stroke by")
             return ink
         pen = _pen_width(handwriting)
         extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
-        lines = {axis: [line for line in found
-                        if line.thick <= LINE_PEN * pen and line.runs_past(*extent[axis], pen, frames[axis].leaves(line))]
-                 for axis, found in lines.items()}
+        printed = {"h": [], "v": []}
+        for axis, found in lines.items():
+            for line in found:
+                if line.thick > LINE_PEN * pen:
+                    judge(axis, line, False, f"kept: {line.thick} px thick against the pen's {pen:.1f} px, "
+                                             "too thick for a printed line: a stroke")
+                elif not line.runs_past(*extent[axis], pen, frames[axis].leaves(line)):
+                    judge(axis, line, False, "kept: it ends within the handwriting: a stroke")
+                else:
+                    printed[axis].append(line)
+                    judge(axis, line, True, f"removed: it crosses the picture, {line.thick} px thick against the "
+                                            f"pen's {pen:.1f} px, and runs past the handwriting")
+        lines = printed
         for top, bottom, left, right in boxes:
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
             # ruled lines and two upright strokes of a number between them are not round all of it)
             (first_x, last_x), (first_y, last_y) = extent["h"], extent["v"]
             tol = pen + BOX_TOLERANCE * min(right.position - left.position, bottom.position - top.position)
+            sides = {"h": (top, bottom), "v": (left, right)}
             if (left.position - tol <= first_x and last_x <= right.position + tol
                     and top.position - tol <= first_y and last_y <= bottom.position + tol):
-                lines["h"] += [top, bottom]
-                lines["v"] += [left, right]
+                for axis, pair in sides.items():
+                    for line in pair:
+                        if not any(line is other for other in lines[axis]):
+                            lines[axis].append(line)
+                            judge(axis, line, True, "removed: a side of a printed box round the handwriting")
+            else:
+                for axis, pair in sides.items():
+                    for line in pair:
+                        if not any(line is v.line for v in verdicts):
+                            judge(axis, line, False, "kept: four lines meet as a box, but not round the handwriting")
     if not lines["h"] and not lines["v"]:
         return ink
     removed = np.zeros(mask.shape, bool)
@@ -509,6 +667,35 @@ class _Shear:
 
 
 @dataclass(frozen=True)
+class LineVerdict:
+    """What line removal decided of one long straight run of ink, and why (in the picture's pixels
+    at working size)."""
+
+    axis: str  # "horizontal" or "vertical"
+    position: float  # its row (horizontal) or column (vertical), where it crosses the picture's middle
+    tilt: float  # degrees off horizontal (vertical)
+    thick: int  # px
+    length: int  # px along it
+    removed: bool
+    why: str
+    line: _Line = field(repr=False, compare=False)
+    pixels: np.ndarray = field(repr=False, compare=False)  # bool (H, W): the ink on the line, in the picture's frame
+
+    @classmethod
+    def of(cls, line: _Line, axis: str, frame: _Shear, slope: float, removed: bool, why: str) -> LineVerdict:
+        middle = (line.start + line.end) // 2
+        shift = int(frame.shifts[middle]) if frame.shifts.any() else 0
+        return cls("horizontal" if axis == "h" else "vertical", round(line.position - shift, 1),
+                   round(float(np.degrees(np.arctan(slope))), 1), line.thick, line.end - line.start, removed, why, line,
+                   frame.undo(frame.paint([line])))
+
+    def __str__(self) -> str:
+        at = "row" if self.axis == "horizontal" else "column"
+        return (f"{self.axis} line at {at} {self.position:g}, tilted {self.tilt:g} degrees, {self.thick} px thick, "
+                f"{self.length} px long: {self.why}")
+
+
+@dataclass(frozen=True)
 class _Line:
     """A straight printed-line candidate, in image coordinates: along its axis from `start` to `end`,
     at `position` across it (at its middle), `thick` px thick; `pixels` (bool, over `box`) the ink
@@ -591,7 +778,8 @@ def _extent(strokes: np.ndarray, axis: str) -> tuple[float, float]:
 
 def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, _Line, _Line, _Line]]:
     """Printed boxes: (top, bottom, left, right) sides, each long (BOX_SIDE of the image's shorter
-    side or more) and thin (BOX_THIN of the box's size or less), meeting at four corners."""
+    side or more) and thin (BOX_THIN of the box's size or less), evenly thick (BOX_EVEN), meeting at
+    four corners."""
     boxes = []
     for top, bottom in itertools.combinations(sorted(horizontal, key=lambda line: line.position), 2):
         for left, right in itertools.combinations(sorted(vertical, key=lambda line: line.position), 2):
@@ -603,7 +791,9 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
                     for h in (top, bottom))
                     and all(v.start <= top.position + tol and v.end >= bottom.position - tol and v.thick <= BOX_THIN * box_w
                             for v in (left, right))):
-                boxes.append((top, bottom, left, right))
+                thick = [side.thick for side in (top, bottom, left, right)]
+                if max(thick) <= BOX_EVEN * min(thick) + STUB_MIN:  # printed sides are even: not a stroke's
+                    boxes.append((top, bottom, left, right))
     return boxes
 
 
@@ -674,7 +864,8 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     ink = ink_map(_grey8(image))
     if ink is None:
         return Preprocessed([])
-    strokes = remove_lines(ink)
+    verdicts: list[LineVerdict] = []
+    strokes = remove_lines(ink, verdicts)
     labels, stats, keep = _parts(strokes, multi)
     groups = (_group_digits(stats, keep) if multi else [keep]) if keep else []
     digits = [center_digit(_only(strokes, labels, stats, group)) for group in groups]
@@ -682,7 +873,7 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
         return Preprocessed(digits)
     chosen = np.zeros(len(stats), bool)
     chosen[[k for group in groups for k in group]] = True
-    return Preprocessed(digits, ink, strokes, np.where(chosen[labels], strokes, 0).astype(np.uint8))
+    return Preprocessed(digits, ink, strokes, np.where(chosen[labels], strokes, 0).astype(np.uint8), tuple(verdicts))
 
 
 def center_digit(ink: np.ndarray) -> np.ndarray:
@@ -787,6 +978,7 @@ class Reading:
     images: np.ndarray  # (K, 28, 28) uint8, what the model saw
     error: str | None = None
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # Preprocessed.step_images(), if kept
+    lines: tuple[str, ...] = ()  # ... and what line removal decided, and why (Preprocessed.lines)
 
     @property
     def digits(self) -> list[int]:
@@ -821,22 +1013,22 @@ def read_images(paths: Iterable[str | os.PathLike], classify: Callable[[np.ndarr
     With `multi`, each image is a number and every digit in it is read. With `keep_steps`, each
     Reading keeps every preprocessing step's image (for `save_preprocessed`).
     """
-    found: list[tuple[str, list[np.ndarray], str | None, dict]] = []
+    found: list[tuple[str, list[np.ndarray], str | None, dict, tuple[str, ...]]] = []
     for path in image_files(paths):
         try:
             image = open_image(path, str(path))
         except InputError as e:
-            found.append((str(path), [], str(e), {}))
+            found.append((str(path), [], str(e), {}, ()))
             continue
         done = preprocess(image, multi, keep_steps)
-        found.append((str(path), done.digits, None, done.step_images()))
-    stack = [d for _, digits, _, _ in found for d in digits]
+        found.append((str(path), done.digits, None, done.step_images(), tuple(map(str, done.lines))))
+    stack = [d for _, digits, _, _, _ in found for d in digits]
     all_probs = classify(np.stack(stack)) if stack else np.empty((0, 10), np.float32)
     readings, start = [], 0
-    for name, digits, error, steps in found:
+    for name, digits, error, steps, lines in found:
         k = len(digits)
         images = np.stack(digits) if k else np.empty((0, SIZE, SIZE), np.uint8)
-        readings.append(Reading(name, np.asarray(all_probs[start:start + k], np.float32), images, error, steps))
+        readings.append(Reading(name, np.asarray(all_probs[start:start + k], np.float32), images, error, steps, lines))
         start += k
     return readings
 
@@ -846,7 +1038,8 @@ NO_DIGIT = "no digit found"
 
 def save_preprocessed(readings: list[Reading], out_dir: str | os.PathLike) -> list[Path]:
     """Each 28x28 image the model saw, as PNG: `<n>-<file stem>[-<digit position>].png`, and, for
-    readings that kept them, each preprocessing step's image: `<n>-<file stem>-<step>.png`."""
+    readings that kept them, each preprocessing step's image: `<n>-<file stem>-<step>.png`, and
+    what line removal decided of each line it looked at, and why: `<n>-<file stem>-lines.txt`."""
     out_dir = Path(out_dir)
     written = []
     for n, r in enumerate(readings, 1):
@@ -857,5 +1050,10 @@ def save_preprocessed(readings: list[Reading], out_dir: str | os.PathLike) -> li
             path = out_dir / f"{stem}{suffix}.png"
             with atomic_write(path, "wb") as f:
                 Image.fromarray(image).save(f, "PNG")
+            written.append(path)
+        if r.lines:
+            path = out_dir / f"{stem}-lines.txt"
+            with atomic_write(path, "w") as f:
+                f.write("".join(f"{line}\n" for line in r.lines))
             written.append(path)
     return sorted(written)
