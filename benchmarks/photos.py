@@ -1,5 +1,5 @@
 """Reading phone-photo-like images (issues 17, 27): accuracy per condition and strength, the
-previous release's preprocessing, today's main's and this tree's side by side, and the time per image.
+previous release's preprocessing, the last landed release's and this tree's side by side, and the time per image.
 
 Every condition of tests/image_variants.py (the clean VARIANTS, and the photo CONDITIONS at each of
 their STRENGTHS, tight crops included) is built from the same MNIST test digits, read by each
@@ -42,8 +42,9 @@ from digitrec.outputs import images as this_tree  # noqa: E402
 from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip  # noqa: E402
 
 # The pipelines compared with this tree: the previous release (the last commit before the page's
-# light was divided out and printed lines removed, b9eeb18) and today's main.
-PIPELINES = {"previous": "f0cc9c3", "main": "main"}
+# light was divided out and printed lines removed, b9eeb18), and the last release that landed
+# (ef4d886: lines by evidence, before the paper's light was fitted and noise smoothed).
+PIPELINES = {"previous": "f0cc9c3", "release": "ef4d886"}
 
 
 def load_revision(rev: str):

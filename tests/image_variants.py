@@ -267,7 +267,25 @@ def tight_crop(digit, rng, strength=2):
     return Image.fromarray(np.clip(page + rng.normal(0, float(rng.uniform(1, 4)), page.shape[:2] + (1,)), 0, 255).astype(np.uint8))
 
 
-CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled, tight_crop)}
+def dim(digit, rng, strength=2):
+    """A photo taken in dim light: the paper grey, the ink a little darker, the sensor's noise strong
+    (8, 13 or 18 grey levels), a slight blur; a whole page, or (one in two) cropped close to the digit."""
+    noise = (8.0, 13.0, 18.0)[strength - 1]
+    paper = int(rng.integers(130, 200))
+    ink = paper - int(rng.integers(50, 100))
+    if rng.random() < 0.5:
+        picture = tight_crop(digit, rng, 2)
+        grey = np.asarray(picture.convert("L"), np.float32)
+        level = np.percentile(grey, 95)
+        page = paper - (level - grey) * (paper - ink) / max(level - grey.min(), 1.0)
+        page = np.repeat(page[..., None], 3, -1)
+    else:
+        page, _ = _page(digit, rng, ink_rgb=(ink,) * 3, paper_rgb=(paper,) * 3)
+    blurred = np.asarray(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7)), np.float32)
+    return _photo(blurred, rng, noise=noise, quality=int(rng.integers(75, 96)))
+
+
+CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled, tight_crop, dim)}
 
 
 def ruled_strip(digits: list[np.ndarray], rng) -> Image.Image:

@@ -79,10 +79,17 @@ EVEN_POINTS = 4_000
 EVEN_DARKEST = 1.0
 EVEN_LIGHT = 0.15
 EVEN_LIFT = 90
-EVEN_MAX_INK = 0.6
+EVEN_MAX_INK = 0.85
 EVEN_MIN_PAPER = 12
 EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes out as ink
 EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the closing's strokes (_within_strokes)
+# Noise (see _grain): a page noisier than this (grey levels, a standard deviation) is smoothed first by
+# a Gaussian as many px wide as the noise is times this level, at most DENOISE_WIDEST: in dim light a
+# phone's sensor noise is 10-20 levels
+DENOISE_ABOVE = 5.0
+DENOISE_WIDEST = 2.0
+DENOISE_SMALLEST = 12  # px
+GRAIN_FLAT = 25  # the noise is measured on this percentile of the page with the least slope (_grain)
 # Polarity (see _dark_ink): the paper is the median of a window this fraction of the shorter side
 # wide. Measured on 300 digits per condition of tests/image_variants.py and 2,000 MNIST digits, no
 # picture read the wrong way round at 0.6; at 0.3, 31 `thick` ones (the strokes of a digit cropped
@@ -249,6 +256,12 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     core's contrast are paper (0); the rest keep their grey level, as MNIST's anti-aliased edges do.
     """
     page = grey if _dark_ink(grey) else 255 - grey  # dark ink on light paper
+    # a photo in dim light: its noise would pass for ink, or hide it (in a picture narrower than
+    # DENOISE_SMALLEST every pixel is near a stroke's edge: no noise can be told from them, and a
+    # blur there would merge the strokes)
+    grain = _grain(page) if min(page.shape) >= DENOISE_SMALLEST else 0.0
+    if grain > DENOISE_ABOVE:
+        page = cv2.GaussianBlur(page, (0, 0), min(DENOISE_WIDEST, grain / DENOISE_ABOVE))
     closed = _divided(page, _background(page))
     even = _even_light(page)
     if even is not None:
@@ -281,6 +294,19 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     return ink
 
 
+def _grain(page: np.ndarray) -> float:
+    """The page's fine noise (grey levels, a standard deviation): the robust spread of what a 3x3
+    mean takes away, on every other pixel, where the page is flattest (the GRAIN_FLAT percent with
+    the least slope once smoothed: paper and the middles of strokes, not their edges, which in a
+    small tight crop are most of the picture)."""
+    page = page[::2, ::2] if min(page.shape) >= 64 else page
+    grain = page.astype(np.float32) - cv2.blur(page, (3, 3))
+    smooth = cv2.GaussianBlur(page, (0, 0), 1.5).astype(np.float32)
+    slope = np.abs(cv2.Sobel(smooth, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    flat = slope <= np.percentile(slope, GRAIN_FLAT)
+    return 1.4826 * float(np.median(np.abs(grain[flat]))) / 0.943  # 0.943: a 3x3 mean's share of white noise
+
+
 def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = None) -> np.ndarray | None:
     """`ink_map` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
     than the page) and, if known, its noise (a standard deviation in grey levels): the share of the
@@ -293,8 +319,7 @@ def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = Non
         # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
         sample = contrast[::4, ::4].astype(np.float32)
         noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-        grain = page[::2, ::2].astype(np.float32) - cv2.blur(page, (3, 3))[::2, ::2]
-        noise = min(noise, NOISE_RESIDUAL * 1.4826 * float(np.median(np.abs(grain))))
+        noise = min(noise, NOISE_RESIDUAL * 0.943 * _grain(page))
     contrast[contrast < NOISE_FLOOR * noise] = 0
     ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
     # the strongest ink that fills a 2x2 block: a stroke, not a hot pixel or JPEG ringing
@@ -779,12 +804,28 @@ def _extent(strokes: np.ndarray, axis: str) -> tuple[float, float]:
 def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, _Line, _Line, _Line]]:
     """Printed boxes: (top, bottom, left, right) sides, each long (BOX_SIDE of the image's shorter
     side or more) and thin (BOX_THIN of the box's size or less), evenly thick (BOX_EVEN), meeting at
-    four corners."""
+    four corners.
+
+    Each pair of vertical sides first narrows the horizontal ones to those that could close a box
+    with it (spanning it, lying along it, within the widest tolerance it allows): a noisy page has
+    hundreds of candidates, and every four of them took seconds."""
+    horizontal = sorted(horizontal, key=lambda line: line.position)
+    vertical = sorted(vertical, key=lambda line: line.position)
+    if len(horizontal) < 2 or len(vertical) < 2:
+        return []
+    h_start, h_end, h_at = (np.array([getattr(h, name) for h in horizontal], np.float64) for name in ("start", "end", "position"))
     boxes = []
-    for top, bottom in itertools.combinations(sorted(horizontal, key=lambda line: line.position), 2):
-        for left, right in itertools.combinations(sorted(vertical, key=lambda line: line.position), 2):
-            box_w, box_h = right.position - left.position, bottom.position - top.position
-            if min(box_w, box_h) <= 0:
+    for left, right in itertools.combinations(vertical, 2):
+        box_w = right.position - left.position
+        if box_w <= 0:
+            continue
+        widest = BOX_TOLERANCE * box_w  # tol below is never more
+        could = np.flatnonzero((h_start <= left.position + widest) & (h_end >= right.position - widest)
+                               & (h_at >= max(left.start, right.start) - widest) & (h_at <= min(left.end, right.end) + widest))
+        for a, b in itertools.combinations(could, 2):
+            top, bottom = horizontal[a], horizontal[b]
+            box_h = bottom.position - top.position
+            if box_h <= 0:
                 continue
             tol = BOX_TOLERANCE * min(box_w, box_h)
             if (all(h.start <= left.position + tol and h.end >= right.position - tol and h.thick <= BOX_THIN * box_h
