@@ -74,7 +74,7 @@ PAPER_PERCENTILE = 95  # ... one level for the picture, this percentile of it (a
 # darkest EVEN_DARKEST percent of the paper lie within EVEN_LIGHT of the ink's contrast of it, lifted
 # to the paper's EVEN_LIFT percentile. Not tried where over EVEN_MAX_INK of the picture is dark, or
 # fewer than EVEN_MIN_PAPER paper pixels are left to fit.
-EVEN_SAMPLE = 0.15
+EVEN_SAMPLE = 0.25
 EVEN_POINTS = 4_000
 EVEN_DARKEST = 1.0
 EVEN_LIGHT = 0.15
@@ -82,6 +82,7 @@ EVEN_LIFT = 90
 EVEN_MAX_INK = 0.85
 EVEN_MIN_PAPER = 12
 EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes out as ink
+EVEN_GROWTH = 4.0  # ... nor more than this many times the closing's ink in all
 EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the closing's strokes (_within_strokes)
 # Noise (see _grain): a page noisier than this (grey levels, a standard deviation) is smoothed first by
 # a Gaussian as many px wide as the noise is times this level, at most DENOISE_WIDEST: in dim light a
@@ -89,6 +90,7 @@ EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the clos
 DENOISE_ABOVE = 5.0
 DENOISE_WIDEST = 2.0
 DENOISE_SMALLEST = 12  # px
+GRAIN_SIDE = 128  # ... on every n-th pixel, so that about this many are left across (px)
 GRAIN_FLAT = 25  # the noise is measured on this percentile of the page with the least slope (_grain)
 # Polarity (see _dark_ink): the paper is the median of a window this fraction of the shorter side
 # wide. Measured on 300 digits per condition of tests/image_variants.py and 2,000 MNIST digits, no
@@ -115,8 +117,8 @@ TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more t
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
-BOX_EVEN = 1.5  # ... and none is more than this many times as thick as another (plus STUB_MIN px): two ruled
-# lines, the margin and a 7's stem between them are no box
+BOX_LEVEL = 0.05  # ... and each runs within this slope (3 degrees) of the page's lines: two ruled lines, the margin
+# and a 7's slanted stem between them are no box
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,20 +251,23 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     """Ink (H, W) uint8, 255 = a stroke's core, 0 = paper, from grey uint8 (255 = white); None if blank.
 
     Polarity is read from the ink itself (`_dark_ink`): darker or lighter than the paper around it.
-    The page's light is estimated locally (`_background`) and divided out, as document scanners do,
-    so a gradient of light, a shadow's edge and the paper's colour all become "paper"; the contrast
-    is then stretched so the typical stroke core is full white, which handles faint pencil. The
-    result is binarised against that local background: pixels with less than INK_THRESHOLD of a
-    core's contrast are paper (0); the rest keep their grey level, as MNIST's anti-aliased edges do.
+    A noisy page is smoothed first (`_grain`). The page's light is estimated (`_even_light`, a
+    surface fitted to the paper, where the light is even or smooth; else `_background`, a closing)
+    and divided out, as document scanners do, so a gradient of light, a shadow's edge and the
+    paper's colour all become "paper"; the contrast is then stretched so the typical stroke core is
+    full white, which handles faint pencil. The result is binarised against that local background:
+    pixels with less than INK_THRESHOLD of a core's contrast are paper (0); the rest keep their grey
+    level, as MNIST's anti-aliased edges do.
     """
     page = grey if _dark_ink(grey) else 255 - grey  # dark ink on light paper
     # a photo in dim light: its noise would pass for ink, or hide it (in a picture narrower than
     # DENOISE_SMALLEST every pixel is near a stroke's edge: no noise can be told from them, and a
     # blur there would merge the strokes)
-    grain = _grain(page) if min(page.shape) >= DENOISE_SMALLEST else 0.0
-    if grain > DENOISE_ABOVE:
+    grain = _grain(page) if min(page.shape) >= DENOISE_SMALLEST else None
+    if grain is not None and grain > DENOISE_ABOVE:
         page = cv2.GaussianBlur(page, (0, 0), min(DENOISE_WIDEST, grain / DENOISE_ABOVE))
-    closed = _divided(page, _background(page))
+        grain = None  # measured again on the smoothed page, if needed
+    closed = _divided(page, _background(page), grain=grain)
     even = _even_light(page)
     if even is not None:
         light, noise, paper = even
@@ -282,16 +287,6 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
             level = np.percentile(page, PAPER_PERCENTILE)
             ink = _divided(page, np.maximum(page, np.uint8(level)))
     return ink
-    ink = _divided(page, _background(page))
-    if ink is not None:
-        # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
-        # partly taken for the background: the picture is then all digit, and its paper one level
-        strokes = _handwriting(ink > 0)
-        window = max(3.0, _closing_width(page.shape))
-        if strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * window:
-            level = np.percentile(page, PAPER_PERCENTILE)
-            ink = _divided(page, np.maximum(page, np.uint8(level)))
-    return ink
 
 
 def _grain(page: np.ndarray) -> float:
@@ -299,7 +294,8 @@ def _grain(page: np.ndarray) -> float:
     mean takes away, on every other pixel, where the page is flattest (the GRAIN_FLAT percent with
     the least slope once smoothed: paper and the middles of strokes, not their edges, which in a
     small tight crop are most of the picture)."""
-    page = page[::2, ::2] if min(page.shape) >= 64 else page
+    stride = max(1, min(page.shape) // GRAIN_SIDE)  # white noise keeps its spread on every other pixel
+    page = np.ascontiguousarray(page[::stride, ::stride])
     grain = page.astype(np.float32) - cv2.blur(page, (3, 3))
     smooth = cv2.GaussianBlur(page, (0, 0), 1.5).astype(np.float32)
     slope = np.abs(cv2.Sobel(smooth, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
@@ -307,10 +303,11 @@ def _grain(page: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(grain[flat]))) / 0.943  # 0.943: a 3x3 mean's share of white noise
 
 
-def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = None) -> np.ndarray | None:
+def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = None,
+             grain: float | None = None) -> np.ndarray | None:
     """`ink_map` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
-    than the page) and, if known, its noise (a standard deviation in grey levels): the share of the
-    light the ink takes, stretched and binarised."""
+    than the page) and, if known, its noise (a standard deviation in grey levels) or its fine grain
+    (`_grain`): the share of the light the ink takes, stretched and binarised."""
     contrast = cv2.subtract(background, page)  # grey levels darker than the paper around it
     if noise is None:
         # sensor and JPEG noise, from the spread of the contrast over the page (mostly paper): anything
@@ -319,7 +316,7 @@ def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = Non
         # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
         sample = contrast[::4, ::4].astype(np.float32)
         noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-        noise = min(noise, NOISE_RESIDUAL * 0.943 * _grain(page))
+        noise = min(noise, NOISE_RESIDUAL * 0.943 * (_grain(page) if grain is None else grain))
     contrast[contrast < NOISE_FLOOR * noise] = 0
     ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
     # the strongest ink that fills a 2x2 block: a stroke, not a hot pixel or JPEG ringing
@@ -352,10 +349,17 @@ def _dark_ink(grey: np.ndarray) -> bool:
 
 def _within_strokes(ink: np.ndarray, closed: np.ndarray | None) -> bool:
     """Whether the ink found beyond `closed` (the closing's ink map; None: none) lies within a pen's
-    width (and 2 px) of it, but for EVEN_BEYOND of all the ink: the middles of strokes the closing
-    hollowed (where strokes meet, wider than the typical pen), not a region of its own."""
+    width (and 2 px) of it, but for EVEN_BEYOND of all the ink, and is no more than EVEN_GROWTH times
+    as much ink: the middles of strokes the closing hollowed (where strokes meet, wider than the
+    typical pen), not a region of its own (a shadow the surface did not follow)."""
     if closed is None:
         return True
+    area = int((ink > 0).sum())
+    extra = (ink > 0) & (closed == 0)
+    if int(extra.sum()) <= EVEN_BEYOND * area:  # the two agree: nothing to look at
+        return True
+    if area > EVEN_GROWTH * int((closed > 0).sum()):  # filling the closing's outlines does not grow them this much
+        return False
     strokes = _handwriting(ink > 0)
     if strokes is None:
         return True
@@ -733,6 +737,7 @@ class _Line:
     pixels: np.ndarray
     box: tuple[slice, slice]
     ends: tuple[float, float]  # where it is across its axis at `start` and at `end` - 1
+    slope: float = 0.0  # of its fit, across per along, in the frame it was found in (where printed lines run level)
 
     def runs_past(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> bool:
         """Whether it runs past both ends of the handwriting's extent along it (first to last) by a
@@ -769,7 +774,8 @@ class _Line:
         along, across = (x, y) if axis == "h" else (y, x)
         return cls(along + int(cols[0]), along + int(cols[-1]) + 1, across + float(np.polyval(fit, cols.mean())), thick,
                    on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])),
-                   (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))))
+                   (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))),
+                   float(fit[0]))
 
 
 def _handwriting(ink: np.ndarray) -> np.ndarray | None:
@@ -803,8 +809,8 @@ def _extent(strokes: np.ndarray, axis: str) -> tuple[float, float]:
 
 def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, _Line, _Line, _Line]]:
     """Printed boxes: (top, bottom, left, right) sides, each long (BOX_SIDE of the image's shorter
-    side or more) and thin (BOX_THIN of the box's size or less), evenly thick (BOX_EVEN), meeting at
-    four corners.
+    side or more), thin (BOX_THIN of the box's size or less) and level (BOX_LEVEL), meeting at four
+    corners.
 
     Each pair of vertical sides first narrows the horizontal ones to those that could close a box
     with it (spanning it, lying along it, within the widest tolerance it allows): a noisy page has
@@ -832,8 +838,9 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
                     for h in (top, bottom))
                     and all(v.start <= top.position + tol and v.end >= bottom.position - tol and v.thick <= BOX_THIN * box_w
                             for v in (left, right))):
-                thick = [side.thick for side in (top, bottom, left, right)]
-                if max(thick) <= BOX_EVEN * min(thick) + STUB_MIN:  # printed sides are even: not a stroke's
+                # printed sides run level in the frame where the page's lines do, give or take a
+                # perspective: a stroke (a 7's stem between two ruled lines and the margin) slants
+                if all(abs(side.slope) <= BOX_LEVEL for side in (top, bottom, left, right)):
                     boxes.append((top, bottom, left, right))
     return boxes
 
