@@ -97,6 +97,15 @@ class TrainConfig:
     # bitwise those of a recipe without the field)
     photo_augment: float = 0.0
 
+    # knowledge distillation, not in the reference (training/distill.py): a finished run or ensemble
+    # folder whose probabilities of the training images (computed once, before the first step) the loss
+    # also learns from; "" turns it off. The loss is (1 - distill_weight) * the labels' cross-entropy +
+    # distill_weight * T^2 * the cross-entropy against the teacher's probabilities, both softened by
+    # T = distill_temperature. The folder is read where the command runs (a relative path from there).
+    distill_from: str = ""
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
+
     seed: int = 0  # the random seed: initial weights and dropout (torch's default generator)
     # shuffling and augmentation draw from their own generator, seeded seed + this, so that changing the
     # augmentation never moves the initial weights (and the reverse)
@@ -126,6 +135,8 @@ class TrainConfig:
             (self.elastic_alpha >= 0 and self.elastic_sigma > 0, "elastic_alpha must be >= 0 and elastic_sigma > 0"),
             (0.0 <= self.photo_augment <= 1.0, "photo_augment must be in [0, 1]"),
             (self.val_split in VAL_SPLITS, f"val_split must be one of {VAL_SPLITS}"),
+            (0.0 < self.distill_weight <= 1.0, "distill_weight must be in (0, 1]"),
+            (self.distill_temperature > 0, "distill_temperature must be positive"),
         ]
         for ok, message in checks:
             if not ok:
