@@ -24,7 +24,7 @@ the training seconds (the wall time there includes validating after every epoch)
 --json FILE writes every figure (benchmarks/records.py reads it).
     python benchmarks/speedrun.py [--seeds 5] [--out runs/speedrun]
     python benchmarks/speedrun.py --validation --seeds 3 --set epochs=5 --set label_smoothing=0
-    python benchmarks/speedrun.py --preset quick --seeds 3 --no-curve   # issue 26's record against `fast`
+    python benchmarks/speedrun.py --preset better --seeds 3 --no-curve  # issue 26's record against `fast`
 """
 
 from __future__ import annotations
