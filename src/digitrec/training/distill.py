@@ -4,9 +4,10 @@ The recipe names the teacher (`distill_from`: a run folder, an ensemble's includ
 probabilities count (`distill_weight`) at which temperature (`distill_temperature`). The teacher
 predicts every training image once, before the first step, as it predicts anything (its views, its
 members, its fitted temperature), and the loss of each augmented batch takes the teacher's
-probabilities of the images the batch was drawn from. Once, not online on each augmented batch: a
-5-member `fast` ensemble, 7 views each, would predict 35 times per image per epoch, several times
-the student's own step, where once costs about the time of one epoch of `fast` (docs/records.md).
+probabilities of the images the batch was drawn from. Once, not online on each augmented batch:
+online, the teacher would predict every image again each epoch. Once is costly enough: a teacher of
+3 `fast` runs, 7 views each, took about 125 s for 54,000 images on one busy thread, where the
+student's 4 epochs took 69 s (docs/records.md); online it would take that every epoch.
 """
 
 from __future__ import annotations
