@@ -28,14 +28,14 @@ from ..nets.weights import weights_from_bytes
 from .runtime import Runtime
 
 
-def check_teacher(cfg: TrainConfig, out_dir: str | os.PathLike) -> None:
-    """InputError unless `cfg.distill_from` (if set) is a finished run other than `out_dir`. Read-only."""
+def check_teacher(cfg: TrainConfig, out_dir: str | os.PathLike | None = None) -> None:
+    """InputError unless `cfg.distill_from` (if set) is a finished run (other than `out_dir`). Read-only."""
     if not cfg.distill_from:
         return
     teacher = Run(cfg.distill_from)
     if not teacher.path.is_dir():
         raise InputError(f"{cfg.distill_from}: no such run directory (distill_from names the teacher's run folder)")
-    if teacher.path.resolve() == Path(out_dir).resolve():
+    if out_dir is not None and teacher.path.resolve() == Path(out_dir).resolve():
         raise InputError(f"{cfg.distill_from}: a run cannot be its own teacher (distill_from is --out)")
     if not teacher.has(WEIGHTS):
         raise InputError(f"{cfg.distill_from}: no {WEIGHTS}; distill_from needs a finished run or ensemble")
@@ -44,7 +44,7 @@ def check_teacher(cfg: TrainConfig, out_dir: str | os.PathLike) -> None:
 def teacher_log_probs(cfg: TrainConfig, images: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, dict]:
     """The teacher's log-probabilities (N, 10) float32 of uint8 `images` (N, 28, 28) on rt.device,
     and what to record of it: its folder, its weights' SHA-256 and the seconds it took."""
-    check_teacher(cfg, "")
+    check_teacher(cfg)
     start = time.perf_counter()
     blob = Run(cfg.distill_from).read_bytes(WEIGHTS)  # checked against the teacher's manifest
     teacher, _, _ = weights_from_bytes(blob, Path(cfg.distill_from) / WEIGHTS)
