@@ -21,6 +21,7 @@ from ..nets.model import Ensemble, count_parameters
 from ..nets.predict import fit_model_temperature
 from ..nets.weights import environment, load_run_model, save_weights
 from . import distributed
+from .distill import check_teacher
 from .runtime import Runtime, resolve
 from .train import StopRequest, check_same_config, fit, locked_run
 
@@ -129,6 +130,7 @@ def check_ensemble_start(cfg: TrainConfig, out_dir: str | os.PathLike, size: int
     run = Run(out_dir)
     if size < 2:
         raise InputError(f"an ensemble needs at least 2 members, got {size}")
+    check_teacher(cfg, out_dir)
     if resume:
         if not run.has(CONFIG):
             raise InputError(f"{out_dir}: nothing to resume (no {CONFIG})")

@@ -37,6 +37,7 @@ from ..nets.predict import fit_model_temperature, predict, predict_logits
 from ..nets.weights import environment, save_weights
 from . import distributed
 from .checkpoint import PartialEpoch, TrainState
+from .distill import check_teacher, distillation_loss, teacher_log_probs
 from .optim import steps_per_epoch
 from .runtime import Runtime, resolve
 
@@ -47,10 +48,11 @@ def _accumulator(device: torch.device) -> torch.Tensor:
 
 
 def train_one_epoch(forward: torch.nn.Module, state: TrainState, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                    rt: Runtime, progress: tqdm | None = None, should_stop: Callable[[], int] | None = None) -> dict:
+                    rt: Runtime, progress: tqdm | None = None, should_stop: Callable[[], int] | None = None,
+                    teacher: torch.Tensor | None = None) -> dict:
     """One pass over a fresh shuffle of (x uint8 (N, 28, 28), y int64 (N,)), both on rt.device, or the
     rest of `state.partial`, the epoch a stopped run left. `forward` is state.model or its DDP/compiled
-    wrapper.
+    wrapper. `teacher`: the log-probabilities (N, 10) a distilled recipe also learns from (distill.py).
 
     Every rank draws the same global shuffle and the same augmentations of each global batch from
     `state.generator`, and computes its own share of the batch: any number of ranks sees the images
@@ -90,7 +92,7 @@ def train_one_epoch(forward: torch.nn.Module, state: TrainState, x: torch.Tensor
         optimizer.zero_grad(set_to_none=True)
         with rt.autocast():
             logits = forward(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            loss = distillation_loss(logits, yb, cfg, teacher[index] if teacher is not None else None)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -153,6 +155,7 @@ def check_start(cfg: TrainConfig, data: Digits, out_dir: str | os.PathLike, resu
     run = Run(out_dir)
     if data.labels is None:
         raise InputError(f"{data.source}: training needs labels")
+    check_teacher(cfg, out_dir)
     if cfg.batch_size % world_size:
         raise InputError(f"batch_size {cfg.batch_size} is the global batch: it must divide among {world_size} processes")
     if world_size > 1 and not cfg.drop_last:
@@ -359,6 +362,7 @@ def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWrit
 
     state = TrainState.start(cfg, rt, n_steps)
     model = state.model
+    saved = {}
     if resume and run.has(CHECKPOINT):  # every rank reads it; rank 0's RNG state is the one saved
         saved = state.load(run, rt)
         if saved.get("data_sha256", data.sha256) != data.sha256:  # checkpoints from before the field pass
@@ -371,6 +375,16 @@ def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWrit
     distributed.same_on_every_rank(rt, state.epochs_done, "the epochs done")
     distributed.same_on_every_rank(rt, state.partial.step if state.partial else 0, "the steps done")
     should_stop = _StopCheck(rt, stop)
+    teacher, distilled = None, None
+    if cfg.distill_from:  # the teacher's probabilities of every training image, once (on resume, again)
+        teacher, distilled = teacher_log_probs(cfg, x_train, rt)
+        if saved.get("teacher_sha256", distilled["teacher_sha256"]) != distilled["teacher_sha256"]:
+            raise InputError(f"{cfg.distill_from}: the teacher's weights changed since this run started; "
+                             "resuming would learn from another teacher")
+        writer.say(f"distilling from {cfg.distill_from} (weight {cfg.distill_weight}, temperature "
+                   f"{cfg.distill_temperature}): its probabilities of {len(x_train):,} images took "
+                   f"{distilled['teacher_seconds']:.1f} s")
+    checkpoint_extra = {"data_sha256": data.sha256} | ({"teacher_sha256": distilled["teacher_sha256"]} if distilled else {})
 
     forward = _forward(model, rt)
     writer.say(f"training {cfg.model} ({count_parameters(model):,} parameters) on {len(x_train):,} images, "
@@ -385,14 +399,14 @@ def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWrit
             lr = partial.lr if partial else state.optimizer.param_groups[0]["lr"]
             if partial:
                 progress.update(partial.step)
-            train = train_one_epoch(forward, state, x_train, y_train, cfg, rt, progress, should_stop)
+            train = train_one_epoch(forward, state, x_train, y_train, cfg, rt, progress, should_stop, teacher)
             state.partial = None
             if not math.isfinite(train["loss"]):
                 _stop_non_finite(train, epoch, n_steps, run.path, state.epochs_done)
             if train["partial"] is not None:  # asked to stop: checkpoint this step boundary, then stop
                 state.partial = train["partial"]
                 state.partial.lr, state.partial.seconds = lr, time.perf_counter() - epoch_start
-                writer.checkpoint(state, {"data_sha256": data.sha256} | distributed.rng_states(rt), rt)
+                writer.checkpoint(state, checkpoint_extra | distributed.rng_states(rt), rt)
                 distributed.barrier(rt)
                 raise Interrupted(should_stop.now(), f"stopped at epoch {epoch}, step {state.partial.step} of "
                                                      f"{n_steps}; checkpoint written to {run / CHECKPOINT}")
@@ -412,7 +426,7 @@ def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWrit
         state.train_seconds += seconds
         state.history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                               "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr, "seconds": round(seconds, 3)})
-        writer.checkpoint(state, {"data_sha256": data.sha256}, rt)
+        writer.checkpoint(state, checkpoint_extra, rt)
         writer.history(state.history)
         if on_epoch is not None and rt.is_main:
             on_epoch(epoch, model)
@@ -430,6 +444,8 @@ def _fit(cfg: TrainConfig, data: Digits, run: Run, resume: bool, writer: RunWrit
         "images_per_second": round(state.epochs_done * n_steps * cfg.batch_size / max(state.train_seconds, 1e-9), 1),
         "runtime": rt.describe(), "environment": environment(),
     }
+    if distilled:
+        metrics["distillation"] = distilled
     writer.finish(model.cpu().float(), cfg, metrics, data.subset(val_idx), data.subset(calibration_idx))
     distributed.barrier(rt)
     return metrics
