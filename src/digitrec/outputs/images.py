@@ -117,7 +117,7 @@ TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more t
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
-BOX_LEVEL = 0.05  # ... and each runs within this slope (3 degrees) of the page's lines: two ruled lines, the margin
+BOX_LEVEL = 0.1  # ... and each runs within this slope (6 degrees) of the page's lines: two ruled lines, the margin
 # and a 7's slanted stem between them are no box
 
 
