@@ -555,9 +555,10 @@ class _NanLossAt:
 
 
 def test_a_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import digitrec.training.train
+    import digitrec.training.distill
 
-    monkeypatch.setattr(digitrec.training.train, "F", _NanLossAt(15))  # epoch 2, step 5 of 10
+    # the training loss is distill.distillation_loss's (plain cross-entropy when nothing is distilled)
+    monkeypatch.setattr(digitrec.training.distill, "F", _NanLossAt(15))  # epoch 2, step 5 of 10
     run = tmp_path / "run"
     message = (rf"^{re.escape(str(run))}: the training loss became nan at epoch 2, step 5 of 10; stopped, the "
                r"checkpoint of epoch 1 is kept \(a lower --lr often helps\)$")
