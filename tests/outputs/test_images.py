@@ -406,7 +406,7 @@ def test_a_stroke_that_fills_the_picture_is_not_hollowed(width, classify):
 
 def test_ruled_lines_a_margin_and_a_stroke_make_no_box(mnist_test):
     """Two ruled lines, the margin and a 7's thick stem between them meet like a box's four sides:
-    a printed box's sides are evenly thick, so the stem stays a stroke."""
+    a printed box's sides run level with the page's lines, and the stem slants, so it stays a stroke."""
     picture = CONDITIONS["ruled"](mnist_test.images[0], np.random.default_rng(0), 3)  # a 7, measured
     steps = preprocess(picture, keep_steps=True)
     assert sum(v.removed and v.axis == "horizontal" for v in steps.lines) >= 3  # the ruled lines go
