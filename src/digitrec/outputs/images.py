@@ -92,6 +92,7 @@ DENOISE_WIDEST = 2.0
 DENOISE_SMALLEST = 12  # px
 GRAIN_SIDE = 128  # ... on every n-th pixel, so that about this many are left across (px)
 GRAIN_FLAT = 25  # the noise is measured on this percentile of the page with the least slope (_grain)
+MEAN3_RESIDUAL = 0.943  # the share of white noise's spread that what a 3x3 mean takes away keeps
 # Polarity (see _dark_ink): the paper is the median of a window this fraction of the shorter side
 # wide. Measured on 300 digits per condition of tests/image_variants.py and 2,000 MNIST digits, no
 # picture read the wrong way round at 0.6; at 0.3, 31 `thick` ones (the strokes of a digit cropped
@@ -291,16 +292,16 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
 
 def _grain(page: np.ndarray) -> float:
     """The page's fine noise (grey levels, a standard deviation): the robust spread of what a 3x3
-    mean takes away, on every other pixel, where the page is flattest (the GRAIN_FLAT percent with
+    mean takes away, on every n-th pixel (GRAIN_SIDE), where the page is flattest (the GRAIN_FLAT percent with
     the least slope once smoothed: paper and the middles of strokes, not their edges, which in a
     small tight crop are most of the picture)."""
-    stride = max(1, min(page.shape) // GRAIN_SIDE)  # white noise keeps its spread on every other pixel
+    stride = max(1, min(page.shape) // GRAIN_SIDE)  # white noise keeps its spread on every n-th pixel
     page = np.ascontiguousarray(page[::stride, ::stride])
     grain = page.astype(np.float32) - cv2.blur(page, (3, 3))
     smooth = cv2.GaussianBlur(page, (0, 0), 1.5).astype(np.float32)
     slope = np.abs(cv2.Sobel(smooth, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
     flat = slope <= np.percentile(slope, GRAIN_FLAT)
-    return 1.4826 * float(np.median(np.abs(grain[flat]))) / 0.943  # 0.943: a 3x3 mean's share of white noise
+    return 1.4826 * float(np.median(np.abs(grain[flat]))) / MEAN3_RESIDUAL
 
 
 def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = None,
@@ -316,7 +317,7 @@ def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = Non
         # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
         sample = contrast[::4, ::4].astype(np.float32)
         noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-        noise = min(noise, NOISE_RESIDUAL * 0.943 * (_grain(page) if grain is None else grain))
+        noise = min(noise, NOISE_RESIDUAL * MEAN3_RESIDUAL * (_grain(page) if grain is None else grain))
     contrast[contrast < NOISE_FLOOR * noise] = 0
     ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
     # the strongest ink that fills a 2x2 block: a stroke, not a hot pixel or JPEG ringing
@@ -354,18 +355,18 @@ def _within_strokes(ink: np.ndarray, closed: np.ndarray | None) -> bool:
     typical pen), not a region of its own (a shadow the surface did not follow)."""
     if closed is None:
         return True
-    area = int((ink > 0).sum())
-    extra = (ink > 0) & (closed == 0)
-    if int(extra.sum()) <= EVEN_BEYOND * area:  # the two agree: nothing to look at
+    found = ink > 0
+    area = int(found.sum())
+    if int((found & (closed == 0)).sum()) <= EVEN_BEYOND * area:  # the two agree: nothing to look at
         return True
     if area > EVEN_GROWTH * int((closed > 0).sum()):  # filling the closing's outlines does not grow them this much
         return False
-    strokes = _handwriting(ink > 0)
+    strokes = _handwriting(found)
     if strokes is None:
         return True
     distance = cv2.distanceTransform((closed == 0).astype(np.uint8), cv2.DIST_L2, 3)
-    beyond = (ink > 0) & (distance > _pen_width(strokes) + 2)
-    return int(beyond.sum()) <= EVEN_BEYOND * int((ink > 0).sum())
+    beyond = found & (distance > _pen_width(strokes) + 2)
+    return int(beyond.sum()) <= EVEN_BEYOND * area
 
 
 def _even_light(page: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray]] | None:
@@ -377,7 +378,7 @@ def _even_light(page: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, 
     A closing cannot tell a stroke wider than its window from the paper: in a tight crop (a 1 in a
     narrow picture, a thick 0 filling it) it takes the stroke's middle for background, and the
     digit comes out hollow. A surface fitted to the paper alone has no window. The paper is what
-    Otsu's level puts on the light side, a pixel away from the ink; the surface holds if the
+    Otsu's level puts on the light side, two pixels away from the ink; the surface holds if the
     darkest of the paper (EVEN_DARKEST) departs from it by no more than EVEN_LIGHT of the ink's
     contrast. It is lifted to the paper's bright side (EVEN_LIFT), where a closing would lie, and
     the noise is measured on the paper alone, however much of the picture the digit fills.
