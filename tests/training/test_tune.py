@@ -277,7 +277,9 @@ def test_two_workers_share_a_postgresql_study(postgres, tiny_csv, tmp_path):
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
     assert (tmp_path / "shared" / tune.BEST_RECIPE).is_file()
     shown = _digitrec("tune", "--show", "shared", "--storage", postgres)
-    assert shown.returncode == 0 and shown.stdout.startswith("study shared: ") and f"{finished} complete" in shown.stdout
+    # a trial may be pruned: the median pruner compares trials that run side by side
+    complete = sum(t.state.name == "COMPLETE" for t in trials)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"study shared: {len(trials)} trials ({complete} complete")
 
 
 @pytest.mark.slow
@@ -285,27 +287,31 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_finishes(postgres, t
     """SIGKILL one of two workers once its trial reported an epoch: its heartbeat stops, the other
     worker marks the trial failed, runs the queued retry from the dead trial's checkpoint, and the
     study ends with its budget."""
-    args = ["tune", "--train", str(tiny_csv), *TINY, "--epochs", "3", "--storage", postgres, "--study", "killed",
-            "--workers", "2", "--budget", "3", "--heartbeat", "1", "--out", str(tmp_path / "killed")]
+    epochs = 6
+    args = ["tune", "--train", str(tiny_csv), *TINY, "--epochs", str(epochs), "--storage", postgres,
+            "--study", "killed", "--workers", "2", "--budget", "3", "--heartbeat", "1", "--out", str(tmp_path / "killed")]
     launcher = subprocess.Popen(DIGITREC + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    victim, deadline = None, time.monotonic() + 180
-    while victim is None and time.monotonic() < deadline and launcher.poll() is None:
+    killed, deadline = None, time.monotonic() + 180
+    while killed is None and time.monotonic() < deadline and launcher.poll() is None:
         time.sleep(0.2)
         try:
             running = [t for t in tune.load_study("killed", postgres).get_trials()
-                       if t.state.name == "RUNNING" and t.intermediate_values]
+                       if t.state.name == "RUNNING" and 1 <= len(t.intermediate_values) <= 2]
         except tune.InputError:  # not created yet
             continue
-        if running:
-            victim = running[0]
-            os.kill(victim.user_attrs["pid"], signal.SIGKILL)
-    assert victim is not None, "no trial reached an epoch"
+        if running:  # epochs to go: the trial is still running when the signal lands
+            killed = running[0].user_attrs["pid"]
+            os.kill(killed, signal.SIGKILL)
+    assert killed is not None, "no trial reached an epoch"
     stdout, stderr = launcher.communicate(timeout=240)
     assert launcher.returncode == 0, stderr
     assert "warning: worker " in stderr and "was killed by SIGKILL; a trial it left running was retried" in stderr
     opened = tune.load_study("killed", postgres)
     trials = {t.number: t for t in opened.get_trials()}
-    assert trials[victim.number].state.name == "FAIL"
+    # the trial the worker was running when it died: the one it left failed
+    failed = [t for t in trials.values() if t.user_attrs.get("pid") == killed and t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].intermediate_values
+    victim = failed[0]
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
     assert retries[0].params == victim.params and retries[0].user_attrs["run_dir"] == victim.user_attrs["run_dir"]
