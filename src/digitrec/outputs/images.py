@@ -109,6 +109,8 @@ LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that run
 LINE_PEN = 0.8  # ... and are at most this fraction of the pen's stroke width thick (see _pen_width)
 STUB_PEN = 0.5  # ... and take along each run of ink across them shorter than half their thickness plus the pen's width
 STUB_MIN = 2  # ... or than their thickness plus this many px (a box's side may be as thick as the pen)
+RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most this fraction of it (a thin pen)
+RULED_THICK, RULED_EVEN = 1, 0.15
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
@@ -520,9 +522,12 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
         # stroke that crosses a tightly cropped picture (a 1, a 7's bar, a 9's stem) is neither
         # (measured without the lines across the picture, but with the boxes' sides: a box's side
         # may be a stroke, as two ruled lines and a number's upright strokes make a "box")
+        # (and without the ink where an even ruling's further lines run: one that runs off the
+        # picture's side is too short to be found, and its piece would stretch the handwriting)
         on_lines = np.zeros(mask.shape, bool)
+        rulings = {axis: _ruling(lines[axis]) for axis in frames}
         for axis, frame in frames.items():
-            on_lines |= frame.undo(frame.paint(lines[axis]))
+            on_lines |= frame.undo(frame.paint(lines[axis]) | _ruled_rows(frame, lines[axis], rulings[axis]))
         handwriting = _handwriting(mask.astype(bool) & ~on_lines)
         if handwriting is None:  # nothing to tell a line from a stroke by: keep the ink
             for axis, found in lines.items():
@@ -534,7 +539,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
         printed = {"h": [], "v": []}
         for axis, found in lines.items():
             for line in found:
-                if line.thick > LINE_PEN * pen:
+                if line.thick > LINE_PEN * pen and not (rulings[axis] and line.thick <= RULED_PEN * pen):
                     judge(axis, line, False, f"kept: {line.thick} px thick against the pen's {pen:.1f} px, "
                                              "too thick for a printed line: a stroke")
                 elif not line.runs_past(*extent[axis], pen, frames[axis].leaves(line)):
@@ -542,7 +547,8 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
                 else:
                     printed[axis].append(line)
                     judge(axis, line, True, f"removed: it crosses the picture, {line.thick} px thick against the "
-                                            f"pen's {pen:.1f} px, and runs past the handwriting")
+                                            f"pen's {pen:.1f} px, and runs past the handwriting"
+                                            + (f"; one of {len(lines[axis])} evenly spaced" if rulings[axis] else ""))
         lines = printed
         for top, bottom, left, right in boxes:
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
@@ -564,6 +570,8 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
                             judge(axis, line, False, "kept: four lines meet as a box, but not round the handwriting")
     if not lines["h"] and not lines["v"]:
         return ink
+    border = np.ones(mask.shape, np.uint8)
+    border[1:-1, 1:-1] = 0
     removed = np.zeros(mask.shape, bool)
     reach = int(np.ceil(max(STUB_PEN * pen, STUB_MIN))) + 1  # beside a line, as far as `_line_runs` looks
     for axis, found in lines.items():
@@ -582,6 +590,15 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
             top, left = line.box[0].start - rows.start, line.box[1].start - cols.start
             band[top:top + line.pixels.shape[0], left:left + line.pixels.shape[1]] = line.pixels
             goes[rows, cols] |= _line_runs(window, band, line.thick, axis, pen)
+        spacing = _ruling(found)
+        if spacing is not None:  # the pieces of its lines that run off the picture's side go too, found or not
+            beyond = frame.mask.astype(bool) & _ruled_rows(frame, found, spacing)
+            n, labels, _, _ = _components(beyond.astype(np.uint8))
+            edge = np.zeros(n, bool)
+            edge[labels[(_Shear.along(border, axis, slopes[axis]).mask > 0) & beyond]] = True
+            edge[0] = False
+            if edge.any():
+                goes |= _line_runs(frame.mask, edge[labels], max(l.thick for l in found), axis, pen)
         removed |= frame.undo(goes)
     return np.where(removed, 0, ink).astype(np.uint8)
 
@@ -777,6 +794,37 @@ class _Line:
                    on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])),
                    (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))),
                    float(fit[0]))
+
+
+def _ruling(lines: list[_Line]) -> float | None:
+    """The spacing of a ruling, if `lines` (found across the picture along one axis) are one: two
+    or more parallel lines of like thickness (within RULED_THICK px), each gap a whole number of
+    the smallest (within RULED_EVEN of it: a line may be missed between). None otherwise."""
+    if len(lines) < 2 or max(l.thick for l in lines) - min(l.thick for l in lines) > RULED_THICK:
+        return None
+    gaps = np.diff(sorted(l.position for l in lines))
+    spacing = float(gaps.min())
+    if spacing < 2 * max(l.thick for l in lines) + 2:
+        return None
+    steps = gaps / spacing
+    return spacing if bool(np.all(np.abs(steps - np.round(steps)) <= RULED_EVEN)) else None
+
+
+def _ruled_rows(frame: _Shear, lines: list[_Line], spacing: float | None) -> np.ndarray:
+    """Where a ruling's lines run, the found ones from edge to edge and its further ones past the
+    first and last found, to the picture's edges (bool, in the sheared frame, where they run level):
+    as thick as the thickest found, and a pixel either side."""
+    painted = np.zeros(frame.mask.shape, bool)
+    if spacing is None:
+        return painted
+    positions = sorted(l.position for l in lines)
+    half = max(l.thick for l in lines) / 2 + 1
+    rows = np.arange(painted.shape[0] if frame.axis == "h" else painted.shape[1], dtype=np.float32)
+    band = np.zeros(len(rows), bool)
+    for position in [*np.arange(positions[0] - spacing, -spacing, -spacing), *positions,
+                     *np.arange(positions[-1] + spacing, len(rows) + spacing, spacing)]:
+        band |= np.abs(rows - position) <= half
+    return band[:, None] & np.ones(painted.shape, bool) if frame.axis == "h" else band[None, :] & np.ones(painted.shape, bool)
 
 
 def _handwriting(ink: np.ndarray) -> np.ndarray | None:
