@@ -8,7 +8,8 @@ heads the table. The other pipelines are src/digitrec/images.py as of a git revi
 read with `git show`, so no second checkout is needed). Time per image: median of open + preprocess
 per picture (decoded from its encoded bytes), every pipeline in this one process. Then numbers of
 2-4 digits, on plain paper, on ruled paper and on ruled paper as notebooks vary (`ruled_number`: line
-spacing, thickness, colour, a tilt; whole numbers read exactly right), and phone-sized JPEGs:
+spacing, thickness, colour, a tilt) and small, in a fine pen, on a ruling tilted up to 8 degrees
+(`thin_ruled_number`); whole numbers read exactly right. Then phone-sized JPEGs:
 1 and 12 megapixels, open + preprocess, median of --repeats.
 
 Prints Markdown tables. Usage (a `fast` run trains in under a minute: `digitrec train --preset fast --out RUN`):
@@ -39,7 +40,8 @@ from digitrec.core.data import load_mnist  # noqa: E402
 from digitrec.nets.predict import predict_probs  # noqa: E402
 from digitrec.nets.weights import load_run_model  # noqa: E402
 from digitrec.outputs import images as this_tree  # noqa: E402
-from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip  # noqa: E402
+from tests.image_variants import (CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip,  # noqa: E402
+                                  thin_ruled_number)
 
 # The pipelines compared with this tree: the previous release (the last commit before the page's
 # light was divided out and printed lines removed, b9eeb18), and the last release that landed
@@ -187,7 +189,8 @@ def main() -> None:
 
     # numbers: every digit of a 2-4 digit number, on plain and on ruled paper
     numbers = {"number, whole number right": strip, "number on ruled paper, whole number right": ruled_strip,
-               "number on varied ruled paper, whole number right": ruled_number}
+               "number on varied ruled paper, whole number right": ruled_number,
+               "number in a fine pen on a tilted ruling, whole number right": thin_ruled_number}
     for name, make in numbers.items():
         if args.only not in name:
             continue

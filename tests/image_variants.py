@@ -321,3 +321,32 @@ def ruled_number(digits: list[np.ndarray], rng) -> Image.Image:
         mask = np.maximum(mask, _line_mask((rows, cols), (0, row - rise / 2), (cols, row + rise / 2), thickness))
     rgb = [(130, 170, 230), (150, 150, 150), (90, 125, 210)][int(rng.integers(3))]
     return _photo(_darken(page, mask, rgb), rng)
+
+
+def thin_ruled_number(digits: list[np.ndarray], rng, tilt: float = 8.0) -> Image.Image:
+    """A number written small with a fine pen on ruled paper, shot askew: `strip` 40-75 px tall, its
+    strokes thinned by 0-2 px at full size (about as thick as the lines, 0.8-2.5 px), in black, blue
+    or grey ink; lines 40-90% of its height apart, blue, grey, dark blue or red, tilted up to `tilt`
+    degrees, so the outer ones run off the picture's side; light sensor noise."""
+    number = np.asarray(strip(digits, rng).convert("L"), np.float32)
+    ink = Image.fromarray((np.clip(1 - number / np.percentile(number, 90), 0, 1) * 255).astype(np.uint8))
+    thinning = int(rng.integers(0, 3))
+    if thinning:
+        ink = ink.filter(ImageFilter.MinFilter(2 * thinning + 1))
+    height = int(rng.integers(40, 76))
+    width = round(ink.width * height / ink.height)
+    coverage = np.asarray(ink.resize((width, height), Image.Resampling.LANCZOS), np.float32)[..., None] / 255
+    margin = int(rng.integers(6, 30))
+    page = np.full((height + 2 * margin, width + 40, 3), PAPER, np.float32)
+    pen = np.asarray([(25, 25, 45), (30, 40, 120), (50, 50, 60)][int(rng.integers(3))], np.float32) / 255
+    page[margin:margin + height, 20:20 + width] *= 1 - coverage * (1 - pen)
+    rows, cols = page.shape[:2]
+    spacing = float(rng.uniform(0.4, 0.9)) * height
+    base = margin + float(rng.uniform(0.8, 1.0)) * height
+    rise = cols * np.tan(np.radians(float(rng.uniform(-tilt, tilt))))
+    thickness = float(rng.uniform(0.8, 2.5))
+    mask = np.zeros((rows, cols), np.float32)
+    for row in np.arange(base - spacing * np.ceil((base + abs(rise)) / spacing), rows + abs(rise) + spacing, spacing):
+        mask = np.maximum(mask, _line_mask((rows, cols), (0, row - rise / 2), (cols, row + rise / 2), thickness))
+    rgb = [(130, 170, 230), (150, 150, 150), (90, 125, 210), (200, 150, 150)][int(rng.integers(4))]
+    return _photo(_darken(page, mask, rgb), rng, noise=float(rng.uniform(1, 4)))

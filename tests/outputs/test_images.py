@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from digitrec.cli import main
 from digitrec.core.files import InputError
 from digitrec.outputs.images import CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, preprocess, read_images, split_digits, to_grey, to_mnist
-from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip
+from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip, thin_ruled_number
 
 SUPPORTED = "(PNG, JPEG, GIF, BMP, TIFF, WEBP)"
 
@@ -575,6 +575,20 @@ def test_a_number_on_ruled_paper_reads_exactly(number, mnist_test):
         assert len(found) == len(number)
         for digit, i in zip(found, picks):
             assert best_shifted_correlation(digit, to_mnist(Image.fromarray(mnist_test.images[i]))) > PHOTO_LIKENESS
+
+
+@pytest.mark.parametrize("number", ["438", "2290", "746"])
+def test_a_fine_pen_number_on_a_tilted_ruling_loses_every_line(number, mnist_test):
+    """Small numbers in a fine pen (strokes about as thick as the lines), the ruling tilted up to 8
+    degrees so that its outer lines run off the picture's side: every line found goes (the last
+    landed release kept them all where a line's piece at a corner stretched the handwriting, or
+    where the pen was no thicker than the lines), and no piece of one is read as a digit."""
+    rng = np.random.default_rng(int(number))
+    for _ in range(12):
+        picks = [int(rng.choice(np.flatnonzero(mnist_test.labels == int(c))[:200])) for c in number]
+        found = preprocess(thin_ruled_number(list(mnist_test.images[picks]), rng), multi=True, keep_steps=True)
+        assert found.lines and all(verdict.removed for verdict in found.lines), [str(v) for v in found.lines]
+        assert len(found.digits) == len(number)
 
 
 # ---------------------------------------------------------------------------------------------
