@@ -111,6 +111,7 @@ STUB_PEN = 0.5  # ... and take along each run of ink across them shorter than ha
 STUB_MIN = 2  # ... or than their thickness plus this many px (a box's side may be as thick as the pen)
 RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most this fraction of it (a thin pen)
 RULED_THICK, RULED_EVEN = 1, 0.15
+STROKE_DARKER = 1.5  # ... but keep what is this much darker than the line's median ink: a stroke along it
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
@@ -579,6 +580,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
             continue
         frame = frames[axis]
         goes = np.zeros(frame.mask.shape, bool)
+        strength = _Shear.along(ink, axis, slopes[axis]).mask
         for line in found:  # one at a time: a stroke between two lines is ink beside each
             rows, cols = line.box
             if axis == "h":
@@ -598,7 +600,17 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
             edge[labels[(_Shear.along(border, axis, slopes[axis]).mask > 0) & beyond]] = True
             edge[0] = False
             if edge.any():
-                goes |= _line_runs(frame.mask, edge[labels], max(l.thick for l in found), axis, pen)
+                pieces = edge[labels]
+                across = np.flatnonzero(pieces.any(1 if axis == "h" else 0))
+                span = slice(max(0, across[0] - reach), across[-1] + 1 + reach)
+                window = (span, slice(None)) if axis == "h" else (slice(None), span)
+                goes[window] |= _line_runs(frame.mask[window], pieces[window], max(l.thick for l in found), axis, pen)
+        # a stroke that lies along a fainter printed line is darker than the line there: it stays
+        # (the line's level: the median along it of its darkest pixel across it, the core)
+        cores = [np.where(line.pixels, strength[line.box], 0).max(0 if axis == "h" else 1) for line in found]
+        level = float(np.median(np.concatenate([core[core > 0] for core in cores])))
+        if STROKE_DARKER * level < 255:
+            goes &= strength < STROKE_DARKER * level
         removed |= frame.undo(goes)
     return np.where(removed, 0, ink).astype(np.uint8)
 
