@@ -111,7 +111,8 @@ STUB_PEN = 0.5  # ... and take along each run of ink across them shorter than ha
 STUB_MIN = 2  # ... or than their thickness plus this many px (a box's side may be as thick as the pen)
 RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most this fraction of it (a thin pen)
 RULED_THICK, RULED_EVEN = 1, 0.15
-STROKE_DARKER = 1.5  # ... but keep what is this much darker than the line's median ink: a stroke along it
+STROKE_DARKER = 1.3  # ... but keep what is this much darker than the line's median ink: a stroke along it
+LINE_NOISE = 4  # ... and this many robust standard deviations of the line's ink above its median
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
@@ -251,8 +252,10 @@ class Preprocessed:
         return {name: x for name, x in steps.items() if x is not None}
 
 
-def ink_map(grey: np.ndarray) -> np.ndarray | None:
-    """Ink (H, W) uint8, 255 = a stroke's core, 0 = paper, from grey uint8 (255 = white); None if blank.
+def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ink, share), both (H, W) uint8, from grey uint8 (255 = white); None if blank. `ink`: 255 = a
+    stroke's core, 0 = paper; `share`: the share of the paper's light the ink takes (255 = all), not
+    stretched, so that ink darker than other ink still shows as such (a stroke along a printed line).
 
     Polarity is read from the ink itself (`_dark_ink`): darker or lighter than the paper around it.
     A noisy page is smoothed first (`_grain`). The page's light is estimated (`_even_light`, a
@@ -275,22 +278,22 @@ def ink_map(grey: np.ndarray) -> np.ndarray | None:
     even = _even_light(page)
     if even is not None:
         light, noise, paper = even
-        ink = _divided(page, light, noise)
+        found = _divided(page, light, noise)
         # the surface explains the page only if next to none of the paper comes out as ink, and
         # what it finds beyond the closing's ink lies inside strokes (a tight crop's hollowed ones),
         # not away from them (a shadow's sharp edge, a fold: the closing follows those)
-        if ink is not None and (ink[paper] > 0).mean() <= EVEN_STRAY and _within_strokes(ink, closed):
-            return ink
-    ink = closed
-    if ink is not None:
+        if (found is not None and (found[0][paper] > 0).mean() <= EVEN_STRAY
+                and _within_strokes(found[0], None if closed is None else closed[0])):
+            return found
+    if closed is not None:
         # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
         # partly taken for the background: the picture is then all digit, and its paper one level
-        strokes = _handwriting(ink > 0)
+        strokes = _handwriting(closed[0] > 0)
         window = max(3.0, _closing_width(page.shape))
         if strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * window:
             level = np.percentile(page, PAPER_PERCENTILE)
-            ink = _divided(page, np.maximum(page, np.uint8(level)))
-    return ink
+            return _divided(page, np.maximum(page, np.uint8(level)))
+    return closed
 
 
 def _grain(page: np.ndarray) -> float:
@@ -308,10 +311,10 @@ def _grain(page: np.ndarray) -> float:
 
 
 def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = None,
-             grain: float | None = None) -> np.ndarray | None:
+             grain: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """`ink_map` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
     than the page) and, if known, its noise (a standard deviation in grey levels) or its fine grain
-    (`_grain`): the share of the light the ink takes, stretched and binarised."""
+    (`_grain`): the share of the light the ink takes, stretched and binarised, and as it is."""
     contrast = cv2.subtract(background, page)  # grey levels darker than the paper around it
     if noise is None:
         # sensor and JPEG noise, from the spread of the contrast over the page (mostly paper): anything
@@ -333,7 +336,7 @@ def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = Non
     core = (peak + 1) // 2 + int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
     levels = np.clip(np.arange(256) * (255.0 / max(core, 1)), 0, 255)
     levels[levels < INK_THRESHOLD * 255] = 0
-    return cv2.LUT(ink, levels.astype(np.uint8))
+    return cv2.LUT(ink, levels.astype(np.uint8)), ink
 
 
 def _dark_ink(grey: np.ndarray) -> bool:
@@ -470,7 +473,8 @@ def _shrunk(page: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
     return small, max(3, int(round(side / factor)) | 1)
 
 
-def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> np.ndarray:
+def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
+                 share: np.ndarray | None = None) -> np.ndarray:
     """The ink without long straight printed lines: ruled lines, a form's box, underlines.
 
     Lines are looked for up to LINE_TILT degrees off horizontal and vertical: each axis is worked
@@ -484,7 +488,9 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
     What goes is decided run by run across each line (`_line_runs`): the line's ink and slivers
     beside it go, a stroke that crosses it or lies along it stays whole, bridged, with no stubs.
     Given a list, `verdicts` gets what was decided of every candidate that crosses the picture or
-    makes a box, and why (`--show-preprocessed` writes them out).
+    makes a box, and why (`--show-preprocessed` writes them out). Where a line's ink is fainter than
+    the pen's, a stroke along it stays where it is STROKE_DARKER times darker than the line's core,
+    measured on `share` (`ink_map`'s, not stretched; else on `ink`, where both may be saturated).
     """
     verdicts = [] if verdicts is None else verdicts
     mask = (ink > 0).astype(np.uint8)
@@ -580,7 +586,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
             continue
         frame = frames[axis]
         goes = np.zeros(frame.mask.shape, bool)
-        strength = _Shear.along(ink, axis, slopes[axis]).mask
+        strength = _Shear.along(ink if share is None else share, axis, slopes[axis]).mask
         for line in found:  # one at a time: a stroke between two lines is ink beside each
             rows, cols = line.box
             if axis == "h":
@@ -607,10 +613,13 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None) -> 
                 goes[window] |= _line_runs(frame.mask[window], pieces[window], max(l.thick for l in found), axis, pen)
         # a stroke that lies along a fainter printed line is darker than the line there: it stays
         # (the line's level: the median along it of its darkest pixel across it, the core)
-        cores = [np.where(line.pixels, strength[line.box], 0).max(0 if axis == "h" else 1) for line in found]
-        level = float(np.median(np.concatenate([core[core > 0] for core in cores])))
-        if STROKE_DARKER * level < 255:
-            goes &= strength < STROKE_DARKER * level
+        # and clear of its noise: LINE_NOISE robust spreads of that core above it)
+        cores = np.concatenate([core[core > 0] for core in
+                                (np.where(line.pixels, strength[line.box], 0).max(0 if axis == "h" else 1) for line in found)])
+        level = float(np.median(cores))
+        darker = max(STROKE_DARKER * level, level + LINE_NOISE * 1.4826 * float(np.median(np.abs(cores - level))))
+        if darker < 255:
+            goes &= strength < darker
         removed |= frame.undo(goes)
     return np.where(removed, 0, ink).astype(np.uint8)
 
@@ -970,11 +979,12 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     web page and the ONNX-only path all come here): grey at working size, the page's light divided
     out, printed lines removed, the digit's strokes chosen, MNIST's geometry. With `keep_steps`,
     the result keeps each step's image."""
-    ink = ink_map(_grey8(image))
-    if ink is None:
+    found = ink_map(_grey8(image))
+    if found is None:
         return Preprocessed([])
+    ink, share = found
     verdicts: list[LineVerdict] = []
-    strokes = remove_lines(ink, verdicts)
+    strokes = remove_lines(ink, verdicts, share)
     labels, stats, keep = _parts(strokes, multi)
     groups = (_group_digits(stats, keep) if multi else [keep]) if keep else []
     digits = [center_digit(_only(strokes, labels, stats, group)) for group in groups]
