@@ -113,6 +113,7 @@ RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most 
 RULED_THICK, RULED_EVEN = 1, 0.15
 STROKE_DARKER = 1.3  # ... but keep what is this much darker than the line's median ink: a stroke along it
 LINE_NOISE = 4  # ... and this many robust standard deviations of the line's ink above its median
+LINE_THICK_PERCENTILE = 10  # a line is as thick as this percentile of its ink across it: strokes may run along it or touch it
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
@@ -801,7 +802,7 @@ class _Line:
         count = ink.sum(0)
         cols = np.flatnonzero(count)
         middle = np.argmax(np.cumsum(ink, 0) >= (count + 1) / 2, axis=0)[cols]  # the median row per column
-        thick = int(np.percentile(count[cols], 20))  # not the median: strokes may run along it for a while
+        thick = int(np.percentile(count[cols], LINE_THICK_PERCENTILE))  # not the median: strokes may run along it for a while
         # fitted where the column holds the line alone (no stroke crossing or running along it)
         alone = count[cols] <= thick + 2
         fit = np.polyfit(cols[alone], middle[alone], 1) if alone.sum() > 1 else np.array([0.0, float(np.median(middle))])
