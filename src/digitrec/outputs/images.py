@@ -109,10 +109,10 @@ LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that run
 LINE_PEN = 0.8  # ... and are at most this fraction of the pen's stroke width thick (see _pen_width)
 STUB_PEN = 0.5  # ... and take along each run of ink across them shorter than half their thickness plus the pen's width
 STUB_MIN = 2  # ... or than their thickness plus this many px (a box's side may be as thick as the pen)
-RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most this fraction of it (a thin pen)
-RULED_THICK, RULED_EVEN = 1, 0.15
-STROKE_DARKER = 1.3  # ... but keep what is this much darker than the line's median ink: a stroke along it
-LINE_NOISE = 4  # ... and this many robust standard deviations of the line's ink above its median
+RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most this fraction of it (a fine pen)
+RULED_THICK, RULED_EVEN = 1, 0.15  # a ruling's lines differ by at most 1 px in thickness, their gaps by 15% of a whole step
+STROKE_DARKER = 1.3  # ... but keep what is this much darker than the line's core: a stroke along it
+LINE_NOISE = 4  # ... and this many robust standard deviations of the line's core above its median
 LINE_THICK_PERCENTILE = 10  # a line is as thick as this percentile of its ink across it: strokes may run along it or touch it
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
@@ -578,8 +578,6 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                             judge(axis, line, False, "kept: four lines meet as a box, but not round the handwriting")
     if not lines["h"] and not lines["v"]:
         return ink
-    border = np.ones(mask.shape, np.uint8)
-    border[1:-1, 1:-1] = 0
     removed = np.zeros(mask.shape, bool)
     reach = int(np.ceil(max(STUB_PEN * pen, STUB_MIN))) + 1  # beside a line, as far as `_line_runs` looks
     for axis, found in lines.items():
@@ -603,6 +601,8 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         if spacing is not None:  # the pieces of its lines that run off the picture's side go too, found or not
             beyond = frame.mask.astype(bool) & _ruled_rows(frame, found, spacing)
             n, labels, _, _ = _components(beyond.astype(np.uint8))
+            border = np.ones(mask.shape, np.uint8)
+            border[1:-1, 1:-1] = 0
             edge = np.zeros(n, bool)
             edge[labels[(_Shear.along(border, axis, slopes[axis]).mask > 0) & beyond]] = True
             edge[0] = False
@@ -613,8 +613,8 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                 window = (span, slice(None)) if axis == "h" else (slice(None), span)
                 goes[window] |= _line_runs(frame.mask[window], pieces[window], max(l.thick for l in found), axis, pen)
         # a stroke that lies along a fainter printed line is darker than the line there: it stays
-        # (the line's level: the median along it of its darkest pixel across it, the core)
-        # and clear of its noise: LINE_NOISE robust spreads of that core above it)
+        # (the line's core: its darkest pixel across it, each step along it; what stays is
+        # STROKE_DARKER times the core's median, and LINE_NOISE robust spreads of it above)
         cores = np.concatenate([core[core > 0] for core in
                                 (np.where(line.pixels, strength[line.box], 0).max(0 if axis == "h" else 1) for line in found)])
         level = float(np.median(cores))
@@ -836,17 +836,15 @@ def _ruled_rows(frame: _Shear, lines: list[_Line], spacing: float | None) -> np.
     """Where a ruling's lines run, the found ones from edge to edge and its further ones past the
     first and last found, to the picture's edges (bool, in the sheared frame, where they run level):
     as thick as the thickest found, and a pixel either side."""
-    painted = np.zeros(frame.mask.shape, bool)
-    if spacing is None:
-        return painted
-    positions = sorted(l.position for l in lines)
-    half = max(l.thick for l in lines) / 2 + 1
-    rows = np.arange(painted.shape[0] if frame.axis == "h" else painted.shape[1], dtype=np.float32)
+    rows = np.arange(frame.mask.shape[0 if frame.axis == "h" else 1], dtype=np.float32)
     band = np.zeros(len(rows), bool)
-    for position in [*np.arange(positions[0] - spacing, -spacing, -spacing), *positions,
-                     *np.arange(positions[-1] + spacing, len(rows) + spacing, spacing)]:
-        band |= np.abs(rows - position) <= half
-    return band[:, None] & np.ones(painted.shape, bool) if frame.axis == "h" else band[None, :] & np.ones(painted.shape, bool)
+    if spacing is not None:
+        positions = sorted(l.position for l in lines)
+        half = max(l.thick for l in lines) / 2 + 1
+        for position in [*np.arange(positions[0] - spacing, -spacing, -spacing), *positions,
+                         *np.arange(positions[-1] + spacing, len(rows) + spacing, spacing)]:
+            band |= np.abs(rows - position) <= half
+    return np.broadcast_to(band[:, None] if frame.axis == "h" else band[None, :], frame.mask.shape)
 
 
 def _handwriting(ink: np.ndarray) -> np.ndarray | None:
