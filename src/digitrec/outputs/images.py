@@ -113,7 +113,6 @@ RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most 
 RULED_THICK, RULED_EVEN = 1, 0.15  # a ruling's lines differ by at most 1 px in thickness, their gaps by 15% of a whole step
 STROKE_DARKER = 1.3  # ... but keep what is this much darker than the line's core: a stroke along it
 LINE_NOISE = 4  # ... and this many robust standard deviations of the line's core above its median
-LINE_THICK_PERCENTILE = 10  # a line is as thick as this percentile of its ink across it: strokes may run along it or touch it
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
@@ -123,6 +122,8 @@ TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more t
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
+BOX_SIDE_PERCENTILE = 10  # ... where they are thinnest: this percentile of the ink across them (a 0 may touch a side
+                          # along most of its length)
 BOX_LEVEL = 0.1  # ... and each runs within this slope (6 degrees) of the page's lines: two ruled lines, the margin
 # and a 7's slanted stem between them are no box
 
@@ -778,6 +779,8 @@ class _Line:
     box: tuple[slice, slice]
     ends: tuple[float, float]  # where it is across its axis at `start` and at `end` - 1
     slope: float = 0.0  # of its fit, across per along, in the frame it was found in (where printed lines run level)
+    thinnest: int = 0  # px: where it is thinnest (BOX_SIDE_PERCENTILE of its ink across it), as a box's side is
+                       # where no stroke touches it
 
     def runs_past(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> bool:
         """Whether it runs past both ends of the handwriting's extent along it (first to last) by a
@@ -802,7 +805,7 @@ class _Line:
         count = ink.sum(0)
         cols = np.flatnonzero(count)
         middle = np.argmax(np.cumsum(ink, 0) >= (count + 1) / 2, axis=0)[cols]  # the median row per column
-        thick = int(np.percentile(count[cols], LINE_THICK_PERCENTILE))  # not the median: strokes may run along it for a while
+        thick = int(np.percentile(count[cols], 20))  # not the median: strokes may run along it for a while
         # fitted where the column holds the line alone (no stroke crossing or running along it)
         alone = count[cols] <= thick + 2
         fit = np.polyfit(cols[alone], middle[alone], 1) if alone.sum() > 1 else np.array([0.0, float(np.median(middle))])
@@ -815,7 +818,7 @@ class _Line:
         return cls(along + int(cols[0]), along + int(cols[-1]) + 1, across + float(np.polyval(fit, cols.mean())), thick,
                    on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])),
                    (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))),
-                   float(fit[0]))
+                   float(fit[0]), int(np.percentile(count[cols], BOX_SIDE_PERCENTILE)))
 
 
 def _ruling(lines: list[_Line]) -> float | None:
@@ -903,10 +906,10 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
             if box_h <= 0:
                 continue
             tol = BOX_TOLERANCE * min(box_w, box_h)
-            if (all(h.start <= left.position + tol and h.end >= right.position - tol and h.thick <= BOX_THIN * box_h
+            if (all(h.start <= left.position + tol and h.end >= right.position - tol and h.thinnest <= BOX_THIN * box_h
                     for h in (top, bottom))
-                    and all(v.start <= top.position + tol and v.end >= bottom.position - tol and v.thick <= BOX_THIN * box_w
-                            for v in (left, right))):
+                    and all(v.start <= top.position + tol and v.end >= bottom.position - tol
+                            and v.thinnest <= BOX_THIN * box_w for v in (left, right))):
                 # printed sides run level in the frame where the page's lines do, give or take a
                 # perspective: a stroke (a 7's stem between two ruled lines and the margin) slants
                 if all(abs(side.slope) <= BOX_LEVEL for side in (top, bottom, left, right)):
