@@ -536,7 +536,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         on_lines = np.zeros(mask.shape, bool)
         rulings = {axis: _ruling(lines[axis]) for axis in frames}
         for axis, frame in frames.items():
-            on_lines |= frame.undo(frame.paint(lines[axis]) | _ruled_rows(frame, lines[axis], rulings[axis]))
+            on_lines |= frame.undo(frame.paint(lines[axis]) | _ruled_rows(frame, *rulings[axis]))
         handwriting = _handwriting(mask.astype(bool) & ~on_lines)
         if handwriting is None:  # nothing to tell a line from a stroke by: keep the ink
             for axis, found in lines.items():
@@ -548,7 +548,8 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         printed = {"h": [], "v": []}
         for axis, found in lines.items():
             for line in found:
-                if line.thick > LINE_PEN * pen and not (rulings[axis] and line.thick <= RULED_PEN * pen):
+                ruled = any(line is other for other in rulings[axis][0])
+                if line.thick > LINE_PEN * pen and not (ruled and line.thick <= RULED_PEN * pen):
                     judge(axis, line, False, f"kept: {line.thick} px thick against the pen's {pen:.1f} px, "
                                              "too thick for a printed line: a stroke")
                 elif not line.runs_past(*extent[axis], pen, frames[axis].leaves(line)):
@@ -557,7 +558,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                     printed[axis].append(line)
                     judge(axis, line, True, f"removed: it crosses the picture, {line.thick} px thick against the "
                                             f"pen's {pen:.1f} px, and runs past the handwriting"
-                                            + (f"; one of {len(lines[axis])} evenly spaced" if rulings[axis] else ""))
+                                            + (f"; one of {len(rulings[axis][0])} evenly spaced" if ruled else ""))
         lines = printed
         for top, bottom, left, right in boxes:
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
@@ -598,9 +599,9 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             top, left = line.box[0].start - rows.start, line.box[1].start - cols.start
             band[top:top + line.pixels.shape[0], left:left + line.pixels.shape[1]] = line.pixels
             goes[rows, cols] |= _line_runs(window, band, line.thick, axis, pen)
-        spacing = _ruling(found)
-        if spacing is not None:  # the pieces of its lines that run off the picture's side go too, found or not
-            beyond = frame.mask.astype(bool) & _ruled_rows(frame, found, spacing)
+        ruling, spacing = _ruling(found)
+        if ruling:  # the pieces of its lines that run off the picture's side go too, found or not
+            beyond = frame.mask.astype(bool) & _ruled_rows(frame, ruling, spacing)
             n, labels, _, _ = _components(beyond.astype(np.uint8))
             border = np.ones(mask.shape, np.uint8)
             border[1:-1, 1:-1] = 0
@@ -821,27 +822,32 @@ class _Line:
                    float(fit[0]), int(np.percentile(count[cols], BOX_SIDE_PERCENTILE)))
 
 
-def _ruling(lines: list[_Line]) -> float | None:
-    """The spacing of a ruling, if `lines` (found across the picture along one axis) are one: two
-    or more parallel lines of like thickness (within RULED_THICK px), each gap a whole number of
-    the smallest (within RULED_EVEN of it: a line may be missed between). None otherwise."""
-    if len(lines) < 2 or max(l.thick for l in lines) - min(l.thick for l in lines) > RULED_THICK:
-        return None
-    gaps = np.diff(sorted(l.position for l in lines))
+def _ruling(lines: list[_Line]) -> tuple[list[_Line], float]:
+    """The ruling among `lines` (found across the picture along one axis) and its spacing: the lines
+    within RULED_THICK px of their median thickness (a piece of one that leaves the picture may
+    measure thinner), if two or more, evenly spaced: each gap a whole number of the smallest
+    (within RULED_EVEN of it: a line may be missed between). ([], 0.0) if there is none."""
+    if len(lines) < 2:
+        return [], 0.0
+    middle = float(np.median([l.thick for l in lines]))
+    ruling = sorted((l for l in lines if abs(l.thick - middle) <= RULED_THICK), key=lambda l: l.position)
+    if len(ruling) < 2:
+        return [], 0.0
+    gaps = np.diff([l.position for l in ruling])
     spacing = float(gaps.min())
-    if spacing < 2 * max(l.thick for l in lines) + 2:
-        return None
-    steps = gaps / spacing
-    return spacing if bool(np.all(np.abs(steps - np.round(steps)) <= RULED_EVEN)) else None
+    steps = gaps / max(spacing, 1e-9)
+    if spacing < 2 * max(l.thick for l in ruling) + 2 or not np.all(np.abs(steps - np.round(steps)) <= RULED_EVEN):
+        return [], 0.0
+    return ruling, spacing
 
 
-def _ruled_rows(frame: _Shear, lines: list[_Line], spacing: float | None) -> np.ndarray:
+def _ruled_rows(frame: _Shear, lines: list[_Line], spacing: float) -> np.ndarray:
     """Where a ruling's lines run, the found ones from edge to edge and its further ones past the
     first and last found, to the picture's edges (bool, in the sheared frame, where they run level):
     as thick as the thickest found, and a pixel either side."""
     rows = np.arange(frame.mask.shape[0 if frame.axis == "h" else 1], dtype=np.float32)
     band = np.zeros(len(rows), bool)
-    if spacing is not None:
+    if lines:
         positions = sorted(l.position for l in lines)
         half = max(l.thick for l in lines) / 2 + 1
         for position in [*np.arange(positions[0] - spacing, -spacing, -spacing), *positions,
