@@ -587,7 +587,6 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             continue
         frame = frames[axis]
         goes = np.zeros(frame.mask.shape, bool)
-        strength = _Shear.along(ink if share is None else share, axis, slopes[axis]).mask
         for line in found:  # one at a time: a stroke between two lines is ink beside each
             rows, cols = line.box
             if axis == "h":
@@ -602,28 +601,22 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         ruling, spacing = _ruling(found)
         if ruling:  # the pieces of its lines that run off the picture's side go too, found or not
             beyond = frame.mask.astype(bool) & _ruled_rows(frame, ruling, spacing)
-            n, labels, _, _ = _components(beyond.astype(np.uint8))
-            border = np.ones(mask.shape, np.uint8)
-            border[1:-1, 1:-1] = 0
-            edge = np.zeros(n, bool)
-            edge[labels[(_Shear.along(border, axis, slopes[axis]).mask > 0) & beyond]] = True
-            edge[0] = False
-            if edge.any():
-                pieces = edge[labels]
-                across = np.flatnonzero(pieces.any(1 if axis == "h" else 0))
-                span = slice(max(0, across[0] - reach), across[-1] + 1 + reach)
-                window = (span, slice(None)) if axis == "h" else (slice(None), span)
-                goes[window] |= _line_runs(frame.mask[window], pieces[window], max(l.thick for l in found), axis, pen)
+            _, labels, stats, _ = _components(beyond.astype(np.uint8))
+            for k in np.unique(labels[frame.on_border(beyond)]):
+                x, y, w, h = (int(v) for v in stats[k, :4])
+                window = ((slice(max(0, y - reach), y + h + reach), slice(x, x + w)) if axis == "h" else
+                          (slice(y, y + h), slice(max(0, x - reach), x + w + reach)))
+                goes[window] |= _line_runs(frame.mask[window], labels[window] == k, max(l.thick for l in ruling), axis, pen)
         # a stroke that lies along a fainter printed line is darker than the line there: it stays
         # (the line's core: its darkest pixel across it, each step along it; what stays is
         # STROKE_DARKER times the core's median, and LINE_NOISE robust spreads of it above)
+        strength = ink if share is None else share
         cores = np.concatenate([core[core > 0] for core in
-                                (np.where(line.pixels, strength[line.box], 0).max(0 if axis == "h" else 1) for line in found)])
+                                (np.where(line.pixels, frame.at(strength, line.box), 0).max(0 if axis == "h" else 1)
+                                 for line in found)])
         level = float(np.median(cores))
         darker = max(STROKE_DARKER * level, level + LINE_NOISE * 1.4826 * float(np.median(np.abs(cores - level))))
-        if darker < 255:
-            goes &= strength < darker
-        removed |= frame.undo(goes)
+        removed |= frame.undo(goes) & ((strength < darker) if darker < 255 else True)
     return np.where(removed, 0, ink).astype(np.uint8)
 
 
@@ -721,6 +714,25 @@ class _Shear:
         m = sheared if self.axis == "h" else sheared.T
         out = m[np.arange(self.size)[:, None] + self.shifts[None, :], np.arange(m.shape[1])[None, :]]
         return out if self.axis == "h" else out.T
+
+    def at(self, image: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+        """The values of `image` (in the original frame) over `box` of this frame; 0 off the picture."""
+        rows, cols = np.arange(box[0].start, box[0].stop)[:, None], np.arange(box[1].start, box[1].stop)[None, :]
+        if self.axis == "h":
+            rows = rows - self.shifts[cols]
+        else:
+            cols = cols - self.shifts[rows]
+        inside = (rows >= 0) & (rows < image.shape[0]) & (cols >= 0) & (cols < image.shape[1])
+        return np.where(inside, image[np.clip(rows, 0, image.shape[0] - 1), np.clip(cols, 0, image.shape[1] - 1)], 0)
+
+    def on_border(self, mask: np.ndarray) -> np.ndarray:
+        """The pixels of `mask` (bool, this frame) that lie on the original picture's edge."""
+        rows, cols = np.nonzero(mask)
+        along, across = (cols, rows - self.shifts[cols]) if self.axis == "h" else (rows, cols - self.shifts[rows])
+        edge = (along == 0) | (along == len(self.shifts) - 1) | (across == 0) | (across == self.size - 1)
+        out = np.zeros(mask.shape, bool)
+        out[rows[edge], cols[edge]] = True
+        return out
 
     def leaves(self, line: _Line) -> tuple[bool, bool]:
         """Whether the line (found in this frame) runs off the picture's side across its axis (top
