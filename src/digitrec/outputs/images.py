@@ -602,11 +602,14 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         if ruling:  # the pieces of its lines that run off the picture's side go too, found or not
             beyond = frame.mask.astype(bool) & _ruled_rows(frame, ruling, spacing)
             _, labels, stats, _ = _components(beyond.astype(np.uint8))
+            thick = max(l.thick for l in ruling)
+            # each piece's runs across it, as far as one that goes can reach (and a pixel along)
+            far = int(np.ceil(max(STUB_PEN * (thick + pen), thick + STUB_MIN))) + 1
             for k in np.unique(labels[frame.on_border(beyond)]):
                 x, y, w, h = (int(v) for v in stats[k, :4])
-                window = ((slice(max(0, y - reach), y + h + reach), slice(x, x + w)) if axis == "h" else
-                          (slice(y, y + h), slice(max(0, x - reach), x + w + reach)))
-                goes[window] |= _line_runs(frame.mask[window], labels[window] == k, max(l.thick for l in ruling), axis, pen)
+                window = ((slice(max(0, y - far), y + h + far), slice(max(0, x - 1), x + w + 1)) if axis == "h" else
+                          (slice(max(0, y - 1), y + h + 1), slice(max(0, x - far), x + w + far)))
+                goes[window] |= _line_runs(frame.mask[window], labels[window] == k, thick, axis, pen)
         # a stroke that lies along a fainter printed line is darker than the line there: it stays
         # (the line's core: its darkest pixel across it, each step along it; what stays is
         # STROKE_DARKER times the core's median, and LINE_NOISE robust spreads of it above)
