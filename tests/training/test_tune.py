@@ -287,19 +287,19 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_finishes(postgres, t
     """SIGKILL one of two workers once its trial reported an epoch: its heartbeat stops, the other
     worker marks the trial failed, runs the queued retry from the dead trial's checkpoint, and the
     study ends with its budget."""
-    epochs = 6
+    epochs = 8
     args = ["tune", "--train", str(tiny_csv), *TINY, "--epochs", str(epochs), "--storage", postgres,
             "--study", "killed", "--workers", "2", "--budget", "3", "--heartbeat", "1", "--out", str(tmp_path / "killed")]
     launcher = subprocess.Popen(DIGITREC + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     killed, deadline = None, time.monotonic() + 180
     while killed is None and time.monotonic() < deadline and launcher.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.1)
         try:
             running = [t for t in tune.load_study("killed", postgres).get_trials()
-                       if t.state.name == "RUNNING" and 1 <= len(t.intermediate_values) <= 2]
+                       if t.state.name == "RUNNING" and 1 <= len(t.intermediate_values) <= epochs - 3]
         except tune.InputError:  # not created yet
             continue
-        if running:  # epochs to go: the trial is still running when the signal lands
+        if running:  # 3 epochs or more to go: the trial is still running when the signal lands
             killed = running[0].user_attrs["pid"]
             os.kill(killed, signal.SIGKILL)
     assert killed is not None, "no trial reached an epoch"
