@@ -324,7 +324,7 @@ def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = Non
         # digit fills the picture (a tight crop) that spread is the ink's: the noise is then at most
         # NOISE_RESIDUAL times the spread of what a 3x3 mean takes away (fine grain; strokes are smooth)
         sample = contrast[::4, ::4].astype(np.float32)
-        noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+        noise = _robust_spread(sample)
         noise = min(noise, NOISE_RESIDUAL * MEAN3_RESIDUAL * (_grain(page) if grain is None else grain))
     contrast[contrast < NOISE_FLOOR * noise] = 0
     ink = cv2.divide(contrast, np.maximum(background, 1), scale=255)  # the share of the light the ink takes
@@ -339,6 +339,12 @@ def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = Non
     levels = np.clip(np.arange(256) * (255.0 / max(core, 1)), 0, 255)
     levels[levels < INK_THRESHOLD * 255] = 0
     return cv2.LUT(ink, levels.astype(np.uint8)), ink
+
+
+def _robust_spread(values: np.ndarray) -> float:
+    """A standard deviation that outliers (ink among the paper, strokes along a line) leave alone:
+    1.4826 times the median absolute deviation from the median (the same for normal noise)."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
 def _dark_ink(grey: np.ndarray) -> bool:
@@ -437,7 +443,7 @@ def _even_light(page: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, 
     if len(py) < EVEN_MIN_PAPER:
         return None
     residual = page[py * stride, px * stride] - light[py * stride, px * stride]
-    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    noise = _robust_spread(residual)
     lifted = np.clip(np.round(light + np.percentile(residual, EVEN_LIFT)), 0, 255).astype(np.uint8)
     return np.maximum(lifted, page), noise, (py * stride, px * stride)
 
@@ -618,7 +624,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                                 (np.where(line.pixels, frame.at(strength, line.box), 0).max(0 if axis == "h" else 1)
                                  for line in found)])
         level = float(np.median(cores))
-        darker = max(STROKE_DARKER * level, level + LINE_NOISE * 1.4826 * float(np.median(np.abs(cores - level))))
+        darker = max(STROKE_DARKER * level, level + LINE_NOISE * _robust_spread(cores))
         removed |= frame.undo(goes) & ((strength < darker) if darker < 255 else True)
     return np.where(removed, 0, ink).astype(np.uint8)
 
