@@ -45,8 +45,8 @@ from tests.image_variants import (CONDITIONS, STRENGTHS, VARIANTS, ruled_number,
 
 # The pipelines compared with this tree: the previous release (the last commit before the page's
 # light was divided out and printed lines removed, b9eeb18), and the last release that landed
-# (ef4d886: lines by evidence, before the paper's light was fitted and noise smoothed).
-PIPELINES = {"previous": "f0cc9c3", "release": "ef4d886"}
+# (bee3600: the paper's light fitted, noise smoothed, rulings found by their spacing).
+PIPELINES = {"previous": "f0cc9c3", "release": "bee3600"}
 
 
 def load_revision(rev: str):

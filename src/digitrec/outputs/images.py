@@ -79,11 +79,13 @@ EVEN_POINTS = 4_000
 EVEN_DARKEST = 1.0
 EVEN_LIGHT = 0.15
 EVEN_LIFT = 90
+NOISE_TAIL = 2.33  # standard deviations of normal noise below its 1st percentile
 EVEN_MAX_INK = 0.85
 EVEN_MIN_PAPER = 12
 EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes out as ink
 EVEN_GROWTH = 4.0  # ... nor more than this many times the closing's ink in all
 EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the closing's strokes (_within_strokes)
+EVEN_AS_DARK = 0.7  # ... unless that ink is this much as dark as what both found, in strokes too wide for it (_hollowed)
 # Noise (see _grain): a page noisier than this (grey levels, a standard deviation) is smoothed first by
 # a Gaussian as many px wide as the noise is times this level, at most DENOISE_WIDEST: in dim light a
 # phone's sensor noise is 10-20 levels
@@ -281,21 +283,45 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if even is not None:
         light, noise, paper = even
         found = _divided(page, light, noise)
-        # the surface explains the page only if next to none of the paper comes out as ink, and
+        # the surface explains the page only if next to none of the paper comes out as ink (more
+        # than a pixel's speck: JPEG's noise has long tails), and
         # what it finds beyond the closing's ink lies inside strokes (a tight crop's hollowed ones),
-        # not away from them (a shadow's sharp edge, a fold: the closing follows those)
-        if (found is not None and (found[0][paper] > 0).mean() <= EVEN_STRAY
-                and _within_strokes(found[0], None if closed is None else closed[0])):
+        # not away from them (a shadow's sharp edge, a fold: the closing follows those), or the
+        # closing hollowed strokes too wide for it (a bold digit filling a small picture: it kept
+        # a few specks of them)
+        if (found is not None and cv2.erode(found[0], np.ones((2, 2), np.uint8))[paper].astype(bool).mean() <= EVEN_STRAY
+                and (_within_strokes(found[0], None if closed is None else closed[0])
+                     or _hollowed(found, closed, page.shape))):
             return found
-    if closed is not None:
+    if closed is not None and _wider_than_closing(closed[0], page.shape):
         # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
         # partly taken for the background: the picture is then all digit, and its paper one level
-        strokes = _handwriting(closed[0] > 0)
-        window = max(3.0, _closing_width(page.shape))
-        if strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * window:
-            level = np.percentile(page, PAPER_PERCENTILE)
-            return _divided(page, np.maximum(page, np.uint8(level)))
+        level = np.percentile(page, PAPER_PERCENTILE)
+        return _divided(page, np.maximum(page, np.uint8(level)))
     return closed
+
+
+def _hollowed(found: tuple[np.ndarray, np.ndarray], closed: tuple[np.ndarray, np.ndarray] | None,
+              shape: tuple[int, int]) -> bool:
+    """Whether the closing (`closed`: its ink map and share) hollowed strokes that the paper's
+    fitted light (`found`) found whole: those are wider than it can erase (`_wider_than_closing`),
+    and what is found beyond the closing's ink is as dark (EVEN_AS_DARK of its median share of the
+    light) as what both found: the same strokes, not a shadow's half-light round darker ones (whose
+    ink, measured on tests/image_variants.py's `shadow_edge`, is at most 0.52 as dark; a bold digit's
+    0.79 or more)."""
+    if closed is None or not _wider_than_closing(found[0], shape):
+        return False
+    both = (found[0] > 0) & (closed[0] > 0)
+    beyond = (found[0] > 0) & (closed[0] == 0)
+    return bool(both.any() and beyond.any()
+                and np.median(found[1][beyond]) >= EVEN_AS_DARK * np.median(found[1][both]))
+
+
+def _wider_than_closing(ink: np.ndarray, shape: tuple[int, int]) -> bool:
+    """Whether the strokes of an ink map are wider than BACKGROUND_PEN of the closing's window
+    (`_closing_width` of a picture of `shape`): too wide for it to erase."""
+    strokes = _handwriting(ink > 0)
+    return strokes is not None and _pen_width(strokes) > BACKGROUND_PEN * max(3.0, _closing_width(shape))
 
 
 def _grain(page: np.ndarray) -> float:
@@ -355,11 +381,19 @@ def _dark_ink(grey: np.ndarray) -> bool:
     and keeps a shadow's edge where it is. The strongest departures (over half the strongest of
     all) decide: darker ones outweigh lighter ones. No one level for the whole picture can: a page
     in a shadow's half-light is as dark as MNIST's background is light.
+
+    But where bold strokes fill most of the window (a felt-tip digit cropped to its ink), its median
+    is the ink's, and the paper departs from it: then the picture's border, on the light side of
+    Otsu's level, says the paper is light (the previous releases read polarity from the border alone).
     """
     small, cells = _shrunk(grey, POLARITY_FRACTION)
     departure = small.astype(np.int16) - cv2.medianBlur(small, cells)
     strong = np.abs(departure) > 0.5 * np.abs(departure).max()
-    return int(departure[strong].sum()) < 0
+    if int(departure[strong].sum()) < 0:
+        return True
+    level, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    border = np.concatenate([small[0], small[-1], small[1:-1, 0], small[1:-1, -1]])
+    return bool(np.median(border) > level)
 
 
 def _within_strokes(ink: np.ndarray, closed: np.ndarray | None) -> bool:
@@ -429,7 +463,9 @@ def _even_light(page: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, 
     coef = np.linalg.solve(design.T @ design + 1e-9 * np.eye(6), design.T @ values)
     residual = values - design @ coef
     contrast = float(np.median(values)) - float(np.median(small[dark][::max(1, int(dark.sum()) // EVEN_POINTS)]))
-    if contrast <= 0 or -np.percentile(residual, EVEN_DARKEST) > EVEN_LIGHT * contrast:
+    # (beyond what the paper's own noise puts in its darkest EVEN_DARKEST percent: 2.33 standard
+    # deviations, in a picture too small to be shrunk and so averaged)
+    if contrast <= 0 or -np.percentile(residual, EVEN_DARKEST) > EVEN_LIGHT * contrast + NOISE_TAIL * _robust_spread(residual):
         return None
     # at full size, on the paper alone: the noise (the shrunk copy averaged most of it away), and
     # the lift to the paper's bright side
@@ -438,9 +474,14 @@ def _even_light(page: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, 
     if light.shape != page.shape:  # a smooth surface: enlarged without loss
         light = cv2.resize(light, page.shape[::-1], interpolation=cv2.INTER_LINEAR)
     stride = max(1, int(np.sqrt(page.size / (4 * EVEN_POINTS))))
-    paper = cv2.erode((page[::stride, ::stride] > level).astype(np.uint8), away)
-    py, px = np.nonzero(paper)
-    if len(py) < EVEN_MIN_PAPER:
+    # three pixels away from the ink where there is paper enough (a bold stroke's blurred edge
+    # reaches that far, and would count as paper come out as ink), else as far as the fit's
+    grid = (page[::stride, ::stride] > level).astype(np.uint8)
+    for reach in (np.ones((7, 7), np.uint8), away):
+        py, px = np.nonzero(cv2.erode(grid, reach))
+        if len(py) >= EVEN_MIN_PAPER:
+            break
+    else:
         return None
     residual = page[py * stride, px * stride] - light[py * stride, px * stride]
     noise = _robust_spread(residual)
