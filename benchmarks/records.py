@@ -41,6 +41,7 @@ EARLIER = {
     "best, ensemble of 10": {"accuracy": "99.77", "minutes": 90},
 }
 TARGETS = {1: 99.70, 2: 99.78, 3: 99.82}
+FAST_SECONDS = 15.9  # `fast` alone on 2 idle threads, data to test predictions (docs/presets.md)
 # speedrun.py's files of students distilled from a teacher, beside the same recipe without
 DISTILLATION_FILES = (
     ("distill-val.json", "validation split, teacher: 3 `fast` runs"),
@@ -93,9 +94,12 @@ def target_1(folder: Path) -> None:
             mean = 100 * statistics.mean(r["accuracy"] for r in runs)
             seconds = summary["recipes"][candidate]["median_seconds"]
             ratio = summary["recipes"][candidate]["ratio"]
-            met = mean >= TARGETS[1] and seconds <= 120 and ratio <= 7.5
+            # the 2 minutes are 7.5x `fast`'s 16 s: the ratio, measured beside it, is what holds as
+            # the machine's speed drifts (some days `fast` takes 35-40 s here)
+            met = mean >= TARGETS[1] and ratio <= 7.5
             print(f"    target {'met' if met else 'not met'}: {mean:.2f}% (short by "
-                  f"{max(0.0, TARGETS[1] - mean):.2f} points), {seconds:.0f} s, {ratio:.2f}x `fast`")
+                  f"{max(0.0, TARGETS[1] - mean):.2f} points), {ratio:.2f}x `fast` ({seconds:.0f} s that day; "
+                  f"{ratio * FAST_SECONDS:.0f} s at `fast`'s {FAST_SECONDS:.0f} s)")
 
 
 def target_2() -> None:
