@@ -307,7 +307,36 @@ def felt_tip(digit, rng, strength=2):
     return Image.fromarray(np.clip(page + rng.normal(0, float(rng.uniform(1, 5)), page.shape[:2] + (1,)), 0, 255).astype(np.uint8))
 
 
-CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled, tight_crop, dim, felt_tip)}
+def on_desk(digit, rng, strength=2):
+    """A sheet of paper with the digit on it, photographed lying on a darker desk: the sheet covers
+    60-85%, 40-70% or 30-55% of the picture's height, turned up to 3, 6 or 10 degrees; a desk 20-110
+    grey levels dark, grained like wood (from strength 2), a gradient of light, noise, JPEG; the
+    digit 30-60% of the sheet's height, at least 56 px."""
+    height, width = 300, 400
+    side = float(rng.uniform(*((0.60, 0.85), (0.40, 0.70), (0.30, 0.55))[strength - 1]))
+    sheet_h, sheet_w = round(height * side), round(height * side * rng.uniform(1.0, 1.41))
+    ink = _big(digit, max(2, round(float(rng.uniform(0.3, 0.6)) * sheet_h / 28)))  # 56 px tall or more
+    offset = (int(rng.integers(0, sheet_w - ink.width + 1)) // 2 + (sheet_w - ink.width) // 4,
+              int(rng.integers(0, sheet_h - ink.height + 1)) // 2 + (sheet_h - ink.height) // 4)
+    sheet = np.asarray(_on_paper(ink, canvas=(sheet_w, sheet_h), offset=offset), np.float32)
+    desk_level = float(rng.uniform(20, 110))
+    desk = np.full((height, width, 3), desk_level, np.float32) * (1 + rng.uniform(-0.1, 0.1, 3))
+    if strength > 1:  # wood grain: stripes along one direction
+        stripes = np.sin(np.arange(width)[None, :] / rng.uniform(3, 9) + rng.normal(0, 0.3, (height, 1)).cumsum(0))
+        desk += (rng.uniform(4, 12) * stripes)[..., None]
+    angle = float(rng.uniform(-1, 1)) * (3, 6, 10)[strength - 1]
+    centre = (width / 2 + rng.uniform(-0.1, 0.1) * width, height / 2 + rng.uniform(-0.1, 0.1) * height)
+    turn = cv2.getRotationMatrix2D((sheet_w / 2, sheet_h / 2), angle, 1.0)
+    turn[:, 2] += (centre[0] - sheet_w / 2, centre[1] - sheet_h / 2)
+    placed = cv2.warpAffine(sheet, turn, (width, height), flags=cv2.INTER_LINEAR)
+    cover = cv2.warpAffine(np.ones((sheet_h, sheet_w), np.float32), turn, (width, height), flags=cv2.INTER_LINEAR)
+    page = placed + desk * (1 - cover[..., None])
+    light = 1 - 0.25 * np.linspace(0, 1, width, dtype=np.float32)[None, :] * float(rng.uniform(0, 1))
+    return _photo(page * light[..., None], rng, noise=float(rng.uniform(2, 5)), quality=int(rng.integers(75, 96)))
+
+
+CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled, tight_crop, dim, felt_tip,
+                                      on_desk)}
 
 
 def ruled_strip(digits: list[np.ndarray], rng) -> Image.Image:

@@ -86,6 +86,14 @@ EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes
 EVEN_GROWTH = 4.0  # ... nor more than this many times the closing's ink in all
 EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the closing's strokes (_within_strokes)
 EVEN_AS_DARK = 0.7  # ... unless that ink is this much as dark as what both found, in strokes too wide for it (_hollowed)
+# A sheet on a desk (see _off_the_desk): its light region covers SHEET_MIN to SHEET_MAX of the
+# picture and SHEET_FILL of its rotated bounding rectangle, the desk's median is at most SHEET_DARKER
+# of the paper's, and SHEET_RIM of the sheet's shorter side round its edge goes with the desk
+SHEET_MIN = 0.04
+SHEET_MAX = 0.95
+SHEET_FILL = 0.9
+SHEET_DARKER = 0.6
+SHEET_RIM = 0.02
 # Noise (see _grain): a page noisier than this (grey levels, a standard deviation) is smoothed first by
 # a Gaussian as many px wide as the noise is times this level, at most DENOISE_WIDEST: in dim light a
 # phone's sensor noise is 10-20 levels
@@ -1049,7 +1057,7 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     web page and the ONNX-only path all come here): grey at working size, the page's light divided
     out, printed lines removed, the digit's strokes chosen, MNIST's geometry. With `keep_steps`,
     the result keeps each step's image."""
-    found = ink_map(_grey8(image))
+    found = ink_map(_off_the_desk(_grey8(image)))
     if found is None:
         return Preprocessed([])
     ink, share = found
@@ -1063,6 +1071,43 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     chosen = np.zeros(len(stats), bool)
     chosen[[k for group in groups for k in group]] = True
     return Preprocessed(digits, ink, strokes, np.where(chosen[labels], strokes, 0).astype(np.uint8), tuple(verdicts))
+
+
+def _off_the_desk(grey: np.ndarray) -> np.ndarray:
+    """A sheet of paper photographed on a darker desk: the sheet alone, the desk round it (and the
+    sheet's shaded rim) set to the sheet's paper level and cropped away; else `grey` as it is.
+
+    Else the sheet, a light shape with dark edges round it, reads as light ink on a dark ground, as
+    an MNIST image does (a 7 on a sheet covering half the picture read as 0). The sheet is the
+    biggest light region by Otsu's level, SHEET_MIN to SHEET_MAX of the picture, filling SHEET_FILL
+    of its rotated bounding rectangle (a sheet is a quadrilateral, a digit's light stroke is not),
+    with dark ink inside it, round it a desk no lighter than SHEET_DARKER of the paper and nothing
+    on the desk that could be ink (a shadow's dark side is paper: a digit's stroke in it would show).
+    """
+    small, _ = _shrunk(grey, EVEN_SAMPLE)
+    level, light = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(light, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return grey
+    sheet = max(contours, key=cv2.contourArea)
+    _, (rect_w, rect_h), _ = cv2.minAreaRect(sheet)
+    inside = np.zeros_like(small)
+    cv2.drawContours(inside, [sheet], -1, 255, cv2.FILLED)
+    area = cv2.countNonZero(inside)  # the pixels it covers (a contour along the picture's edge encloses fewer)
+    if not SHEET_MIN * small.size <= area <= SHEET_MAX * small.size or cv2.contourArea(sheet) < SHEET_FILL * rect_w * rect_h:
+        return grey
+    rim = max(1, round(SHEET_RIM * min(rect_w, rect_h)))
+    inside = cv2.erode(inside, np.ones((2 * rim + 1, 2 * rim + 1), np.uint8)) > 0
+    paper = float(np.median(small[inside & (light > 0)]))
+    desk = small[~inside]
+    desk_level = float(np.median(desk))
+    ink_inside = bool((inside & (light == 0)).any())
+    marks = (desk < desk_level - max(NOISE_FLOOR * _robust_spread(desk.astype(np.float32)), 0.25 * (paper - desk_level))).mean()
+    if not ink_inside or desk_level > SHEET_DARKER * paper or marks > EVEN_STRAY:
+        return grey
+    mask = cv2.resize(inside.astype(np.uint8), grey.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    x, y, w, h = cv2.boundingRect(mask)
+    return np.where(mask > 0, grey, np.uint8(round(paper)))[y:y + h, x:x + w]
 
 
 def center_digit(ink: np.ndarray) -> np.ndarray:
