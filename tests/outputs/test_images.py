@@ -447,24 +447,26 @@ def test_bold_strokes_filling_a_small_picture_are_found_whole(index, mnist_test)
     assert (steps.ink[dark] > 0).mean() > 0.95
 
 
-@pytest.mark.parametrize("cover", [0.3, 0.5, 0.7, 0.9])
-def test_a_sheet_on_a_dark_desk_is_paper_not_light_ink(cover, mnist_test):
-    """A photo of a sheet lying on a desk: the light sheet on the dark desk read as light ink on a
-    dark ground, as an MNIST image does, and the whole sheet came out as the "digit" (bee3600 read
-    the on_desk condition's pictures 13-17% right)."""
+@pytest.mark.parametrize("cover, desk, paper, index", [(0.3, 60, 220, 0), (0.5, 60, 220, 0), (0.7, 60, 220, 0),
+                                                        (0.9, 60, 220, 0), (0.6, 245, 175, 40)])  # a 7; a thin 1
+def test_a_sheet_on_a_desk_is_paper_not_ink(cover, desk, paper, index, mnist_test):
+    """A photo of a sheet lying on a desk: the light sheet on a dark desk read as light ink on a dark
+    ground, as an MNIST image does, and the whole sheet came out as the "digit" (bee3600 read the
+    on_desk condition's pictures 13-17% right). A grey sheet on a lighter desk is not light ink, but
+    neither is it a bold stroke the closing hollowed (3ecc106 took it for one: the sheet as ink)."""
     height, width = 300, 400
-    page = np.full((height, width), 60.0)
+    page = np.full((height, width), float(desk))
     sheet_h, sheet_w = int(height * cover), int(width * cover)
     top, left = (height - sheet_h) // 2, (width - sheet_w) // 2
-    page[top:top + sheet_h, left:left + sheet_w] = 220
+    page[top:top + sheet_h, left:left + sheet_w] = paper
     side = sheet_h // 2
-    ink = cv2.resize(mnist_test.images[0], (side, side)).astype(np.float64) / 255  # a 7
+    ink = cv2.resize(mnist_test.images[index], (side, side)).astype(np.float64) / 255
     y, x = top + (sheet_h - side) // 2, left + (sheet_w - side) // 2
     page[y:y + side, x:x + side] = page[y:y + side, x:x + side] * (1 - ink) + 30 * ink
     page = cv2.GaussianBlur(page, (0, 0), 1) + np.random.default_rng(0).normal(0, 3, page.shape)
     steps = preprocess(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)), keep_steps=True)
     # measured 0.90 (the 45 px digit on the smallest sheet) to 0.97; the sheet as the digit (bee3600): 0.32
-    assert best_shifted_correlation(steps.digits[0], to_mnist(Image.fromarray(mnist_test.images[0]))) > 0.85
+    assert best_shifted_correlation(steps.digits[0], to_mnist(Image.fromarray(mnist_test.images[index]))) > 0.85
 
 
 def test_ruled_lines_a_margin_and_a_stroke_make_no_box(mnist_test):

@@ -85,7 +85,7 @@ EVEN_MIN_PAPER = 12
 EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes out as ink
 EVEN_GROWTH = 4.0  # ... nor more than this many times the closing's ink in all
 EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the closing's strokes (_within_strokes)
-EVEN_AS_DARK = 0.7  # ... unless that ink is this much as dark as what both found, in strokes too wide for it (_hollowed)
+EVEN_AS_DARK = 0.6  # ... unless that ink is this much as dark as what both found, in strokes too wide for it (_hollowed)
 # A sheet on a desk (see _off_the_desk): its light region covers SHEET_MIN to SHEET_MAX of the
 # picture and SHEET_FILL of its rotated bounding rectangle, the desk's median is at most SHEET_DARKER
 # of the paper's, and SHEET_RIM of the sheet's shorter side round its edge goes with the desk
@@ -94,6 +94,7 @@ SHEET_MAX = 0.95
 SHEET_FILL = 0.9
 SHEET_DARKER = 0.6
 SHEET_RIM = 0.02
+SHEET_BORDER = 0.4  # ... and the desk runs along this share of the picture's border at least (not a tight crop's ink)
 # Noise (see _grain): a page noisier than this (grey levels, a standard deviation) is smoothed first by
 # a Gaussian as many px wide as the noise is times this level, at most DENOISE_WIDEST: in dim light a
 # phone's sensor noise is 10-20 levels
@@ -313,16 +314,16 @@ def _hollowed(found: tuple[np.ndarray, np.ndarray], closed: tuple[np.ndarray, np
               shape: tuple[int, int]) -> bool:
     """Whether the closing (`closed`: its ink map and share) hollowed strokes that the paper's
     fitted light (`found`) found whole: those are wider than it can erase (`_wider_than_closing`),
-    and what is found beyond the closing's ink is as dark (EVEN_AS_DARK of its median share of the
-    light) as what both found: the same strokes, not a shadow's half-light round darker ones (whose
-    ink, measured on tests/image_variants.py's `shadow_edge`, is at most 0.52 as dark; a bold digit's
-    0.79 or more)."""
+    and what is found beyond the closing's ink is, in its median share of the light, as dark
+    (EVEN_AS_DARK) as the darkest tenth of what both found: the same strokes, not a shadow's
+    half-light round darker ones, nor a grey sheet on a lighter desk round the digit on it (measured:
+    `shadow_edge` at most 0.39 as dark, a grey sheet 0.44, bold digits and `felt_tip` 0.73 or more)."""
     if closed is None or not _wider_than_closing(found[0], shape):
         return False
     both = (found[0] > 0) & (closed[0] > 0)
     beyond = (found[0] > 0) & (closed[0] == 0)
     return bool(both.any() and beyond.any()
-                and np.median(found[1][beyond]) >= EVEN_AS_DARK * np.median(found[1][both]))
+                and np.median(found[1][beyond]) >= EVEN_AS_DARK * np.percentile(found[1][both], 90))
 
 
 def _wider_than_closing(ink: np.ndarray, shape: tuple[int, int]) -> bool:
@@ -1081,8 +1082,10 @@ def _off_the_desk(grey: np.ndarray) -> np.ndarray:
     an MNIST image does (a 7 on a sheet covering half the picture read as 0). The sheet is the
     biggest light region by Otsu's level, SHEET_MIN to SHEET_MAX of the picture, filling SHEET_FILL
     of its rotated bounding rectangle (a sheet is a quadrilateral, a digit's light stroke is not),
-    with dark ink inside it, round it a desk no lighter than SHEET_DARKER of the paper and nothing
-    on the desk that could be ink (a shadow's dark side is paper: a digit's stroke in it would show).
+    with dark ink inside it, round it a desk along SHEET_BORDER of the picture's border or more (in
+    a tight crop, what lies outside the paper is the ink that runs off it), no lighter than
+    SHEET_DARKER of the paper and with nothing on it that could be ink (a shadow's dark side is
+    paper: a digit's stroke in it would show).
     """
     small, _ = _shrunk(grey, EVEN_SAMPLE)
     level, light = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -1094,7 +1097,9 @@ def _off_the_desk(grey: np.ndarray) -> np.ndarray:
     inside = np.zeros_like(small)
     cv2.drawContours(inside, [sheet], -1, 255, cv2.FILLED)
     area = cv2.countNonZero(inside)  # the pixels it covers (a contour along the picture's edge encloses fewer)
-    if not SHEET_MIN * small.size <= area <= SHEET_MAX * small.size or cv2.contourArea(sheet) < SHEET_FILL * rect_w * rect_h:
+    edge = np.concatenate([inside[0], inside[-1], inside[1:-1, 0], inside[1:-1, -1]])
+    if (not SHEET_MIN * small.size <= area <= SHEET_MAX * small.size or cv2.contourArea(sheet) < SHEET_FILL * rect_w * rect_h
+            or (edge == 0).mean() < SHEET_BORDER):
         return grey
     rim = max(1, round(SHEET_RIM * min(rect_w, rect_h)))
     inside = cv2.erode(inside, np.ones((2 * rim + 1, 2 * rim + 1), np.uint8)) > 0
