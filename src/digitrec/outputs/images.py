@@ -401,8 +401,12 @@ def _dark_ink(grey: np.ndarray) -> bool:
     if int(departure[strong].sum()) < 0:
         return True
     level, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    border = np.concatenate([small[0], small[-1], small[1:-1, 0], small[1:-1, -1]])
-    return bool(np.median(border) > level)
+    return bool(np.median(_border(small)) > level)
+
+
+def _border(image: np.ndarray) -> np.ndarray:
+    """The pixels along the picture's edge, each once (1-D)."""
+    return np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
 
 
 def _within_strokes(ink: np.ndarray, closed: np.ndarray | None) -> bool:
@@ -1097,9 +1101,8 @@ def _off_the_desk(grey: np.ndarray) -> np.ndarray:
     inside = np.zeros_like(small)
     cv2.drawContours(inside, [sheet], -1, 255, cv2.FILLED)
     area = cv2.countNonZero(inside)  # the pixels it covers (a contour along the picture's edge encloses fewer)
-    edge = np.concatenate([inside[0], inside[-1], inside[1:-1, 0], inside[1:-1, -1]])
     if (not SHEET_MIN * small.size <= area <= SHEET_MAX * small.size or cv2.contourArea(sheet) < SHEET_FILL * rect_w * rect_h
-            or (edge == 0).mean() < SHEET_BORDER):
+            or (_border(inside) == 0).mean() < SHEET_BORDER):
         return grey
     rim = max(1, round(SHEET_RIM * min(rect_w, rect_h)))
     inside = cv2.erode(inside, np.ones((2 * rim + 1, 2 * rim + 1), np.uint8)) > 0
@@ -1112,7 +1115,8 @@ def _off_the_desk(grey: np.ndarray) -> np.ndarray:
         return grey
     mask = cv2.resize(inside.astype(np.uint8), grey.shape[::-1], interpolation=cv2.INTER_NEAREST)
     x, y, w, h = cv2.boundingRect(mask)
-    return np.where(mask > 0, grey, np.uint8(round(paper)))[y:y + h, x:x + w]
+    crop = (slice(y, y + h), slice(x, x + w))
+    return np.where(mask[crop] > 0, grey[crop], np.uint8(round(paper)))
 
 
 def center_digit(ink: np.ndarray) -> np.ndarray:
