@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="RUN is an ONNX file; run it with onnxruntime, without torch")
     p.add_argument("--tta", action="store_true", help="average over small shifts and rotations (nets/augment.py: TTA_VIEWS)")
 
-    p = command("predict", cmd_predict, "read digits from image files (PNG, JPEG, GIF, BMP, TIFF, WebP)")
+    p = command("predict", cmd_predict, "read digits from image files (PNG, JPEG, GIF, BMP, TIFF, WebP, Netpbm)")
     p.add_argument("run", type=Path, nargs="?", metavar="RUN",
                    help="run directory (with --onnx: an exported .onnx file); left out, or when the first argument "
                         "is not a run folder, a model that ships with digitrec reads the images")

@@ -19,7 +19,7 @@ from digitrec.core.files import InputError
 from digitrec.outputs.images import CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, preprocess, read_images, split_digits, to_grey, to_mnist
 from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, ruled_number, ruled_strip, strip, thin_ruled_number
 
-SUPPORTED = "(PNG, JPEG, GIF, BMP, TIFF, WEBP)"
+SUPPORTED = "(PNG, JPEG, GIF, BMP, TIFF, WEBP, PPM)"
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -63,7 +63,7 @@ def test_every_supported_format_opens_from_bytes_and_path(fmt, tmp_path, mnist_t
     (lambda p: p.mkdir(), "{p}: not a file"),
     (lambda p: p.write_bytes(b""), "{p}: file is empty"),
     (lambda p: p.write_text("label,pixel0\n1,0\n"), "{p}: not an image in a supported format " + SUPPORTED),
-    (lambda p: p.write_bytes(encode(Image.new("RGB", (8, 8)), "PPM")), "{p}: not an image in a supported format " + SUPPORTED),
+    (lambda p: p.write_bytes(encode(Image.new("RGB", (8, 8)), "TGA")), "{p}: not an image in a supported format " + SUPPORTED),
     (lambda p: p.write_bytes(encode(Image.new("RGB", (16, 16)), "ICO")), "{p}: not an image in a supported format " + SUPPORTED),
     (lambda p: p.write_bytes(encode(Image.new("RGB", (64, 64), "red"), "PNG")[:70]),
      "{p}: truncated or corrupt PNG image (image file is truncated)"),
@@ -685,6 +685,18 @@ def test_read_images_keeps_going_past_bad_files(image_dir, classify):
     assert by_name["missing.png"].error == f"{folder / 'missing.png'}: no such file"
     for r in readings:
         assert np.allclose(r.probs.sum(1), 1, atol=1e-5) and r.images.shape == (len(r.digits), 28, 28)
+
+
+def test_a_folder_of_netpbm_scans_is_read(tmp_path, digits, classify):
+    # scanimage writes .pnm by default; .pgm at 16 bits a pixel is what many scanners keep
+    images, labels = digits
+    page = lambda i: Image.fromarray(255 - images[i]).resize((112, 112), Image.BILINEAR)
+    page(0).save(tmp_path / "cell1.pnm")
+    Image.fromarray(np.asarray(page(1), dtype=np.uint16) * 257).save(tmp_path / "cell2.pgm")
+    readings = read_images([tmp_path], lambda x: classify(list(x)))
+    assert [Path(r.name).name for r in readings] == ["cell1.pnm", "cell2.pgm"]
+    assert [r.error for r in readings] == [None, None]
+    assert [len(r.digits) for r in readings] == [1, 1]
 
 
 def test_predict_json(image_dir, tiny_run, capsys):

