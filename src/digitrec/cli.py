@@ -180,10 +180,7 @@ def cmd_data_check(args) -> None:
     path = Path(args.file)
     kind = args.kind
     if kind == "auto":
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        with open(path, encoding="utf-8-sig") as f:
-            kind = "train" if f.readline().split(",")[0].strip() == "label" else "test"
+        kind = data_mod.csv_kind(path)
     print(data_mod.describe(data_mod.read_kaggle_csv(path, kind)))
 
 

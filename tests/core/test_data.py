@@ -98,6 +98,50 @@ def test_excel_csv_with_bom_and_crlf_is_valid(tmp_path):
     assert digits.images.reshape(3, -1).tolist() == [r[1:] for r in rows]
 
 
+def test_compressed_csvs_and_kaggles_whole_download_are_read(tmp_path):
+    import zipfile
+
+    rows = _good_rows()
+    train_text = _train_csv_text(rows)
+    test_text = ",".join(PIXEL_COLUMNS) + "\n" + "".join(",".join(map(str, r[1:])) + "\n" for r in rows[:2])
+    (tmp_path / "train.csv.gz").write_bytes(gzip.compress(train_text.encode()))
+    with zipfile.ZipFile(tmp_path / "digit-recognizer.zip", "w") as z:  # what Kaggle's download holds
+        z.writestr("train.csv", train_text)
+        z.writestr("test.csv", test_text)
+        z.writestr("sample_submission.csv", "ImageId,Label\n1,0\n")
+    assert read_kaggle_csv(tmp_path / "train.csv.gz", "train").labels.tolist() == [r[0] for r in rows]
+    train = read_kaggle_csv(tmp_path / "digit-recognizer.zip", "train")
+    test = read_kaggle_csv(tmp_path / "digit-recognizer.zip", "test")
+    assert train.images.reshape(3, -1).tolist() == [r[1:] for r in rows] and len(test) == 2
+    assert train.source == f"{tmp_path / 'digit-recognizer.zip'}:train.csv"
+    assert data.csv_kind(tmp_path / "train.csv.gz") == "train"
+
+
+def test_spaces_after_the_commas_are_read(tmp_path):
+    rows = _good_rows()
+    (tmp_path / "spaced.csv").write_text(_train_csv_text(rows).replace(",", ", "))
+    assert read_kaggle_csv(tmp_path / "spaced.csv", "train").images.reshape(3, -1).tolist() == [r[1:] for r in rows]
+
+
+def test_bad_compressed_csvs_get_one_line(tmp_path):
+    import zipfile
+
+    cases = {"bad.gz": b"\x1f\x8b\x08\x00garbage", "bad.zip": b"PK\x03\x04garbage",
+             "half.csv.gz": gzip.compress(_train_csv_text(_good_rows()).encode())[:500]}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as z:
+        z.writestr("a.csv", "x")
+        z.writestr("b.csv", "y")
+    expected = {"bad.gz": "truncated or corrupt gzip file", "bad.zip": "truncated or corrupt zip file (File is not a zip file)",
+                "half.csv.gz": "truncated or corrupt gzip file",
+                "two.zip": "a zip file must hold one CSV, or one named train.csv (it holds a.csv, b.csv)"}
+    for name, message in expected.items():
+        with pytest.raises(InputError) as e:
+            read_kaggle_csv(tmp_path / name, "train")
+        assert str(e.value).startswith(f"{tmp_path / name}: {message}") and "\n" not in str(e.value)
+
+
 def _bad(tmp_path, text: str | bytes, kind="train") -> str:
     path = tmp_path / "bad.csv"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -141,6 +185,10 @@ def test_bad_kaggle_inputs_name_file_row_and_column(tmp_path):
     assert _bad(tmp_path, header + "\n" + body(lambda r: None), kind="test") == \
         "this is a train file (it has a 'label' column); a test file is expected here"
     assert _bad(tmp_path, b"label,\xff\xfe" + b"x" * 2000) == "not UTF-8 text (byte 6): is this a CSV file?"
+    assert _bad(tmp_path, body(lambda r: None)) == \
+        "no header: the first line holds numbers, where a Kaggle CSV starts with label,pixel0,..."
+    assert _bad(tmp_path, "," + header + "\n") == \
+        "header, column 1: unexpected column '' (an index column, as pandas' to_csv writes without index=False?)"
 
 
 def test_binary_file_is_an_input_error_not_a_traceback(tmp_path):

@@ -28,7 +28,7 @@ import numpy as np
 import platformdirs
 from numpy._core.multiarray import _reconstruct
 
-from .files import InputError, atomic_write
+from .files import InputError, atomic_write, first_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,8 +107,9 @@ def make_digits(images: np.ndarray, labels: np.ndarray | None, source: str) -> D
 def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
     """Read a Kaggle Digit Recognizer `train` (label + 784 pixels) or `test` (784 pixels) CSV.
 
-    Any problem raises InputError naming the file, the data row (1-based, its file line in
-    brackets) and the column.
+    The CSV may be gzipped (.gz) or zipped (.zip: its one CSV, or the `train.csv` / `test.csv` of
+    Kaggle's whole download). Any problem raises InputError naming the file, the data row (1-based,
+    its file line in brackets) and the column.
 
     >>> train = read_kaggle_csv("kaggle/train.csv", "train")  # doctest: +SKIP
     """
@@ -120,8 +121,14 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
         raise InputError(f"{name}: no such file")
     if path.stat().st_size == 0:
         raise InputError(f"{name}: file is empty")
+    unpacked = _unpacked_csv(path, kind)
+    if unpacked is not None:
+        name = f"{name}:{unpacked[0]}" if unpacked[0] else name
+        if not unpacked[1]:
+            raise InputError(f"{name}: file is empty")
+    source = (lambda: io.BytesIO(unpacked[1])) if unpacked is not None else (lambda: path)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with _text(source()) as f:
             header = next(csv.reader(f), [])
     except UnicodeDecodeError as e:
         raise InputError(f"{name}: not UTF-8 text (byte {e.start}): is this a CSV file?") from None
@@ -131,12 +138,13 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
     import pyarrow as pa  # as pandas
 
     try:
-        frame = pd.read_csv(path, engine="pyarrow")
+        frame = pd.read_csv(source(), engine="pyarrow")
     except (pd.errors.ParserError, pa.ArrowInvalid, UnicodeDecodeError, ValueError):
-        _raise_first_malformed_row(path, len(header))
+        _raise_first_malformed_row(source(), name, len(header))
         raise  # the scan found nothing: let the original error through
     if len(frame) == 0:
         raise InputError(f"{name}: no data rows after the header")
+    frame.columns = [str(c).strip() for c in frame.columns]  # "label, pixel0, ..." as the header check read it
 
     columns = TRAIN_COLUMNS if kind == "train" else PIXEL_COLUMNS
     # float64 until the range is checked: it holds every integer a valid file has exactly, and a cell
@@ -154,6 +162,52 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
     return make_digits(pixels.reshape(-1, 28, 28).astype(np.uint8), labels, name)
 
 
+def csv_kind(path: Path) -> str:
+    """"train" if the CSV's header starts with `label`, else "test" (read_kaggle_csv says what else
+    is wrong). A zip of Kaggle's train.csv and test.csv is read for its train file."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    unpacked = _unpacked_csv(path, "train")
+    with _text(io.BytesIO(unpacked[1]) if unpacked else path) as f:
+        try:
+            first = f.readline()
+        except UnicodeDecodeError:
+            first = ""
+    return "train" if first.split(",")[0].strip() == "label" else "test"
+
+
+def _unpacked_csv(path: Path, kind: str) -> tuple[str, bytes] | None:
+    """A compressed CSV as (the member's name, or "" for gzip; its bytes); None for a plain file.
+
+    A .zip must hold one CSV, or `kind`.csv among several (Kaggle's download holds train.csv,
+    test.csv and sample_submission.csv)."""
+    name = str(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".gz":
+            with gzip.open(path) as f:
+                return "", f.read()
+        if suffix == ".zip":
+            with zipfile.ZipFile(path) as z:
+                csvs = [m for m in z.namelist() if m.lower().endswith(".csv") and not m.startswith("__MACOSX/")]
+                chosen = csvs if len(csvs) == 1 else [m for m in csvs if Path(m).name.lower() == f"{kind}.csv"]
+                if len(chosen) != 1:
+                    held = ", ".join(csvs) or "no CSV"
+                    raise InputError(f"{name}: a zip file must hold one CSV, or one named {kind}.csv (it holds {held})")
+                return chosen[0], z.read(chosen[0])
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        kind_of_file = "gzip" if suffix == ".gz" else "zip"
+        raise InputError(f"{name}: truncated or corrupt {kind_of_file} file ({first_line(e)})") from None
+    return None
+
+
+def _text(source) -> io.TextIOBase:
+    """A CSV's text from a path or a binary stream: UTF-8, a byte-order mark skipped (Excel's)."""
+    if isinstance(source, Path):
+        return open(source, encoding="utf-8-sig", newline="")
+    return io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+
+
 def _where(row: int) -> str:
     """Data row (0-based) as the user sees it: 1-based, and its line in the file."""
     return f"row {row + 1} (line {row + 2})"
@@ -167,6 +221,9 @@ def _check_header(name: str, header: list[str], kind: str) -> None:
         raise InputError(f"{name}: this is a test file (no 'label' column); a train file is expected here")
     if kind == "test" and header == TRAIN_COLUMNS:
         raise InputError(f"{name}: this is a train file (it has a 'label' column); a test file is expected here")
+    if header and all(c.replace(".", "", 1).isdigit() for c in header):
+        raise InputError(f"{name}: no header: the first line holds numbers, where a Kaggle CSV starts "
+                         f"with {expected[0]},{expected[1]},...")
     seen = set()
     for position, column in enumerate(header, start=1):
         if column in seen:
@@ -177,15 +234,15 @@ def _check_header(name: str, header: list[str], kind: str) -> None:
         raise InputError(f"{name}: header: missing column {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     extra = [c for c in header if c not in expected]
     if extra:
-        raise InputError(f"{name}: header, column {header.index(extra[0]) + 1}: unexpected column {extra[0]!r}")
+        index = " (an index column, as pandas' to_csv writes without index=False?)" if extra[0] in ("", "Unnamed: 0") else ""
+        raise InputError(f"{name}: header, column {header.index(extra[0]) + 1}: unexpected column {extra[0]!r}{index}")
     raise InputError(f"{name}: header: columns are out of order; expected {expected[0]},{expected[1]},...")
 
 
-def _raise_first_malformed_row(path: Path, n_columns: int) -> None:
+def _raise_first_malformed_row(source, name: str, n_columns: int) -> None:
     """Slow path after a parse failure: find the first row with the wrong number of cells."""
-    name = str(path)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with _text(source) as f:
             reader = csv.reader(f)
             next(reader)
             for row, cells in enumerate(reader):
@@ -518,9 +575,7 @@ def _read_path(path: Path) -> Digits:
                          "DigitClassifier.predict or `digitrec predict`")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        kind = "train" if f.readline().split(",")[0].strip() == "label" else "test"
-    return read_kaggle_csv(path, kind)
+    return read_kaggle_csv(path, csv_kind(path))
 
 
 def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train") -> Digits:
