@@ -40,12 +40,13 @@ from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS  # noqa: E402
 THRESHOLDS = CURVE_THRESHOLDS
 
 
-def preprocess(pictures: list, labels: np.ndarray, name: str):
-    """Pictures (PIL images or encoded bytes) preprocessed as `digitrec predict` does -> (Digits of
-    those where a digit was found, how many had none)."""
+def preprocess(pictures: list, labels: np.ndarray, name: str, classify):
+    """Pictures (PIL images or encoded bytes) preprocessed as `digitrec predict` does (`classify`
+    choosing where strokes may be stray marks) -> (Digits of those where a digit was found, how many
+    had none)."""
     found, images = [], []
     for i, picture in enumerate(pictures):
-        image = to_mnist(open_image(picture, name) if isinstance(picture, bytes) else picture)
+        image = to_mnist(open_image(picture, name) if isinstance(picture, bytes) else picture, classify)
         if image is not None:
             found.append(i)
             images.append(image)
@@ -55,7 +56,7 @@ def preprocess(pictures: list, labels: np.ndarray, name: str):
 
 def read_photos(classify, pictures: list, labels: np.ndarray, name: str):
     """-> (Predictions of the pictures where a digit was found, how many had none)."""
-    digits, unread = preprocess(pictures, labels, name)
+    digits, unread = preprocess(pictures, labels, name, classify)
     return predictions_from_probs(name, digits, classify(digits.images)), unread
 
 

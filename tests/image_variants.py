@@ -335,8 +335,43 @@ def on_desk(digit, rng, strength=2):
     return _photo(page * light[..., None], rng, noise=float(rng.uniform(2, 5)), quality=int(rng.integers(75, 96)))
 
 
+def stray_marks(digit, rng, strength=2):
+    """One or two pen marks beside the digit (a short stroke, a tick, an arc, a scribble), 0.15-0.45
+    of its height, in the same pen, 0.3-0.6, 0.15-0.35 or 0.08-0.2 of its height from its ink."""
+    scale = int(rng.integers(3, 5))
+    page, (x, y, _, _) = _page(digit, rng, scale=scale)
+    rows, cols = np.nonzero(digit > 60)
+    x0, x1 = x + cols.min() * scale, x + (cols.max() + 1) * scale
+    y0, y1 = y + rows.min() * scale, y + (rows.max() + 1) * scale
+    tall = y1 - y0
+    height, width = page.shape[:2]
+    mask = np.zeros((height, width), np.float32)
+    for _ in range(int(rng.integers(1, 3))):
+        size = float(rng.uniform(0.15, 0.45)) * tall
+        gap = float(rng.uniform(*((0.3, 0.6), (0.15, 0.35), (0.08, 0.2))[strength - 1])) * tall + size / 2
+        cx = (x0 + x1) / 2 + float(rng.uniform(-0.4, 0.4)) * (x1 - x0)
+        cy = (y0 + y1) / 2 + float(rng.uniform(-0.4, 0.4)) * tall
+        cx, cy = ((x0 - gap, cy), (x1 + gap, cy), (cx, y0 - gap), (cx, y1 + gap))[int(rng.integers(4))]
+        kind, turn = int(rng.integers(4)), float(rng.uniform(0, np.pi))
+        if kind == 0:  # a short straight stroke
+            dx, dy = size / 2 * np.cos(turn), size / 2 * np.sin(turn)
+            points = [(cx - dx, cy - dy), (cx + dx, cy + dy)]
+        elif kind == 1:  # a tick
+            points = [(cx - size / 2, cy), (cx - size / 6, cy + size / 3), (cx + size / 2, cy - size / 2)]
+        elif kind == 2:  # an arc
+            t = np.linspace(0, float(rng.uniform(1.5, 3.5)), 12) + turn
+            points = list(zip(cx + size / 2 * np.cos(t), cy + size / 2 * np.sin(t)))
+        else:  # a scribble
+            points = [(cx + float(rng.uniform(-1, 1)) * size / 2, cy + float(rng.uniform(-1, 1)) * size / 2) for _ in range(5)]
+        layer = Image.new("L", (width * 4, height * 4), 0)
+        pen = max(1, round(float(rng.uniform(0.5, 1.0)) * 2.2 * scale * 4))
+        ImageDraw.Draw(layer).line([(px * 4, py * 4) for px, py in points], fill=255, width=pen, joint="curve")
+        mask = np.maximum(mask, np.asarray(layer.resize((width, height), Image.Resampling.BOX), np.float32) / 255.0)
+    return _photo(_darken(page, mask, (25, 25, 45)), rng)
+
+
 CONDITIONS = {f.__name__: f for f in (ruled, shadow, shadow_edge, boxed, specks, pencil, angled, tight_crop, dim, felt_tip,
-                                      on_desk)}
+                                      on_desk, stray_marks)}
 
 
 def ruled_strip(digits: list[np.ndarray], rng) -> Image.Image:

@@ -10,6 +10,7 @@ Nothing here trains, predicts or scores on its own. Learned attributes end in `_
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,12 @@ _DEFAULTS = {"out": None, "overwrite": False, "resume": False, "ensemble": None,
              "recipe": None}  # left out of repr
 
 
-def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train") -> Digits:
+def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train",
+              classify: Callable[[np.ndarray], np.ndarray] | None = None) -> Digits:
     """core.data.as_digits, where image files (a path, or a list of paths) are also read as photos, the
-    way `digitrec predict` reads them (cropped, centred, scaled like MNIST).
+    way `digitrec predict` reads them (cropped, centred, scaled like MNIST). With `classify` (uint8
+    (N, 28, 28) -> probabilities (N, 10)), a digit beside strokes that may be stray marks is read
+    with and without them and the surest reading kept (outputs/images.py: to_mnist).
 
     >>> dr.as_digits(["three.jpg", "seven.png"]).images.shape  # doctest: +SKIP
     (2, 28, 28)
@@ -49,7 +53,7 @@ def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "tr
 
         images = []
         for path in paths:
-            image = to_mnist(open_image(path, str(path)))
+            image = to_mnist(open_image(path, str(path)), classify)
             if image is None:
                 raise ValueError(f"{path}: no digit found")
             images.append(image)
@@ -229,12 +233,19 @@ class DigitClassifier:
             raise ValueError("this DigitClassifier is not fitted yet: call fit(...) or DigitClassifier.load(run_dir)")
         return self.config_
 
+    def _probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        return tta_probs(self.model_, images) if tta else predict_probs(self.model_, images)
+
+    def _digits(self, X, y=None, need_labels: bool = False, tta: bool = False) -> Digits:
+        """X (and y) as Digits; photos read as `digitrec predict` reads them, this model choosing
+        where strokes beside a digit may be stray marks."""
+        return as_digits(X, y, need_labels=need_labels, mnist_split="test", classify=lambda x: self._probs(x, tta))
+
     def predict_proba(self, X, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, 10), rows summing to 1. `tta`: averaged over augment.TTA_VIEWS."""
 
         self._fitted()
-        images = as_digits(X, mnist_split="test").images
-        return tta_probs(self.model_, images) if tta else predict_probs(self.model_, images)
+        return self._probs(self._digits(X, tta=tta).images, tta)
 
     def predict(self, X, tta: bool = False, min_confidence: float | None = None) -> np.ndarray:
         """The predicted digit of each image (N,) int64. X may also be photos: image paths are read
@@ -252,7 +263,7 @@ class DigitClassifier:
     def score(self, X, y=None, tta: bool = False) -> float:
         """Accuracy on labelled data, in [0, 1]."""
         self._fitted()
-        digits = as_digits(X, y, need_labels=True, mnist_split="test")
+        digits = self._digits(X, y, need_labels=True, tta=tta)
         return float((self.predict(digits, tta) == digits.labels).mean())
 
     def evaluate(self, X, y=None, name: str = "test", tta: bool = False) -> Predictions:
@@ -260,7 +271,7 @@ class DigitClassifier:
         labelled) so `report()` shows them. Plot them with its plot_* methods."""
 
         self._fitted()
-        digits = as_digits(X, y, mnist_split="test")
+        digits = self._digits(X, y, tta=tta)
         if self.run_dir_ is None:  # a pretrained model: nowhere to save
             return predict(self.model_, digits, f"{name}-tta" if tta else name, tta=tta)
         return evaluate_run(self.run_dir_, digits, name, tta=tta)
@@ -269,7 +280,7 @@ class DigitClassifier:
         """A Kaggle submission file (ImageId,Label) for X, in X's order. Returns its path."""
 
         self._fitted()
-        digits = as_digits(X, mnist_split="test")
+        digits = self._digits(X, tta=tta)
         if self.run_dir_ is None:  # a pretrained model: nowhere to save the record
             return write_submission(predict(self.model_, digits, "submission", tta=tta), path)
         return write_submission(evaluate_run(self.run_dir_, digits, "submission", tta=tta), path)

@@ -299,7 +299,7 @@ def create_app(run_dir: str | os.PathLike | None, max_body_bytes: int = DEFAULT_
     decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="digitrec-decode")
 
     def read_upload(data: bytes, name: str) -> np.ndarray | None:
-        return to_mnist(open_image(data, name))
+        return to_mnist(open_image(data, name), engine.predict_probs)  # strokes in doubt: the surest reading
 
     def classify(image: np.ndarray, min_confidence: float | None) -> Response:
         """One (28, 28) uint8 image -> a Prediction: label (None below `min_confidence`), probabilities
