@@ -139,6 +139,7 @@ LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a 
 TILT_STEPS = ((1.0, 10), (0.2, 5))  # ... searched in steps of 1 degree either way, then of 0.2 round the best
 TILT_POINTS = 2_000  # ... on at most about this many pixels of the long components' ink
 TILT_GAIN = 1.1  # ... and taken only where it piles the ink up this much more than no tilt does
+PIECE_THICK, PIECE_LONG = 4.0, 10.0  # ... or, where no ink runs that far, thin pieces of lines (see _tilt)
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
@@ -616,7 +617,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                 for line in found:
                     judge(axis, line, False, "kept: no other ink to tell a printed line from a stroke by")
             return ink
-        pen = _pen_width(handwriting)
+        pen = _pen_width(_biggest(handwriting))  # not the debris of lines not found: thin, and on a page of them, most
         extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
         printed = {"h": [], "v": []}
         for axis, found in lines.items():
@@ -730,8 +731,14 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) ->
     bin, a digit's curves spread out. Coarse steps first, then finer ones round the best (TILT_STEPS)."""
     height, width = mask.shape
     size, extent = (width, stats[:, cv2.CC_STAT_WIDTH]) if axis == "h" else (height, stats[:, cv2.CC_STAT_HEIGHT])
-    long = extent >= LINE_SPAN * size  # shorter, no bin below could hold LINE_SPAN of it
+    # shorter, no bin below could hold LINE_SPAN of it; or a faint or tilted line that broke into
+    # pieces, or ran into a stroke: its thin pieces (PIECE_THICK px on average across them, PIECE_LONG
+    # times as long) over LINE_RUN of the picture, whose best bin must then hold LINE_EDGE_SPAN of it
+    thick = stats[:, cv2.CC_STAT_AREA] / np.maximum(extent, 1)
+    pieces = (extent >= LINE_RUN * size) & (thick <= PIECE_THICK) & (extent >= PIECE_LONG * thick)
+    long = (extent >= LINE_SPAN * size) | pieces
     long[0] = False
+    span = LINE_SPAN if not pieces[1:].any() else LINE_EDGE_SPAN
     if not long.any():
         return 0.0
     ys, xs = np.nonzero(long[labels])
@@ -755,7 +762,7 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) ->
         best = float(degrees[k])
     # a line across the picture piles a pixel per step along it into one bin; and the slope must be
     # clearly straighter than none (a digit's strokes, or lines across the other axis, are neither)
-    if (counts[k].max() * step < LINE_SPAN * size
+    if (counts[k].max() * step < span * size
             or (counts[k] ** 2).sum() < TILT_GAIN * (projections(np.zeros(1)) ** 2).sum()):
         return 0.0
     return float(np.tan(np.radians(best)))
@@ -913,20 +920,36 @@ class _Line:
 def _ruling(lines: list[_Line]) -> tuple[list[_Line], float]:
     """The ruling among `lines` (found across the picture along one axis) and its spacing: the lines
     within RULED_THICK px of their median thickness (a piece of one that leaves the picture may
-    measure thinner), if two or more, evenly spaced: each gap a whole number of the smallest
-    (within RULED_EVEN of it: a line may be missed between). ([], 0.0) if there is none."""
+    measure thinner), two or more, evenly spaced: each a whole number of steps from the others
+    (within RULED_EVEN of a step: a line may be missed between). Where some of them are not (a
+    stray run taken for a line between two ruled ones), the most that are, if three or more, the
+    widest step on a tie. ([], 0.0) if there is none."""
     if len(lines) < 2:
         return [], 0.0
     middle = float(np.median([l.thick for l in lines]))
-    ruling = sorted((l for l in lines if abs(l.thick - middle) <= RULED_THICK), key=lambda l: l.position)
-    if len(ruling) < 2:
+    alike = sorted((l for l in lines if abs(l.thick - middle) <= RULED_THICK), key=lambda l: l.position)
+    if len(alike) < 2:
         return [], 0.0
-    gaps = np.diff([l.position for l in ruling])
-    spacing = float(gaps.min())
-    steps = gaps / max(spacing, 1e-9)
-    if spacing < 2 * max(l.thick for l in ruling) + 2 or not np.all(np.abs(steps - np.round(steps)) <= RULED_EVEN):
+    positions = np.array([l.position for l in alike])
+    least = 2 * max(l.thick for l in alike) + 2
+    best: list[int] = []
+    # each step between neighbours, or between lines two apart (one in between that is not the ruling's)
+    for step in {float(positions[j] - positions[i]) for i in range(len(alike)) for j in range(i + 1, min(i + 3, len(alike)))}:
+        if step < least:
+            continue
+        for anchor in positions:
+            steps = (positions - anchor) / step
+            on = np.flatnonzero(np.abs(steps - np.round(steps)) <= RULED_EVEN)
+            on = on[np.unique(np.round(steps[on]), return_index=True)[1]]  # one line a step
+            if len(on) > len(best) or (len(on) == len(best) and len(on) > 1 and step > _spacing(positions[best])):
+                best = sorted(on.tolist())
+    if len(best) < (2 if len(best) == len(alike) else 3):  # some left out: three or more make a ruling
         return [], 0.0
-    return ruling, spacing
+    return [alike[i] for i in best], _spacing(positions[best])
+
+
+def _spacing(positions: np.ndarray) -> float:
+    return float(np.diff(positions).min()) if len(positions) > 1 else 0.0
 
 
 def _ruled_rows(frame: _Shear, lines: list[_Line], spacing: float) -> np.ndarray:
@@ -955,6 +978,12 @@ def _handwriting(ink: np.ndarray) -> np.ndarray | None:
     if areas[big].sum() < MIN_INK_PIXELS:
         return None
     return big[labels]
+
+
+def _biggest(mask: np.ndarray) -> np.ndarray:
+    """The bool mask's biggest 8-connected component."""
+    n, labels, stats, _ = _components(mask.astype(np.uint8))
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if n > 1 else mask
 
 
 def _pen_width(strokes: np.ndarray) -> float:
