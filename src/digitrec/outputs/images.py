@@ -617,7 +617,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                 for line in found:
                     judge(axis, line, False, "kept: no other ink to tell a printed line from a stroke by")
             return ink
-        pen = _pen_width(_biggest(handwriting))  # not the debris of lines not found: thin, and on a page of them, most
+        pen = _pen_width(handwriting)
         extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
         printed = {"h": [], "v": []}
         for axis, found in lines.items():
@@ -978,12 +978,6 @@ def _handwriting(ink: np.ndarray) -> np.ndarray | None:
     if areas[big].sum() < MIN_INK_PIXELS:
         return None
     return big[labels]
-
-
-def _biggest(mask: np.ndarray) -> np.ndarray:
-    """The bool mask's biggest 8-connected component."""
-    n, labels, stats, _ = _components(mask.astype(np.uint8))
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if n > 1 else mask
 
 
 def _pen_width(strokes: np.ndarray) -> float:
