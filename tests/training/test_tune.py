@@ -265,7 +265,7 @@ def test_a_study_is_refused_other_settings_under_its_name(sqlite_study, tiny_csv
 @pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(postgres, tiny_csv, tmp_path):
     done = _digitrec("tune", "--train", str(tiny_csv), *TINY, "--storage", postgres, "--study", "shared",
-                     "--workers", "2", "--budget", "4", "--out", str(tmp_path / "shared"))
+                     "--workers", "2", "--budget", "6", "--out", str(tmp_path / "shared"))
     assert done.returncode == 0, done.stderr
     assert "storage postgresql+psycopg2://digitrec@127.0.0.1" in done.stdout
     assert not (tmp_path / "shared" / tune.STUDY_DB).exists()
@@ -273,8 +273,10 @@ def test_two_workers_share_a_postgresql_study(postgres, tiny_csv, tmp_path):
     trials = opened.get_trials()
     finished = tune.finished_trials(opened)
     # the workers check the count, then start: both may start when one trial is left (at most one over)
-    assert 4 <= finished <= 5 and len(trials) <= 5
-    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    assert 6 <= finished <= 7 and len(trials) <= 7
+    # both workers ran trials (with a budget of 4, a worker slow to start on a busy machine found the
+    # study done by the other)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
     assert (tmp_path / "shared" / tune.BEST_RECIPE).is_file()
     shown = _digitrec("tune", "--show", "shared", "--storage", postgres)
     # a trial may be pruned: the median pruner compares trials that run side by side
