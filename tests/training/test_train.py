@@ -98,6 +98,26 @@ def keras_plateau_lrs(val_accs, lr=1e-3, patience=3, factor=0.5, min_lr=1e-5, mi
     return lrs
 
 
+@pytest.mark.parametrize("steps", [4, 10, 1, 2])
+def test_a_one_cycle_of_a_few_steps_trains(steps, tmp_path):
+    # one epoch of `fast` on a 600-row CSV is 4 steps: at 0.25 its warm-up ended on its first step and
+    # OneCycleLR divided by zero (a traceback); 10 steps at 0.1 the same
+    cfg = make_config("fast", epochs=1, onecycle_warmup=0.1 if steps == 10 else 0.25)
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    rates = []
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(np.isfinite(rates)) and rates[-1] < cfg.lr
+    if steps == 4:
+        digits = synthetic_digits(128 * 4 + 40, seed=3)  # 4 batches of 128 after the calibration hold-out
+        fit(make_config("fast", epochs=1, calibration_fraction=0.0), digits, tmp_path / "run", quiet=True)
+        assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("trial", range(20))
 def test_plateau_schedule_counts_like_keras(trial):
     rng = np.random.default_rng(trial)

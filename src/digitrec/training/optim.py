@@ -27,9 +27,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
             optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience - 1,
             threshold=cfg.plateau_min_delta, threshold_mode="abs", min_lr=cfg.min_lr)
     if cfg.schedule == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        warmup = cfg.onecycle_warmup
+        if math.isclose(warmup * total, 1.0):
+            # OneCycleLR's warm-up would end on step 0, where it starts, and it divides by its length
+            # (4 steps at 0.25: one epoch of a 600-row CSV); one and a half steps instead
+            warmup = 1.5 / total
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-            pct_start=cfg.onecycle_warmup, cycle_momentum=cfg.cycle_momentum and cfg.optimizer == "sgd")
+            optimizer, max_lr=cfg.lr, total_steps=total,
+            pct_start=warmup, cycle_momentum=cfg.cycle_momentum and cfg.optimizer == "sgd")
     return None
 
 
