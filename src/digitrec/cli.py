@@ -177,11 +177,7 @@ def cmd_data_export(args) -> None:
 
 
 def cmd_data_check(args) -> None:
-    path = Path(args.file)
-    kind = args.kind
-    if kind == "auto":
-        kind = data_mod.csv_kind(path)
-    print(data_mod.describe(data_mod.read_kaggle_csv(path, kind)))
+    print(data_mod.describe(data_mod.read_kaggle_csv(Path(args.file), args.kind)))
 
 
 def cmd_train(args) -> None:

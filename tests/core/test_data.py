@@ -114,7 +114,8 @@ def test_compressed_csvs_and_kaggles_whole_download_are_read(tmp_path):
     test = read_kaggle_csv(tmp_path / "digit-recognizer.zip", "test")
     assert train.images.reshape(3, -1).tolist() == [r[1:] for r in rows] and len(test) == 2
     assert train.source == f"{tmp_path / 'digit-recognizer.zip'}:train.csv"
-    assert data.csv_kind(tmp_path / "train.csv.gz") == "train"
+    assert read_kaggle_csv(tmp_path / "train.csv.gz", "auto").labels.tolist() == [r[0] for r in rows]
+    assert read_kaggle_csv(tmp_path / "digit-recognizer.zip", "auto").source.endswith(":train.csv")
 
 
 def test_spaces_after_the_commas_are_read(tmp_path):

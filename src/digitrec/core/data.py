@@ -107,21 +107,22 @@ def make_digits(images: np.ndarray, labels: np.ndarray | None, source: str) -> D
 def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
     """Read a Kaggle Digit Recognizer `train` (label + 784 pixels) or `test` (784 pixels) CSV.
 
-    The CSV may be gzipped (.gz) or zipped (.zip: its one CSV, or the `train.csv` / `test.csv` of
-    Kaggle's whole download). Any problem raises InputError naming the file, the data row (1-based,
-    its file line in brackets) and the column.
+    `kind` "auto": a train file if its header starts with `label`, else a test file. The CSV may be
+    gzipped (.gz) or zipped (.zip: its one CSV, or the `train.csv` / `test.csv` of Kaggle's whole
+    download; with "auto", `train.csv`). Any problem raises InputError naming the file, the data row
+    (1-based, its file line in brackets) and the column.
 
     >>> train = read_kaggle_csv("kaggle/train.csv", "train")  # doctest: +SKIP
     """
-    if kind not in ("train", "test"):
-        raise ValueError(f"kind must be 'train' or 'test', not {kind!r}")
+    if kind not in ("train", "test", "auto"):
+        raise ValueError(f"kind must be 'train', 'test' or 'auto', not {kind!r}")
     path = Path(path)
     name = str(path)
     if not path.is_file():
         raise InputError(f"{name}: no such file")
     if path.stat().st_size == 0:
         raise InputError(f"{name}: file is empty")
-    unpacked = _unpacked_csv(path, kind)
+    unpacked = _unpacked_csv(path, "train" if kind == "auto" else kind)
     if unpacked is not None:
         name = f"{name}:{unpacked[0]}" if unpacked[0] else name
         if not unpacked[1]:
@@ -132,7 +133,10 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
             header = next(csv.reader(f), [])
     except UnicodeDecodeError as e:
         raise InputError(f"{name}: not UTF-8 text (byte {e.start}): is this a CSV file?") from None
-    _check_header(name, [c.strip() for c in header], kind)
+    header = [c.strip() for c in header]
+    if kind == "auto":
+        kind = "train" if header[:1] == ["label"] else "test"
+    _check_header(name, header, kind)
 
     import pandas as pd  # pandas and pyarrow: only where a CSV is read (see to_frame)
     import pyarrow as pa  # as pandas
@@ -160,20 +164,6 @@ def read_kaggle_csv(path: str | os.PathLike, kind: str) -> Digits:
         labels, pixels = None, values
     _check_range(name, pixels, PIXEL_COLUMNS, 0, 255)
     return make_digits(pixels.reshape(-1, 28, 28).astype(np.uint8), labels, name)
-
-
-def csv_kind(path: Path) -> str:
-    """"train" if the CSV's header starts with `label`, else "test" (read_kaggle_csv says what else
-    is wrong). A zip of Kaggle's train.csv and test.csv is read for its train file."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    unpacked = _unpacked_csv(path, "train")
-    with _text(io.BytesIO(unpacked[1]) if unpacked else path) as f:
-        try:
-            first = f.readline()
-        except UnicodeDecodeError:
-            first = ""
-    return "train" if first.split(",")[0].strip() == "label" else "test"
 
 
 def _unpacked_csv(path: Path, kind: str) -> tuple[str, bytes] | None:
@@ -573,9 +563,7 @@ def _read_path(path: Path) -> Digits:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise InputError(f"{path}: an image, not a data file; read photos with digitrec.as_digits, "
                          "DigitClassifier.predict or `digitrec predict`")
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    return read_kaggle_csv(path, csv_kind(path))
+    return read_kaggle_csv(path, "auto")
 
 
 def as_digits(data, y=None, *, need_labels: bool = False, mnist_split: str = "train") -> Digits:

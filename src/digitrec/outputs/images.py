@@ -1123,9 +1123,9 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
         mask[kept] = True
         return np.where(mask[labels], strokes, 0).astype(np.uint8)
 
-    masks = tuple(chosen(kept) for kept in [keep] + others) if doubt else ()
-    return Preprocessed(digits, ink, strokes, chosen([k for group in groups for k in group]), tuple(verdicts),
-                        choices, masks)
+    everything = chosen([k for group in groups for k in group])  # for one digit in doubt, `keep`
+    masks = (everything, *(chosen(kept) for kept in others)) if doubt else ()
+    return Preprocessed(digits, ink, strokes, everything, tuple(verdicts), choices, masks)
 
 
 def _off_the_desk(grey: np.ndarray) -> np.ndarray:
