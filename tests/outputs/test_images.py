@@ -750,6 +750,78 @@ def test_a_fine_pen_number_on_a_tilted_ruling_loses_every_line(number, mnist_tes
         assert len(found.digits) == len(number)
 
 
+def handwritten(strokes: list[tuple[tuple[int, int], tuple[int, int], int]], size: tuple[int, int]) -> np.ndarray:
+    """Ink (float32 [0, 1], (H, W)) of straight pen strokes: ((x0, y0), (x1, y1), width) each."""
+    layer = Image.new("L", (size[0] * 4, size[1] * 4), 0)
+    draw = ImageDraw.Draw(layer)
+    for (x0, y0), (x1, y1), width in strokes:
+        draw.line([(x0 * 4, y0 * 4), (x1 * 4, y1 * 4)], fill=255, width=width * 4)
+    return np.asarray(layer.resize(size, Image.Resampling.BOX), np.float32) / 255
+
+
+def on_notebook(ink: np.ndarray, rows: tuple[float, ...] = ()) -> Image.Image:
+    """Ink on off-white paper with ruled lines 2 px thick, light blue, from edge to edge at `rows`."""
+    page = np.full(ink.shape + (3,), (250, 248, 240), np.float32)
+    for row in rows:
+        page[int(row):int(row) + 2] = (150, 180, 225)
+    page = page * (1 - ink[..., None]) + np.array((25, 30, 60), np.float32) * ink[..., None]
+    return Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+
+
+def test_a_number_cropped_close_at_its_sides_loses_its_ruling(mnist_test, bundled):
+    """A number cropped to within a few pixels of its first and last digit, its ruled lines running
+    from edge to edge: they cannot run past the handwriting, but they are far thinner than the pen
+    (the last landed release kept them, and the number read as one digit)."""
+    rng = np.random.default_rng(7)
+    for number in ("4190", "7352", "861"):
+        picks = [int(rng.choice(np.flatnonzero(mnist_test.labels == int(c))[:200])) for c in number]
+        grey = np.asarray(strip(list(mnist_test.images[picks]), rng).convert("L"), np.float32)
+        ink = np.clip((grey.max() - grey) / 200, 0, 1)
+        cols = np.flatnonzero(ink.max(0) > 0.1)
+        ink = ink[:, cols[0] - 2:cols[-1] + 3]  # 2 px of paper beside the first and last digit
+        found = preprocess(on_notebook(ink, rows=(15, 60, 105)), multi=True, keep_steps=True)
+        assert [v.removed for v in found.lines if v.axis == "horizontal"] == [True] * 3, [str(v) for v in found.lines]
+        assert "".join(map(str, bundled(found.digits).argmax(1))) == number
+
+
+def test_a_thin_one_beside_bold_digits_is_a_digit(bundled):
+    """A 1 written thin between bold 8s has a fifth of their ink: it is as tall as they are, so it is a
+    digit, not a speck between them (the last landed release left it out); a margin's line, taller
+    than every digit, still is not."""
+    ink = np.zeros((120, 200), np.float32)
+    for x in (20, 120):  # two bold 8s: two rings, one above the other
+        for cy, r in ((42, 20), (82, 22)):
+            layer = Image.new("L", (800, 480), 0)
+            ImageDraw.Draw(layer).ellipse([(x + 30 - r) * 4, (cy - r) * 4, (x + 30 + r) * 4, (cy + r) * 4], outline=255, width=40)
+            ink = np.maximum(ink, np.asarray(layer.resize((200, 120), Image.Resampling.BOX), np.float32) / 255)
+    ink = np.maximum(ink, handwritten([((100, 22), (96, 104), 2)], (200, 120)))
+    assert len(split_digits(on_notebook(ink))) == 3
+    margin = np.zeros((150, 210), np.float32)
+    margin[15:135, 10:] = ink
+    margin = np.maximum(margin, handwritten([((4, 0), (4, 150), 2)], (210, 150)))
+    assert "".join(map(str, bundled(split_digits(on_notebook(margin))).argmax(1))) == "818"
+
+
+def test_a_digit_written_in_pieces_is_one_digit_of_a_number(bundled):
+    """A 7 whose bar was written apart from its stem, beside a bold 8 (the bar has a twentieth of the
+    8's ink: it is judged against the 7's stem beside it), and a slanted 1 broken in two, one piece
+    above the other (they overlap too little across to count as one column)."""
+    size = (220, 120)
+    ink = np.zeros(size[::-1], np.float32)
+    for cy, r in ((40, 20), (80, 22)):  # a bold 8
+        layer = Image.new("L", (size[0] * 4, size[1] * 4), 0)
+        ImageDraw.Draw(layer).ellipse([(60 - r) * 4, (cy - r) * 4, (60 + r) * 4, (cy + r) * 4], outline=255, width=48)
+        ink = np.maximum(ink, np.asarray(layer.resize(size, Image.Resampling.BOX), np.float32) / 255)
+    seven = handwritten([((124, 22), (156, 22), 4), ((154, 32), (130, 102), 5)], size)  # bar apart from the stem
+    assert "".join(map(str, bundled(split_digits(on_notebook(np.maximum(ink, seven)))).argmax(1))) == "87"
+    one = handwritten([((60, 18), (50, 58), 5), ((47, 66), (37, 104), 5)], size)  # a slanted 1 in two pieces
+    five = handwritten([((150, 20), (115, 20), 6), ((115, 20), (112, 55), 6)], size)
+    layer = Image.new("L", (size[0] * 4, size[1] * 4), 0)
+    ImageDraw.Draw(layer).arc([108 * 4, 45 * 4, 158 * 4, 104 * 4], 200, 160, fill=255, width=24)
+    five = np.maximum(five, np.asarray(layer.resize(size, Image.Resampling.BOX), np.float32) / 255)
+    assert "".join(map(str, bundled(split_digits(on_notebook(np.maximum(one, five)))).argmax(1))) == "15"
+
+
 # ---------------------------------------------------------------------------------------------
 # read_images and the CLI
 

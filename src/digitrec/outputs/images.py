@@ -58,6 +58,9 @@ MIN_PART = 0.08  # a blob smaller than this fraction of the largest one is a spe
 FRAGMENT_HEIGHT = 0.6  # in a number, a piece shorter than this fraction of the median digit is part of a neighbour
 FRAGMENT_GAP = 0.1  # ... if it is no further from it than this fraction of the median digit height
 MIN_DIGIT_AREA = 0.15  # ... and an isolated piece with less ink than this fraction of the biggest digit is a speck
+THIN_ONE_SHORTEST, THIN_ONE_TALLEST = 0.8, 1.25  # ... unless it is at least the first of their median height, and
+                                                 # at most the second of the tallest: a thin 1
+STACKED_GAP = 0.2  # two pieces one above the other are one digit if this fraction of the taller's height apart at most
 MIN_INK_PIXELS = 12  # a biggest blob smaller than this (in the working image) is not a digit
 NEAR = 0.35  # a stroke further from the main stroke than this fraction of its size is a stray mark
 # A stroke near the digit but apart from it (further from the main stroke's box than DOUBT_GAP of its size)
@@ -127,6 +130,9 @@ LINE_SLACK = 0.004
 LINE_SPAN = 0.8
 LINE_EDGE, LINE_EDGE_SPAN, LINE_THIN = 0.02, 0.3, 0.04  # or a thin one that runs off the edge, across 30%
 LINE_PEN = 0.8  # ... and are at most this fraction of the pen's stroke width thick (see _pen_width)
+EDGE_TO_EDGE_PEN = 0.5  # ... where one runs from edge to edge, at most this fraction of it: it need not run past the
+                        # handwriting (a number cropped close at its sides); a stroke across a tight crop is thicker
+                        # (a faint line's end may fade out twice its thickness and a px from the picture's top or bottom)
 STUB_PEN = 0.5  # ... and take along each run of ink across them shorter than half their thickness plus the pen's width
 STUB_MIN = 2  # ... or than their thickness plus this many px (a box's side may be as thick as the pen)
 RULED_PEN = 1.6  # ... or, one of an even ruling's lines (see _ruling), at most this fraction of it (a fine pen)
@@ -626,13 +632,19 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                 if line.thick > LINE_PEN * pen and not (ruled and line.thick <= RULED_PEN * pen):
                     judge(axis, line, False, f"kept: {line.thick} px thick against the pen's {pen:.1f} px, "
                                              "too thick for a printed line: a stroke")
-                elif not line.runs_past(*extent[axis], pen, frames[axis].leaves(line)):
-                    judge(axis, line, False, "kept: it ends within the handwriting: a stroke")
-                else:
+                elif line.runs_past(*extent[axis], pen, frames[axis].leaves(line)):
                     printed[axis].append(line)
                     judge(axis, line, True, f"removed: it crosses the picture, {line.thick} px thick against the "
                                             f"pen's {pen:.1f} px, and runs past the handwriting"
                                             + (f"; one of {len(rulings[axis][0])} evenly spaced" if ruled else ""))
+                elif (line.thick <= EDGE_TO_EDGE_PEN * pen
+                      and line.edge_to_edge(width if axis == "h" else height,
+                                            frames[axis].leaves(line, line.thick + 1))):
+                    printed[axis].append(line)
+                    judge(axis, line, True, f"removed: it runs from edge to edge of the picture, {line.thick} px thick "
+                                            f"against the pen's {pen:.1f} px")
+                else:
+                    judge(axis, line, False, "kept: it ends within the handwriting: a stroke")
         lines = printed
         for top, bottom, left, right in boxes:
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
@@ -817,12 +829,12 @@ class _Shear:
         out[rows[edge], cols[edge]] = True
         return out
 
-    def leaves(self, line: _Line) -> tuple[bool, bool]:
+    def leaves(self, line: _Line, slack: float = 0.0) -> tuple[bool, bool]:
         """Whether the line (found in this frame) runs off the picture's side across its axis (top
-        or bottom, for "h") at its start and at its end."""
+        or bottom, for "h") at its start and at its end: ends within its thickness (and `slack` px) of it."""
         shifts = self.shifts if self.shifts.any() else np.zeros(max(line.end, 1), np.int64)
         across = (line.ends[0] - shifts[line.start], line.ends[1] - shifts[line.end - 1])
-        return tuple(bool(a <= line.thick or a >= self.size - 1 - line.thick) for a in across)
+        return tuple(bool(a <= line.thick + slack or a >= self.size - 1 - line.thick - slack) for a in across)
 
     def paint(self, lines: list[_Line]) -> np.ndarray:
         """The lines' pixels (bool, in the sheared frame)."""
@@ -884,6 +896,12 @@ class _Line:
         runs off the top or bottom): a ruled line runs across the page, a stroke ends where the
         digit does."""
         return (self.start <= first - pen or leaves[0]) and (self.end >= last + pen or leaves[1])
+
+    def edge_to_edge(self, size: int, leaves: tuple[bool, bool] = (False, False)) -> bool:
+        """Whether it runs the whole way across the picture (of `size` along it), from edge to edge:
+        off its sides, or (`leaves`, tilted) off its top or bottom."""
+        return ((self.start <= LINE_EDGE * size or leaves[0])
+                and (self.end >= (1 - LINE_EDGE) * size or leaves[1]))
 
     def crosses(self, size: int) -> bool:
         """Whether it is a line across the page (of `size` along it): LINE_SPAN of it, or, where it
@@ -1073,14 +1091,24 @@ def _parts(ink: np.ndarray, multi: bool = False) -> tuple[np.ndarray, np.ndarray
     if n <= 1 or areas.max() < MIN_INK_PIXELS:
         return labels, stats, [], []
     big = areas >= max(MIN_PART * areas.max(), 4.0)
+    left, top, w, h = (stats[1:, i] for i in range(4))
+
+    def gap(k: int | np.ndarray) -> np.ndarray:  # each component's distance from k's box, 0 if they overlap
+        k = np.atleast_1d(k)[:, None]
+        return np.maximum.reduce([left - (left[k] + w[k]), left[k] - (left + w),
+                                  top - (top[k] + h[k]), top[k] - (top + h), np.zeros((len(k), len(areas)))])
     if multi:
+        # a digit's own small piece (a 7's bar written apart) is judged against the digits near it,
+        # not against the biggest digit of the number: a bold 8 beside it makes it a speck
+        digits = np.flatnonzero(big)
+        near = gap(digits) <= NEAR * np.maximum(w[digits], h[digits])[:, None]  # (digits, components)
+        nearest = np.where(near, areas[digits][:, None], 0.0).max(0)
+        big |= (areas >= np.maximum(MIN_PART * nearest, 4.0)) & (nearest > 0)
         return labels, stats, [k + 1 for k in np.flatnonzero(big)], []
     height, width = ink.shape
     offset = np.hypot(centroids[1:, 0] / width - 0.5, centroids[1:, 1] / height - 0.5)  # 0 to 0.71
     main = int(np.argmax(areas * (1.0 - offset)))
-    left, top, w, h = (stats[1:, i] for i in range(4))
-    gap = np.maximum.reduce([left - (left[main] + w[main]), left[main] - (left + w),
-                             top - (top[main] + h[main]), top[main] - (top + h), np.zeros(len(areas))])
+    gap = gap(main)[0]
     size = max(w[main], h[main])
     keep = big & (gap <= NEAR * size)
     doubt = np.flatnonzero(keep & (gap > DOUBT_GAP * size) & (areas < DOUBT_AREA * areas[main]))
@@ -1224,7 +1252,7 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
     """The kept components grouped into digits, left to right.
 
     Components whose column spans overlap by half the narrower one are one digit (a 4 written in
-    two strokes), and a group much shorter than the others (a 5's flag, a broken stroke) joins its
+    two strokes), as are two that overlap at all where one lies wholly above the other, and a group much shorter than the others (a 5's flag, a broken stroke) joins its
     neighbour if it (almost) touches it. Touching digits are read as one.
     """
     groups = []  # [first col, last col, first row, last row, [labels]], left to right
@@ -1236,7 +1264,10 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
     while i < len(groups):
         left, right = groups[i - 1], groups[i]
         overlap = min(left[1], right[1]) - max(left[0], right[0]) + 1
-        if overlap >= 0.5 * (min(left[1] - left[0], right[1] - right[0]) + 1):
+        # one wholly above the other, close: a slanted 1 in two pieces
+        apart = max(left[2], right[2]) - min(left[3], right[3]) - 1
+        stacked = 0 <= apart <= STACKED_GAP * max(left[3] - left[2], right[3] - right[2])
+        if overlap >= 0.5 * (min(left[1] - left[0], right[1] - right[0]) + 1) or (stacked and overlap > 0):
             groups[i - 1:i + 1] = [_merge(left, right)]
         else:
             i += 1
@@ -1257,11 +1288,15 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
                 groups[a:b + 1] = [_merge(groups[a], groups[b])]
                 merged = True
                 break
-    # what is left that is tiny next to the digits is a speck between them, not a digit
+    # what is left that is tiny next to the digits is a speck between them, not a digit; but one about
+    # as tall as they are is a thin 1 beside bold digits (one far taller, a margin's line)
     areas = stats[:, cv2.CC_STAT_AREA]
     group_areas = np.array([areas[g[4]].sum() for g in groups])
-    groups = [g for g, area in zip(groups, group_areas) if area >= MIN_DIGIT_AREA * group_areas.max()]
-    return [g[4] for g in groups]
+    heights = np.array([g[3] - g[2] + 1 for g in groups])
+    digits = group_areas >= MIN_DIGIT_AREA * group_areas.max()
+    digits |= ((heights >= THIN_ONE_SHORTEST * np.median(heights[digits]))
+               & (heights <= THIN_ONE_TALLEST * heights[digits].max()))
+    return [g[4] for g, digit in zip(groups, digits) if digit]
 
 
 def _merge(a: list, b: list) -> list:
