@@ -96,6 +96,9 @@ EVEN_MAX_INK = 0.85
 EVEN_MIN_PAPER = 12
 EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes out as ink
 EVEN_GROWTH = 4.0  # ... nor more than this many times the closing's ink in all
+EVEN_KEEPS, EVEN_STEEP = 0.7, 2.0  # ... and where its light falls off steeply (its brightest percent this many times
+                                  # its dimmest: a lamp's spot, which no quadratic follows, hides the strokes in its
+                                  # dim corner), it finds at least this share as much ink as the closing
 EVEN_BEYOND = 0.05  # ... and at most this share of the ink lies beyond the closing's strokes (_within_strokes)
 EVEN_AS_DARK = 0.6  # ... unless that ink is this much as dark as what both found, in strokes too wide for it (_hollowed)
 # A sheet on a desk (see _off_the_desk): its light region covers SHEET_MIN to SHEET_MAX of the
@@ -121,6 +124,7 @@ MEAN3_RESIDUAL = 0.943  # the share of white noise's spread that what a 3x3 mean
 # picture read the wrong way round at 0.6; at 0.3, 31 `thick` ones (the strokes of a digit cropped
 # tight fill the window), at the whole side 4-12 `shadow_edge` ones (the window runs off the page).
 POLARITY_FRACTION = 0.6
+POLARITY_WIDER, POLARITY_DARKER, POLARITY_UNEVEN = 2.0, 0.03, 0.05
 
 # Printed lines (see remove_lines): runs of ink LINE_RUN of the image long, horizontal or vertical
 # within LINE_SLACK of the image across (a page shot at an angle), that cross LINE_SPAN of it. A
@@ -319,6 +323,8 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         # closing hollowed strokes too wide for it (a bold digit filling a small picture: it kept
         # a few specks of them)
         if (found is not None and cv2.erode(found[0], np.ones((2, 2), np.uint8))[paper].astype(bool).mean() <= EVEN_STRAY
+                and (closed is None or np.percentile(light, 99) < EVEN_STEEP * max(1.0, np.percentile(light, 1))
+                     or (found[0] > 0).sum() >= EVEN_KEEPS * (closed[0] > 0).sum())
                 and (_within_strokes(found[0], None if closed is None else closed[0])
                      or _hollowed(found, closed, page.shape))):
             return found
@@ -419,6 +425,18 @@ def _dark_ink(grey: np.ndarray) -> bool:
     departure = small.astype(np.int16) - cv2.medianBlur(small, cells)
     strong = np.abs(departure) > 0.5 * np.abs(departure).max()
     if int(departure[strong].sum()) < 0:
+        return True
+    # a lamp's spot is lighter than the median over a wide patch, not in strokes: where what departs
+    # lighter is POLARITY_WIDER times as wide as what departs darker, the darker is more than a few
+    # pixels (POLARITY_DARKER of the lighter's), and the light falls unevenly on the picture's border
+    # (its quartiles POLARITY_UNEVEN of the picture's range apart: not the flat ground of an MNIST
+    # digit, whose bold light strokes leave dark gaps between them where they fill the window), the
+    # darker is the ink
+    darker, lighter = strong & (departure < 0), strong & (departure > 0)
+    if (darker.any() and lighter.any() and darker.sum() >= POLARITY_DARKER * lighter.sum()
+            and np.subtract(*np.percentile(_border(small), [75, 25]))
+            >= POLARITY_UNEVEN * np.subtract(*np.percentile(small, [99, 1]))
+            and _pen_width(lighter) >= POLARITY_WIDER * _pen_width(darker)):
         return True
     level, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return bool(np.median(_border(small)) > level)
