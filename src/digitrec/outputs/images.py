@@ -22,7 +22,7 @@ import itertools
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -268,7 +268,8 @@ class Preprocessed:
     chosen: np.ndarray | None = None  # ... and only the strokes read as the digit(s)
     lines: tuple[LineVerdict, ...] = ()  # what line removal decided of each long straight run, and why
     # one digit beside strokes that may be stray marks: (K, 28, 28) readings, the first digits[0] (every
-    # stroke near the digit kept), the others without some of those strokes; `pick` chooses among them
+    # stroke near the digit kept), the others without some of those strokes; where the page's light
+    # was read two ways (`ink_maps`), the second's readings follow; `pick` chooses among them
     choices: np.ndarray | None = None
     choice_masks: tuple[np.ndarray, ...] = ()  # with keep_steps: `chosen` as each choice keeps it
 
@@ -290,7 +291,14 @@ class Preprocessed:
 
 
 def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ink, share), both (H, W) uint8, from grey uint8 (255 = white); None if blank. `ink`: 255 = a
+    """`ink_maps`' first: (ink, share); None if blank."""
+    maps = ink_maps(grey)
+    return maps[0] if maps else None
+
+
+def ink_maps(grey: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(ink, share)], both (H, W) uint8, from grey uint8 (255 = white); [] if blank; a second
+    (ink, share) where the page's light could be read two ways (see below). `ink`: 255 = a
     stroke's core, 0 = paper; `share`: the share of the paper's light the ink takes (255 = all), not
     stretched, so that ink darker than other ink still shows as such (a stroke along a printed line).
 
@@ -301,7 +309,9 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     paper's colour all become "paper"; the contrast is then stretched so the typical stroke core is
     full white, which handles faint pencil. The result is binarised against that local background:
     pixels with less than INK_THRESHOLD of a core's contrast are paper (0); the rest keep their grey
-    level, as MNIST's anti-aliased edges do.
+    level, as MNIST's anti-aliased edges do. Where the fitted surface is taken only because the
+    closing seems to have hollowed bold strokes (`_hollowed`), a dark shadow's half-light may be what
+    it found: the closing's map is then the second.
     """
     page = grey if _dark_ink(grey) else 255 - grey  # dark ink on light paper
     # a photo in dim light: its noise would pass for ink, or hide it (in a picture narrower than
@@ -324,13 +334,21 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         # a few specks of them)
         if (found is not None and cv2.erode(found[0], np.ones((2, 2), np.uint8))[paper].astype(bool).mean() <= EVEN_STRAY
                 and (closed is None or _falls_off_less(light, EVEN_STEEP)
-                     or (found[0] > 0).sum() >= EVEN_KEEPS * (closed[0] > 0).sum())
-                and (_within_strokes(found[0], None if closed is None else closed[0])
-                     or _hollowed(found, closed, page.shape))):
-            return found
+                     or (found[0] > 0).sum() >= EVEN_KEEPS * (closed[0] > 0).sum())):
+            if _within_strokes(found[0], None if closed is None else closed[0]):
+                return [found]
+            if _hollowed(found, closed, page.shape):
+                # a dark shadow's half-light passes for strokes the closing hollowed too: the
+                # closing's reading is the other one (`preprocess` reads both, the model chooses)
+                return [found] + [m for m in [_closing_map(page, closed)] if m is not None and m is not found]
+    return [m for m in [_closing_map(page, closed)] if m is not None]
+
+
+def _closing_map(page: np.ndarray, closed: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The closing's ink map; where its strokes are about as wide as the closing (a digit that fills
+    the picture: a tight crop), they were partly taken for the background: the picture is then all
+    digit, and its paper one level."""
     if closed is not None and _wider_than_closing(closed[0], page.shape):
-        # strokes about as wide as the closing (a digit that fills the picture: a tight crop) were
-        # partly taken for the background: the picture is then all digit, and its paper one level
         level = np.percentile(page, PAPER_PERCENTILE)
         return _divided(page, np.maximum(page, np.uint8(level)))
     return closed
@@ -1156,10 +1174,25 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     web page and the ONNX-only path all come here): grey at working size, the page's light divided
     out, printed lines removed, the digit's strokes chosen, MNIST's geometry. With `keep_steps`,
     the result keeps each step's image."""
-    found = ink_map(_off_the_desk(_grey8(image)))
-    if found is None:
+    maps = ink_maps(_off_the_desk(_grey8(image)))
+    if not maps:
         return Preprocessed([])
-    ink, share = found
+    done = _read(*maps[0], multi, keep_steps)
+    if len(maps) == 1 or multi or not done.digits:
+        return done
+    # the page's light read two ways (a dark shadow, or bold strokes the closing hollowed): every
+    # reading of each, the first's first, for the model to choose from (`pick`)
+    other = _read(*maps[1], multi, keep_steps)
+    if not other.digits:
+        return done
+    choices = [d.choices if d.choices is not None else np.stack(d.digits) for d in (done, other)]
+    masks = [d.choice_masks or (d.chosen,) for d in (done, other)] if keep_steps else [(), ()]
+    return replace(done, choices=np.concatenate(choices), choice_masks=masks[0] + masks[1])
+
+
+def _read(ink: np.ndarray, share: np.ndarray, multi: bool, keep_steps: bool) -> Preprocessed:
+    """`preprocess` from one ink map on: printed lines removed, the digit's strokes chosen, MNIST's
+    geometry."""
     verdicts: list[LineVerdict] = []
     strokes = remove_lines(ink, verdicts, share)
     labels, stats, keep, doubt = _parts(strokes, multi)
