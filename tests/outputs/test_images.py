@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from digitrec.cli import main
 from digitrec.core.files import InputError
-from digitrec.outputs.images import CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, preprocess, read_images, split_digits, to_grey, to_mnist
+from digitrec.outputs.images import CENTRE, FORMATS, MAX_PIXELS, naive_resize, open_image, pick, preprocess, read_images, split_digits, to_grey, to_mnist
 from tests.image_variants import CONDITIONS, STRENGTHS, VARIANTS, _page, ruled_number, ruled_strip, strip, thin_ruled_number
 
 SUPPORTED = "(PNG, JPEG, GIF, BMP, TIFF, WEBP, PPM)"
@@ -658,7 +658,7 @@ def in_a_hard_shadow(digit: np.ndarray, rng) -> Image.Image:
     return Image.fromarray(np.clip(shaded, 0, 255).astype(np.uint8))
 
 
-def test_a_hard_shadow_is_read_both_ways_and_the_model_chooses(digits, bundled):
+def test_a_hard_shadow_is_read_both_ways_and_the_model_chooses(digits, bundled, tmp_path):
     """A shadow this dark passes for bold strokes that the closing hollowed, so the paper's fitted
     light, which takes the shadow for ink, is read and so is the closing's: the model's surer reading
     is taken (6ef656e, the fitted light's alone, read most of these as 1 or 0)."""
@@ -669,6 +669,15 @@ def test_a_hard_shadow_is_read_both_ways_and_the_model_chooses(digits, bundled):
     assert sum(b.choices is not None for b in both) >= 5  # read two ways, where the fit took the shadow
     read = np.array([bundled([to_mnist(p, bundled)])[0].argmax() for p in pictures])
     assert (read == labels[:30]).sum() >= 27  # measured 28 (6ef656e: 21)
+    # --show-preprocessed shows the steps of the reading taken: the closing's, without the shadow
+    files = []
+    for k, (picture, done) in enumerate(zip(pictures, both)):
+        if done.choices is not None and pick(bundled(done.choices)) >= len(done.choices) - done.other_choices:
+            files.append(tmp_path / f"shadow{k}.png")
+            picture.save(files[-1])
+    assert files
+    for reading in read_images(files, bundled, keep_steps=True):
+        assert (reading.steps["1-background-removed"] > 0).mean() < 0.2  # the shadow's half is not ink
 
 
 def one_paper_level(picture: Image.Image) -> np.ndarray:

@@ -272,6 +272,10 @@ class Preprocessed:
     # was read two ways (`ink_maps`), the second's readings follow; `pick` chooses among them
     choices: np.ndarray | None = None
     choice_masks: tuple[np.ndarray, ...] = ()  # with keep_steps: `chosen` as each choice keeps it
+    # where the page's light was read two ways: that other reading (its steps), whose readings are the
+    # last `other_choices` of `choices`
+    other: Preprocessed | None = None
+    other_choices: int = 0
 
     def step_images(self) -> dict[str, np.ndarray]:
         """Each step's image, named for the files `save_preprocessed` writes; where lines were
@@ -1187,7 +1191,8 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
         return done
     choices = [d.choices if d.choices is not None else np.stack(d.digits) for d in (done, other)]
     masks = [d.choice_masks or (d.chosen,) for d in (done, other)] if keep_steps else [(), ()]
-    return replace(done, choices=np.concatenate(choices), choice_masks=masks[0] + masks[1])
+    return replace(done, choices=np.concatenate(choices), choice_masks=masks[0] + masks[1],
+                   other=other if keep_steps else None, other_choices=len(choices[1]))
 
 
 def _read(ink: np.ndarray, share: np.ndarray, multi: bool, keep_steps: bool) -> Preprocessed:
@@ -1431,17 +1436,20 @@ def read_images(paths: Iterable[str | os.PathLike], classify: Callable[[np.ndarr
         if done is None:
             readings.append(Reading(name, np.empty((0, 10), np.float32), np.empty((0, SIZE, SIZE), np.uint8), error))
             continue
-        steps, images = done.step_images(), done.digits
+        shown, images = done, done.digits
         k = len(images) if done.choices is None else len(done.choices)
         probs = np.asarray(all_probs[start:start + k], np.float32)
         start += k
         if done.choices is not None:
             best = pick(probs)
             probs, images = probs[best:best + 1], [done.choices[best]]
-            if done.choice_masks:
-                steps["3-chosen"] = done.choice_masks[best]
+            if done.other is not None and best >= len(done.choices) - done.other_choices:
+                shown = done.other  # the page's light read the other way: its steps
+        steps = shown.step_images()
+        if done.choices is not None and done.choice_masks:
+            steps["3-chosen"] = done.choice_masks[best]
         images = np.stack(images) if images else np.empty((0, SIZE, SIZE), np.uint8)
-        readings.append(Reading(name, probs, images, None, steps, tuple(map(str, done.lines))))
+        readings.append(Reading(name, probs, images, None, steps, tuple(map(str, shown.lines))))
     return readings
 
 
