@@ -1189,8 +1189,10 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     other = _read(*maps[1], multi, keep_steps)
     if not other.digits:
         return done
-    choices = [d.choices if d.choices is not None else np.stack(d.digits) for d in (done, other)]
-    masks = [d.choice_masks or (d.chosen,) for d in (done, other)] if keep_steps else [(), ()]
+    # (the other's with every stroke near the digit kept: more readings of it would be more chances
+    # for a sure wrong one, as a bold stroke's hollowed outline read as a 1 without its other parts)
+    choices = [done.choices if done.choices is not None else np.stack(done.digits), np.stack(other.digits)]
+    masks = [done.choice_masks or (done.chosen,), (other.chosen,)] if keep_steps else [(), ()]
     return replace(done, choices=np.concatenate(choices), choice_masks=masks[0] + masks[1],
                    other=other if keep_steps else None, other_choices=len(choices[1]))
 
