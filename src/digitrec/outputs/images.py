@@ -344,7 +344,7 @@ def ink_maps(grey: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
             if _hollowed(found, closed, page.shape):
                 # a dark shadow's half-light passes for strokes the closing hollowed too: the
                 # closing's reading is the other one (`preprocess` reads both, the model chooses)
-                return [found] + [m for m in [_closing_map(page, closed)] if m is not None and m is not found]
+                return [found] + [m for m in [_closing_map(page, closed)] if m is not None]
     return [m for m in [_closing_map(page, closed)] if m is not None]
 
 
@@ -1184,13 +1184,13 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     done = _read(*maps[0], multi, keep_steps)
     if len(maps) == 1 or multi or not done.digits:
         return done
-    # the page's light read two ways (a dark shadow, or bold strokes the closing hollowed): every
-    # reading of each, the first's first, for the model to choose from (`pick`)
+    # the page's light read two ways (a dark shadow, or bold strokes the closing hollowed): the first
+    # map's readings, then the other's, for the model to choose from (`pick`); of the other, only its
+    # digit with every stroke near it kept: more readings of it would be more chances for a sure
+    # wrong one (a felt-tip 8's hollowed outline read as a 3 at 0.994 without some of its parts)
     other = _read(*maps[1], multi, keep_steps)
     if not other.digits:
         return done
-    # (the other's with every stroke near the digit kept: more readings of it would be more chances
-    # for a sure wrong one, as a bold stroke's hollowed outline read as a 1 without its other parts)
     choices = [done.choices if done.choices is not None else np.stack(done.digits), np.stack(other.digits)]
     masks = [done.choice_masks or (done.chosen,), (other.chosen,)] if keep_steps else [(), ()]
     return replace(done, choices=np.concatenate(choices), choice_masks=masks[0] + masks[1],
@@ -1317,7 +1317,8 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
     """The kept components grouped into digits, left to right.
 
     Components whose column spans overlap by half the narrower one are one digit (a 4 written in
-    two strokes), as are two that overlap at all where one lies wholly above the other, and a group much shorter than the others (a 5's flag, a broken stroke) joins its
+    two strokes), as are two that overlap at all where one lies just above the other (a slanted 1
+    in two pieces), and a group much shorter than the others (a 5's flag, a broken stroke) joins its
     neighbour if it (almost) touches it. Touching digits are read as one.
     """
     groups = []  # [first col, last col, first row, last row, [labels]], left to right
