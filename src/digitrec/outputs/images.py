@@ -272,10 +272,9 @@ class Preprocessed:
     # was read two ways (`ink_maps`), the second's readings follow; `pick` chooses among them
     choices: np.ndarray | None = None
     choice_masks: tuple[np.ndarray, ...] = ()  # with keep_steps: `chosen` as each choice keeps it
-    # where the page's light was read two ways: that other reading (its steps), whose readings are the
-    # last `other_choices` of `choices`
-    other: Preprocessed | None = None
-    other_choices: int = 0
+    # where the page was read other ways too (`ink_maps`): those readings (their steps, with
+    # keep_steps), one each, the last len(others) of `choices`
+    others: tuple[Preprocessed, ...] = ()
 
     def step_images(self) -> dict[str, np.ndarray]:
         """Each step's image, named for the files `save_preprocessed` writes; where lines were
@@ -301,8 +300,8 @@ def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def ink_maps(grey: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(ink, share)], both (H, W) uint8, from grey uint8 (255 = white); [] if blank; a second
-    (ink, share) where the page's light could be read two ways (see below). `ink`: 255 = a
+    """[(ink, share)], both (H, W) uint8, from grey uint8 (255 = white); [] if blank; more than one
+    where the page could be read other ways too (see below). `ink`: 255 = a
     stroke's core, 0 = paper; `share`: the share of the paper's light the ink takes (255 = all), not
     stretched, so that ink darker than other ink still shows as such (a stroke along a printed line).
 
@@ -315,9 +314,20 @@ def ink_maps(grey: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     pixels with less than INK_THRESHOLD of a core's contrast are paper (0); the rest keep their grey
     level, as MNIST's anti-aliased edges do. Where the fitted surface is taken only because the
     closing seems to have hollowed bold strokes (`_hollowed`), a dark shadow's half-light may be what
-    it found: the closing's map is then the second.
+    it found: the closing's map is then the second. Where the ink was read as lighter than an
+    unevenly lit ground (a lamp's spot its strokes split reads so), the maps of dark ink follow.
     """
-    page = grey if _dark_ink(grey) else 255 - grey  # dark ink on light paper
+    dark = _dark_ink(grey)
+    maps = _page_maps(grey if dark else 255 - grey)
+    if not dark and _lit_unevenly(_shrunk(grey, POLARITY_FRACTION)[0]):
+        # light ink on an unevenly lit ground, not MNIST's flat one: perhaps a lamp's spot on paper,
+        # its strokes splitting it: dark ink is read too (`preprocess` reads every map)
+        maps = maps[:1] + _page_maps(grey)
+    return maps
+
+
+def _page_maps(page: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`ink_maps` of a page of dark ink on light paper."""
     # a photo in dim light: its noise would pass for ink, or hide it (in a picture narrower than
     # DENOISE_SMALLEST every pixel is near a stroke's edge: no noise can be told from them, and a
     # blur there would merge the strokes)
@@ -463,12 +473,17 @@ def _dark_ink(grey: np.ndarray) -> bool:
     # darker is the ink
     darker, lighter = strong & (departure < 0), strong & (departure > 0)
     if (darker.any() and lighter.any() and darker.sum() >= POLARITY_DARKER * lighter.sum()
-            and np.subtract(*np.percentile(_border(small), [75, 25]))
-            >= POLARITY_UNEVEN * np.subtract(*np.percentile(small, [99, 1]))
-            and _pen_width(lighter) >= POLARITY_WIDER * _pen_width(darker)):
+            and _lit_unevenly(small) and _pen_width(lighter) >= POLARITY_WIDER * _pen_width(darker)):
         return True
     level, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return bool(np.median(_border(small)) > level)
+
+
+def _lit_unevenly(small: np.ndarray) -> bool:
+    """Whether the light falls unevenly on the picture's border: its quartiles POLARITY_UNEVEN of the
+    picture's range apart (an MNIST digit's ground is flat)."""
+    return bool(np.subtract(*np.percentile(_border(small), [75, 25]))
+                >= POLARITY_UNEVEN * np.subtract(*np.percentile(small, [99, 1])))
 
 
 def _border(image: np.ndarray) -> np.ndarray:
@@ -1184,17 +1199,17 @@ def preprocess(image: Image.Image, multi: bool = False, keep_steps: bool = False
     done = _read(*maps[0], multi, keep_steps)
     if len(maps) == 1 or multi or not done.digits:
         return done
-    # the page's light read two ways (a dark shadow, or bold strokes the closing hollowed): the first
-    # map's readings, then the other's, for the model to choose from (`pick`); of the other, only its
-    # digit with every stroke near it kept: more readings of it would be more chances for a sure
-    # wrong one (a felt-tip 8's hollowed outline read as a 3 at 0.994 without some of its parts)
-    other = _read(*maps[1], multi, keep_steps)
-    if not other.digits:
+    # the page read other ways too (a dark shadow, or bold strokes the closing hollowed; a lamp's spot,
+    # or light ink): the first map's readings, then one of each other map, for the model to choose
+    # from (`pick`): its digit with every stroke near it kept (more readings of it would be more
+    # chances for a sure wrong one: a felt-tip 8's hollowed outline read as a 3 at 0.994 without
+    # some of its parts)
+    others = [other for other in (_read(*m, multi, keep_steps) for m in maps[1:]) if other.digits]
+    if not others:
         return done
-    choices = [done.choices if done.choices is not None else np.stack(done.digits), np.stack(other.digits)]
-    masks = [done.choice_masks or (done.chosen,), (other.chosen,)] if keep_steps else [(), ()]
-    return replace(done, choices=np.concatenate(choices), choice_masks=masks[0] + masks[1],
-                   other=other if keep_steps else None, other_choices=len(choices[1]))
+    choices = [done.choices if done.choices is not None else np.stack(done.digits)] + [o.digits[0][None] for o in others]
+    masks = (done.choice_masks or (done.chosen,)) + tuple(o.chosen for o in others) if keep_steps else ()
+    return replace(done, choices=np.concatenate(choices), choice_masks=masks, others=tuple(others))
 
 
 def _read(ink: np.ndarray, share: np.ndarray, multi: bool, keep_steps: bool) -> Preprocessed:
@@ -1446,8 +1461,8 @@ def read_images(paths: Iterable[str | os.PathLike], classify: Callable[[np.ndarr
         if done.choices is not None:
             best = pick(probs)
             probs, images = probs[best:best + 1], [done.choices[best]]
-            if done.other is not None and best >= len(done.choices) - done.other_choices:
-                shown = done.other  # the page's light read the other way: its steps
+            if best >= len(done.choices) - len(done.others) and done.others:
+                shown = done.others[best - len(done.choices)]  # the page read another way: its steps
         steps = shown.step_images()
         if done.choices is not None and done.choice_masks:
             steps["3-chosen"] = done.choice_masks[best]
