@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -139,6 +140,16 @@ def test_sixteen_bit_scans_are_scaled(mnist_test):
 
 # ---------------------------------------------------------------------------------------------
 # preprocessing
+
+
+@pytest.mark.parametrize("pixels", [[[0, 255], [255, 0]], [[0, 255, 0], [255, 0, 255], [0, 255, 0]], [[7, 7, 7]]])
+def test_a_picture_of_a_few_pixels_reads_without_warnings(pixels):
+    """A 2x2 checkerboard took its light square for a sheet on a desk and the median of nothing (a
+    RuntimeWarning on the command line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for multi in (False, True):
+            preprocess(Image.fromarray(np.array(pixels, np.uint8)), multi=multi)
 
 
 @pytest.mark.parametrize("image", [

@@ -1264,6 +1264,8 @@ def _off_the_desk(grey: np.ndarray) -> np.ndarray:
         return grey
     rim = max(1, round(SHEET_RIM * min(rect_w, rect_h)))
     inside = cv2.erode(inside, np.ones((2 * rim + 1, 2 * rim + 1), np.uint8)) > 0
+    if not (inside & (light > 0)).any() or inside.all():  # nothing of it left inside its rim (a few pixels)
+        return grey
     paper = float(np.median(small[inside & (light > 0)]))
     desk = small[~inside]
     desk_level = float(np.median(desk))
