@@ -293,12 +293,6 @@ class Preprocessed:
         return {name: x for name, x in steps.items() if x is not None}
 
 
-def ink_map(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """`ink_maps`' first: (ink, share); None if blank."""
-    maps = ink_maps(grey)
-    return maps[0] if maps else None
-
-
 def ink_maps(grey: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(ink, share)], both (H, W) uint8, from grey uint8 (255 = white); [] if blank; more than one
     where the page could be read other ways too (see below). `ink`: 255 = a
@@ -317,9 +311,10 @@ def ink_maps(grey: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     it found: the closing's map is then the second. Where the ink was read as lighter than an
     unevenly lit ground (a lamp's spot its strokes split reads so), the maps of dark ink follow.
     """
-    dark = _dark_ink(grey)
+    small, cells = _shrunk(grey, POLARITY_FRACTION)
+    dark = _dark_ink(small, cells)
     maps = _page_maps(grey if dark else 255 - grey)
-    if not dark and _lit_unevenly(_shrunk(grey, POLARITY_FRACTION)[0]):
+    if not dark and _lit_unevenly(small):
         # light ink on an unevenly lit ground, not MNIST's flat one: perhaps a lamp's spot on paper,
         # its strokes splitting it: dark ink is read too (`preprocess` reads every map)
         maps = maps[:1] + _page_maps(grey)
@@ -354,18 +349,18 @@ def _page_maps(page: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
             if _hollowed(found, closed, page.shape):
                 # a dark shadow's half-light passes for strokes the closing hollowed too: the
                 # closing's reading is the other one (`preprocess` reads both, the model chooses)
-                return [found] + [m for m in [_closing_map(page, closed)] if m is not None]
-    return [m for m in [_closing_map(page, closed)] if m is not None]
+                return [found] + _closing_maps(page, closed)
+    return _closing_maps(page, closed)
 
 
-def _closing_map(page: np.ndarray, closed: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """The closing's ink map; where its strokes are about as wide as the closing (a digit that fills
-    the picture: a tight crop), they were partly taken for the background: the picture is then all
-    digit, and its paper one level."""
+def _closing_maps(page: np.ndarray, closed: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[the closing's ink map], [] if blank; where its strokes are about as wide as the closing (a
+    digit that fills the picture: a tight crop), they were partly taken for the background: the
+    picture is then all digit, and its paper one level."""
     if closed is not None and _wider_than_closing(closed[0], page.shape):
         level = np.percentile(page, PAPER_PERCENTILE)
-        return _divided(page, np.maximum(page, np.uint8(level)))
-    return closed
+        closed = _divided(page, np.maximum(page, np.uint8(level)))
+    return [] if closed is None else [closed]
 
 
 def _falls_off_less(light: np.ndarray, ratio: float) -> bool:
@@ -414,7 +409,7 @@ def _grain(page: np.ndarray) -> float:
 
 def _divided(page: np.ndarray, background: np.ndarray, noise: float | None = None,
              grain: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """`ink_map` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
+    """`ink_maps` for dark ink on light paper (uint8), given the paper's light (uint8, never darker
     than the page) and, if known, its noise (a standard deviation in grey levels) or its fine grain
     (`_grain`): the share of the light the ink takes, stretched and binarised, and as it is."""
     contrast = cv2.subtract(background, page)  # grey levels darker than the paper around it
@@ -447,8 +442,9 @@ def _robust_spread(values: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
-def _dark_ink(grey: np.ndarray) -> bool:
-    """Whether the ink is darker than the paper (a page) rather than lighter (an MNIST-style image).
+def _dark_ink(small: np.ndarray, cells: int) -> bool:
+    """Whether the ink is darker than the paper (a page) rather than lighter (an MNIST-style image),
+    from the picture's `_shrunk` copy for a window POLARITY_FRACTION of it (`small`, `cells` wide).
 
     The ink is what departs most from the paper around it, and the paper is the median of a window
     POLARITY_FRACTION of the shorter side wide: a median, unlike a mean or a closing, takes no side
@@ -460,7 +456,6 @@ def _dark_ink(grey: np.ndarray) -> bool:
     is the ink's, and the paper departs from it: then the picture's border, on the light side of
     Otsu's level, says the paper is light (the previous releases read polarity from the border alone).
     """
-    small, cells = _shrunk(grey, POLARITY_FRACTION)
     departure = small.astype(np.int16) - cv2.medianBlur(small, cells)
     strong = np.abs(departure) > 0.5 * np.abs(departure).max()
     if int(departure[strong].sum()) < 0:
@@ -634,7 +629,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
     Given a list, `verdicts` gets what was decided of every candidate that crosses the picture or
     makes a box, and why (`--show-preprocessed` writes them out). Where a line's ink is fainter than
     the pen's, a stroke along it stays where it is STROKE_DARKER times darker than the line's core,
-    measured on `share` (`ink_map`'s, not stretched; else on `ink`, where both may be saturated).
+    measured on `share` (`ink_maps`', not stretched; else on `ink`, where both may be saturated).
     """
     verdicts = [] if verdicts is None else verdicts
     mask = (ink > 0).astype(np.uint8)
