@@ -492,6 +492,41 @@ def test_tight_crops_of_ones_and_sevens_keep_their_long_strokes(label, mnist_tes
         assert best_shifted_correlation(steps.digits[0], to_mnist(Image.fromarray(mnist_test.images[i]))) > PHOTO_LIKENESS
 
 
+def cropped_to_ink(digit: np.ndarray, height: int, margins: tuple[int, int, int, int], paper: int, ink: int,
+                   fall: float, blur: float, noise: float, seed: int) -> Image.Image:
+    """An MNIST digit drawn `height` px tall in a soft pen (its grey levels eased into coverage),
+    `margins` px of paper above, below, left and right of its ink, the light falling by `fall` from
+    left to right, a little blur and sensor noise."""
+    rows, cols = np.flatnonzero(digit.max(1) > 25), np.flatnonzero(digit.max(0) > 25)
+    digit = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32) / 255
+    up = cv2.resize(digit, (max(3, round(digit.shape[1] * height / digit.shape[0])), height),
+                    interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    t = np.clip((up - 0.15) / 0.45, 0, 1)
+    cover = np.pad(t * t * (3 - 2 * t), ((margins[0], margins[1]), (margins[2], margins[3])))
+    light = 1 - fall * np.linspace(0, 1, cover.shape[1])[None, :]
+    page = cv2.GaussianBlur(((paper * (1 - cover) + ink * cover) * light).astype(np.float32), (0, 0), blur)
+    page += np.random.default_rng(seed).normal(0, noise, page.shape)
+    return Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+
+
+# A 5 in a dark pen, and two 6s in a faint one, their loops bold enough to be nearly solid, which
+# makes the pen measured on them wide: the 5's stem and bowl made one long run across the picture,
+# and each 6's stem, running off the picture's left side at its foot, counted as running past the
+# handwriting there. ec76f4c cut all three (read 2, 0, 0); a side the handwriting itself reaches
+# is where the picture was cropped, and a line running off it is no evidence now.
+@pytest.mark.parametrize("index, height, margins, paper, ink, fall, blur, noise", [
+    (3312, 147, (13, 6, 4, 14), 230, 36, 0.036, 0.43, 1.3),
+    (88, 40, (3, 1, 3, 3), 219, 121, 0.119, 1.2, 6.6),
+    (1593, 75, (7, 1, 4, 6), 185, 111, 0.099, 0.41, 8.6)])
+def test_a_stem_at_a_tightly_cropped_pictures_side_is_not_a_line(index, height, margins, paper, ink, fall, blur,
+                                                                 noise, mnist_test, bundled):
+    picture = cropped_to_ink(mnist_test.images[index], height, margins, paper, ink, fall, blur, noise, seed=0)
+    steps = preprocess(picture, keep_steps=True)
+    assert not any(verdict.removed for verdict in steps.lines), [str(verdict) for verdict in steps.lines]
+    assert np.array_equal(steps.strokes, steps.ink)
+    assert bundled(steps.digits).argmax(1).tolist() == [mnist_test.labels[index]]
+
+
 def slanted_bar(width: int, angle: float) -> Image.Image:
     """A plain dark bar `width` px wide, slanted by `angle` degrees, across a 100x140 grey picture."""
     picture = Image.new("L", (100, 140), 200)

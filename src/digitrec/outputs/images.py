@@ -682,6 +682,10 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             return ink
         pen = _pen_width(handwriting)
         extent = {axis: _extent(handwriting, axis) for axis in ("h", "v")}
+        # (where the handwriting reaches the picture's side as near as a line that runs off it, the
+        # picture was cropped at the handwriting there, and running off that side is no evidence:
+        # the stem of a tightly cropped 6 runs off its left side, as its loop nearly does)
+        reach = {"h": extent["v"], "v": extent["h"]}
         printed = {"h": [], "v": []}
         for axis, found in lines.items():
             for line in found:
@@ -689,7 +693,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                 if line.thick > LINE_PEN * pen and not (ruled and line.thick <= RULED_PEN * pen):
                     judge(axis, line, False, f"kept: {line.thick} px thick against the pen's {pen:.1f} px, "
                                              "too thick for a printed line: a stroke")
-                elif line.runs_past(*extent[axis], pen, frames[axis].leaves(line)):
+                elif line.runs_past(*extent[axis], pen, frames[axis].leaves(line, reach=reach[axis])):
                     printed[axis].append(line)
                     judge(axis, line, True, f"removed: it crosses the picture, {line.thick} px thick against the "
                                             f"pen's {pen:.1f} px, and runs past the handwriting"
@@ -886,12 +890,16 @@ class _Shear:
         out[rows[edge], cols[edge]] = True
         return out
 
-    def leaves(self, line: _Line, slack: float = 0.0) -> tuple[bool, bool]:
+    def leaves(self, line: _Line, slack: float = 0.0, reach: tuple[float, float] | None = None) -> tuple[bool, bool]:
         """Whether the line (found in this frame) runs off the picture's side across its axis (top
-        or bottom, for "h") at its start and at its end: ends within its thickness (and `slack` px) of it."""
+        or bottom, for "h") at its start and at its end: ends within its thickness (and `slack` px) of
+        it. Given `reach` (where the handwriting starts and ends across the axis, `_extent`), a side the
+        handwriting comes as near to does not count."""
         shifts = self.shifts if self.shifts.any() else np.zeros(max(line.end, 1), np.int64)
         across = (line.ends[0] - shifts[line.start], line.ends[1] - shifts[line.end - 1])
-        return tuple(bool(a <= line.thick + slack or a >= self.size - 1 - line.thick - slack) for a in across)
+        near = line.thick + slack
+        first, last = (self.size, 0) if reach is None else reach
+        return tuple(bool((a <= near < first) or (a >= self.size - 1 - near >= last)) for a in across)
 
     def paint(self, lines: list[_Line]) -> np.ndarray:
         """The lines' pixels (bool, in the sheared frame)."""
