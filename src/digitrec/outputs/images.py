@@ -94,7 +94,6 @@ EVEN_LIFT = 90
 NOISE_TAIL = 2.33  # standard deviations of normal noise below its 1st percentile
 EVEN_MAX_INK = 0.85
 EVEN_MIN_PAPER = 12
-EVEN_AWAY = 0.04  # ... the paper sampled this fraction of the picture's longer side from the ink (at least 2 px)
 EVEN_STRAY = 0.002  # ... and kept only if at most this share of the paper comes out as ink
 EVEN_GROWTH = 4.0  # ... nor more than this many times the closing's ink in all
 EVEN_KEEPS, EVEN_STEEP = 0.7, 2.0  # ... and where its light falls off steeply (its brightest percent this many times
@@ -527,12 +526,8 @@ def _even_light(page: np.ndarray) -> tuple[np.ndarray, float, tuple[np.ndarray, 
     dark = small <= level
     if not dark.any() or dark.mean() > EVEN_MAX_INK:
         return None
-    # EVEN_AWAY of the picture's longer side away from the ink, and at least two pixels (one, in a
-    # picture too small for two): its blurred edge is neither (a felt tip's, drawn 80 px tall, is
-    # still darker than the paper three pixels out)
-    far = max(2, round(EVEN_AWAY * max(small.shape)))
-    for side in sorted({2 * far + 1, 5, 3}, reverse=True):
-        away = np.ones((side, side), np.uint8)
+    # two pixels away from the ink (one, in a picture too small for two): its blurred edge is neither
+    for away in (np.ones((5, 5), np.uint8), np.ones((3, 3), np.uint8)):
         ys, xs = np.nonzero(cv2.erode((~dark).astype(np.uint8), away))
         if len(ys) >= EVEN_MIN_PAPER:
             break
