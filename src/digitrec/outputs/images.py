@@ -153,6 +153,7 @@ PIECE_THICK, PIECE_LONG = 4.0, 10.0  # ... or, where no ink runs that far, thin 
 BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image's shorter side long
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
+BOX_ALIKE = 2.5  # ... or, one side along which a stroke lies, at most this many times as thick as the other three
 BOX_SIDE_PERCENTILE = 10  # ... where they are thinnest: this percentile of the ink across them (a 0 may touch a side
                           # along most of its length)
 BOX_LEVEL = 0.1  # ... and each runs within this slope (6 degrees) of the page's lines: two ruled lines, the margin
@@ -710,8 +711,11 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         for top, bottom, left, right in boxes:
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
             # ruled lines and two upright strokes of a number between them are not round all of it)
+            # (the handwriting's extent takes in the sides' own ink: half the print's thickness, its
+            # thinnest side's, out from where they run)
             (first_x, last_x), (first_y, last_y) = extent["h"], extent["v"]
-            tol = pen + BOX_TOLERANCE * min(right.position - left.position, bottom.position - top.position)
+            tol = (pen + min(side.thick for side in (top, bottom, left, right)) / 2
+                   + BOX_TOLERANCE * min(right.position - left.position, bottom.position - top.position))
             sides = {"h": (top, bottom), "v": (left, right)}
             if (left.position - tol <= first_x and last_x <= right.position + tol
                     and top.position - tol <= first_y and last_y <= bottom.position + tol):
@@ -1106,10 +1110,15 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
             if box_h <= 0:
                 continue
             tol = BOX_TOLERANCE * min(box_w, box_h)
-            if (all(h.start <= left.position + tol and h.end >= right.position - tol and h.thinnest <= BOX_THIN * box_h
-                    for h in (top, bottom))
-                    and all(v.start <= top.position + tol and v.end >= bottom.position - tol
-                            and v.thinnest <= BOX_THIN * box_w for v in (left, right))):
+            # thin: BOX_THIN of the box's size at most; or one side, along which a stroke lies
+            # nearly all the way (a 0's base), at most BOX_ALIKE times as thick as the other three
+            thin = [h.thinnest <= BOX_THIN * box_h for h in (top, bottom)] + [v.thinnest <= BOX_THIN * box_w for v in (left, right)]
+            sides = (top, bottom, left, right)
+            if thin.count(False) == 1:
+                odd = thin.index(False)
+                thin[odd] = sides[odd].thinnest <= BOX_ALIKE * max(side.thinnest for k, side in enumerate(sides) if k != odd)
+            if (all(thin) and all(h.start <= left.position + tol and h.end >= right.position - tol for h in (top, bottom))
+                    and all(v.start <= top.position + tol and v.end >= bottom.position - tol for v in (left, right))):
                 # printed sides run level in the frame where the page's lines do, give or take a
                 # perspective: a stroke (a 7's stem between two ruled lines and the margin) slants
                 if all(abs(side.slope) <= BOX_LEVEL for side in (top, bottom, left, right)):
