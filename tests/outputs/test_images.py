@@ -646,6 +646,25 @@ def test_ruled_lines_a_margin_and_a_stroke_make_no_box(mnist_test):
     assert best_shifted_correlation(steps.digits[0], to_mnist(Image.fromarray(mnist_test.images[0]))) > 0.9
 
 
+def test_a_margins_hairline_two_ruled_lines_and_a_ones_stem_make_no_box(mnist_test):
+    """A number on ruled paper ending in an upright 1 that reaches both lines: the margin's hairline,
+    the two lines and the 1 meet like a box round the number (2379386 removed the 1 as its side).
+    A printed box's sides are printed alike; the 1 is ten times as thick as the hairline."""
+    page = np.full((220, 760, 3), (250, 248, 240), np.uint8)
+    for y in (55, 159):
+        cv2.line(page, (0, y), (759, y + 8), (200, 170, 140), 3)
+    cv2.line(page, (34, 0), (34, 219), (120, 120, 230), 1)
+    ink = np.zeros(page.shape[:2], np.uint8)
+    for k, index in enumerate([1, 2, 3, 4]):  # test digits 2, 1, 0, 4, each 90 px tall
+        ink[62:152, 90 + 140 * k:180 + 140 * k] = cv2.resize(mnist_test.images[index], (90, 90))
+    cv2.line(ink, (690, 58), (690, 162), 255, 10)  # the 1
+    page = (page * (1 - ink[..., None] / 255 * 0.85)).astype(np.uint8)
+    steps = preprocess(Image.fromarray(page), multi=True, keep_steps=True)
+    assert not any("box" in verdict.why and verdict.removed for verdict in steps.lines)
+    assert len(steps.digits) == 5
+    assert (steps.strokes[70:150, 687:694] > 0).mean() > 0.9  # the 1 stays whole
+
+
 def test_show_preprocessed_says_which_lines_went_and_why(tiny_run, tmp_path, mnist_test, capsys):
     page = tmp_path / "ruled.png"
     digit_on_page(mnist_test.images[1], RULED + MARGIN).save(page)

@@ -154,6 +154,7 @@ BOX_SIDE = 0.15  # a printed box's sides are at least this fraction of the image
 BOX_TOLERANCE = 0.1  # ... meet within this fraction of its size at the corners
 BOX_THIN = 0.1  # ... and are at most this fraction of its size thick (a digit's strokes are thicker)
 BOX_ALIKE = 2.5  # ... or, one side along which a stroke lies, at most this many times as thick as the other three
+BOX_ALIKE_PX = 2  # ... and no side thicker than BOX_ALIKE times the thinnest side and this many px: printed alike
 BOX_SIDE_PERCENTILE = 10  # ... where they are thinnest: this percentile of the ink across them (a 0 may touch a side
                           # along most of its length)
 BOX_LEVEL = 0.1  # ... and each runs within this slope (6 degrees) of the page's lines: two ruled lines, the margin
@@ -1117,7 +1118,9 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
             if thin.count(False) == 1:
                 odd = thin.index(False)
                 thin[odd] = sides[odd].thinnest <= BOX_ALIKE * max(side.thinnest for k, side in enumerate(sides) if k != odd)
-            if (all(thin) and all(h.start <= left.position + tol and h.end >= right.position - tol for h in (top, bottom))
+            # and printed alike: a margin's hairline, two ruled lines and a 9's stem are no box
+            alike = max(side.thinnest for side in sides) <= BOX_ALIKE * min(side.thinnest for side in sides) + BOX_ALIKE_PX
+            if (all(thin) and alike and all(h.start <= left.position + tol and h.end >= right.position - tol for h in (top, bottom))
                     and all(v.start <= top.position + tol and v.end >= bottom.position - tol for v in (left, right))):
                 # printed sides run level in the frame where the page's lines do, give or take a
                 # perspective: a stroke (a 7's stem between two ruled lines and the margin) slants
