@@ -665,6 +665,20 @@ def test_a_margins_hairline_two_ruled_lines_and_a_ones_stem_make_no_box(mnist_te
     assert (steps.strokes[70:150, 687:694] > 0).mean() > 0.9  # the 1 stays whole
 
 
+def test_a_piece_far_above_a_number_is_not_part_of_its_digit(mnist_test):
+    """A short dash left well above a number's last digit (the end of a ruled line that faded, a
+    pen's touch): its columns lie within the digit's, and it joined it, shrinking the digit in its
+    28x28 (06eed68 here: likeness 0.14; on a notebook page of mine, a 5 read as 3). Pieces whose
+    columns overlap are one digit only where they lie within half a digit's height of each other."""
+    page = np.full((200, 420), 245, np.uint8)
+    for k, index in enumerate([1, 2, 3]):  # test digits 2, 1, 0, each 80 px tall
+        page[90:170, 20 + 110 * k:100 + 110 * k] -= (cv2.resize(mnist_test.images[index], (80, 80)) * 0.8).astype(np.uint8)
+    cv2.line(page, (260, 12), (290, 12), 60, 3)  # the dash, 78 px above the 0's top
+    steps = preprocess(Image.fromarray(page), multi=True, keep_steps=True)
+    assert len(steps.digits) == 3
+    assert best_shifted_correlation(steps.digits[2], to_mnist(Image.fromarray(mnist_test.images[3]))) > 0.8
+
+
 def test_show_preprocessed_says_which_lines_went_and_why(tiny_run, tmp_path, mnist_test, capsys):
     page = tmp_path / "ruled.png"
     digit_on_page(mnist_test.images[1], RULED + MARGIN).save(page)

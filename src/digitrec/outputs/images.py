@@ -61,6 +61,7 @@ MIN_DIGIT_AREA = 0.15  # ... and an isolated piece with less ink than this fract
 THIN_ONE_SHORTEST, THIN_ONE_TALLEST = 0.8, 1.25  # ... unless it is at least the first of their median height, and
                                                  # at most the second of the tallest: a thin 1
 STACKED_GAP = 0.2  # two pieces one above the other are one digit if this fraction of the taller's height apart at most
+STACKED_FAR = 0.5  # ... and pieces whose columns overlap, or a fragment and its neighbour, only this close above or below (of the taller; the median digit)
 MIN_INK_PIXELS = 12  # a biggest blob smaller than this (in the working image) is not a digit
 NEAR = 0.35  # a stroke further from the main stroke than this fraction of its size is a stray mark
 # A stroke near the digit but apart from it (further from the main stroke's box than DOUBT_GAP of its size)
@@ -1364,8 +1365,12 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
         overlap = min(left[1], right[1]) - max(left[0], right[0]) + 1
         # one wholly above the other, close: a slanted 1 in two pieces
         apart = max(left[2], right[2]) - min(left[3], right[3]) - 1
-        stacked = 0 <= apart <= STACKED_GAP * max(left[3] - left[2], right[3] - right[2])
-        if overlap >= 0.5 * (min(left[1] - left[0], right[1] - right[0]) + 1) or (stacked and overlap > 0):
+        taller = max(left[3] - left[2], right[3] - right[2])
+        stacked = 0 <= apart <= STACKED_GAP * taller
+        # (columns overlapping, but not far above or below: a piece of a ruled line left over the
+        # number's last digit is not part of it)
+        if ((overlap >= 0.5 * (min(left[1] - left[0], right[1] - right[0]) + 1) and apart <= STACKED_FAR * taller)
+                or (stacked and overlap > 0)):
             groups[i - 1:i + 1] = [_merge(left, right)]
         else:
             i += 1
@@ -1381,7 +1386,8 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
             gaps = {j: (groups[j][0] - groups[i][1] if j > i else groups[i][0] - groups[j][1])
                     for j in (i - 1, i + 1) if 0 <= j < len(groups)}
             j = min(gaps, key=gaps.get)
-            if gaps[j] <= FRAGMENT_GAP * tall:
+            apart = max(groups[i][2], groups[j][2]) - min(groups[i][3], groups[j][3]) - 1
+            if gaps[j] <= FRAGMENT_GAP * tall and apart <= STACKED_FAR * tall:
                 a, b = sorted((int(i), j))
                 groups[a:b + 1] = [_merge(groups[a], groups[b])]
                 merged = True
