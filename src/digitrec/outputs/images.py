@@ -904,7 +904,7 @@ class _Shear:
         shifts = self.shifts if self.shifts.any() else np.zeros(max(line.end, 1), np.int64)
         across = (line.ends[0] - shifts[line.start], line.ends[1] - shifts[line.end - 1])
         near = line.thick + slack
-        first, last = (self.size, 0) if reach is None else reach
+        first, last = (np.inf, -np.inf) if reach is None else reach
         return tuple(bool((a <= near < first) or (a >= self.size - 1 - near >= last)) for a in across)
 
     def paint(self, lines: list[_Line]) -> np.ndarray:
@@ -1114,8 +1114,8 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
             tol = BOX_TOLERANCE * min(box_w, box_h)
             # thin: BOX_THIN of the box's size at most; or one side, along which a stroke lies
             # nearly all the way (a 0's base), at most BOX_ALIKE times as thick as the other three
-            thin = [h.thinnest <= BOX_THIN * box_h for h in (top, bottom)] + [v.thinnest <= BOX_THIN * box_w for v in (left, right)]
             sides = (top, bottom, left, right)
+            thin = [side.thinnest <= BOX_THIN * size for side, size in zip(sides, (box_h, box_h, box_w, box_w))]
             if thin.count(False) == 1:
                 odd = thin.index(False)
                 thin[odd] = sides[odd].thinnest <= BOX_ALIKE * max(side.thinnest for k, side in enumerate(sides) if k != odd)
@@ -1364,7 +1364,7 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
         left, right = groups[i - 1], groups[i]
         overlap = min(left[1], right[1]) - max(left[0], right[0]) + 1
         # one wholly above the other, close: a slanted 1 in two pieces
-        apart = max(left[2], right[2]) - min(left[3], right[3]) - 1
+        apart = _rows_apart(left, right)
         taller = max(left[3] - left[2], right[3] - right[2])
         stacked = 0 <= apart <= STACKED_GAP * taller
         # (columns overlapping, but not far above or below: a piece of a ruled line left over the
@@ -1386,8 +1386,7 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
             gaps = {j: (groups[j][0] - groups[i][1] if j > i else groups[i][0] - groups[j][1])
                     for j in (i - 1, i + 1) if 0 <= j < len(groups)}
             j = min(gaps, key=gaps.get)
-            apart = max(groups[i][2], groups[j][2]) - min(groups[i][3], groups[j][3]) - 1
-            if gaps[j] <= FRAGMENT_GAP * tall and apart <= STACKED_FAR * tall:
+            if gaps[j] <= FRAGMENT_GAP * tall and _rows_apart(groups[i], groups[j]) <= STACKED_FAR * tall:
                 a, b = sorted((int(i), j))
                 groups[a:b + 1] = [_merge(groups[a], groups[b])]
                 merged = True
@@ -1401,6 +1400,12 @@ def _group_digits(stats: np.ndarray, keep: list[int]) -> list[list[int]]:
     digits |= ((heights >= THIN_ONE_SHORTEST * np.median(heights[digits]))
                & (heights <= THIN_ONE_TALLEST * heights[digits].max()))
     return [g[4] for g, digit in zip(groups, digits) if digit]
+
+
+def _rows_apart(a: list, b: list) -> int:
+    """The rows of paper between two groups (`_group_digits`' [first col, last col, first row, last
+    row, labels]) one above the other; negative where their rows overlap."""
+    return max(a[2], b[2]) - min(a[3], b[3]) - 1
 
 
 def _merge(a: list, b: list) -> list:
@@ -1484,7 +1489,7 @@ def read_images(paths: Iterable[str | os.PathLike], classify: Callable[[np.ndarr
         if done.choices is not None:
             best = pick(probs)
             probs, images = probs[best:best + 1], [done.choices[best]]
-            if best >= len(done.choices) - len(done.others) and done.others:
+            if best >= len(done.choices) - len(done.others):
                 shown = done.others[best - len(done.choices)]  # the page read another way: its steps
         steps = shown.step_images()
         if done.choices is not None and done.choice_masks:
