@@ -13,6 +13,7 @@ This script trains nothing: it prints the figures that benchmarks/speedrun.py wr
 figures measured before and kept in docs/presets.md, labelled so. Make the files with:
 
     python benchmarks/speedrun.py --preset better --seeds 3 --no-curve --json runs/records/better.json
+    python benchmarks/speedrun.py --preset better --precision bf16 --seeds 3 --no-curve --json runs/records/better-bf16.json
     python benchmarks/speedrun.py --preset better --validation --seeds 3 --json runs/records/better-val.json
     # distillation: a teacher (3 `fast` runs combined: `digitrec train` then `digitrec ensemble`), then
     python benchmarks/speedrun.py --set distill_from=TEACHER --seeds 3 --no-curve --json runs/records/distill.json
@@ -79,7 +80,8 @@ def conditions(summary: dict) -> str:
 
 def target_1(folder: Path) -> None:
     print(f"Target 1: >= {TARGETS[1]:.2f}% on the test set within 2 minutes (<= 7.5x `fast`'s time)")
-    for file, scored in (("better-val.json", "validation split"), ("better.json", "test set")):
+    for file, scored in (("better-val.json", "validation split"), ("better.json", "test set"),
+                         ("better-bf16.json", "test set, under bf16 autocast")):
         summary = read(folder / file)
         if summary is None:
             print(f"  {scored}: not measured here ({folder / file} missing)")
@@ -89,7 +91,7 @@ def target_1(folder: Path) -> None:
         print(f"    {candidate}: {describe(summary, candidate, summary['baseline'])}")
         if summary["baseline"] in summary["recipes"]:
             print(f"    {summary['baseline']}: {describe(summary, summary['baseline'], None)}")
-        if scored == "test set":
+        if scored.startswith("test set"):
             runs = summary["recipes"][candidate]["runs"]
             mean = 100 * statistics.mean(r["accuracy"] for r in runs)
             seconds = summary["recipes"][candidate]["median_seconds"]

@@ -20,7 +20,8 @@ images (train_test_split's, val_seed 7), train on the rest, no calibration hold-
 accuracy on that split instead of the test set, plain and with test-time augmentation (each
 model is trained once, without its views, and scored both ways: the views change no weight), with
 the training seconds (the wall time there includes validating after every epoch).
---precision bf16 runs both recipes under bf16 autocast (a runtime setting, not the recipe's).
+--precision bf16 runs the timed recipe under bf16 autocast (a runtime setting, not the recipe's); the
+baseline runs at --baseline-precision (default auto: fp32 on a CPU, as `digitrec train` runs it).
 --json FILE writes every figure (benchmarks/records.py reads it).
     python benchmarks/speedrun.py [--seeds 5] [--out runs/speedrun]
     python benchmarks/speedrun.py --validation --seeds 3 --set epochs=5 --set label_smoothing=0
@@ -115,7 +116,8 @@ def main() -> None:
                         help="judge on a 10%% validation split of the training images, not the test set")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a recipe field of --preset's recipe (repeatable), e.g. epochs=5")
-    parser.add_argument("--precision", default="auto", help="runtime precision of both recipes (e.g. bf16)")
+    parser.add_argument("--precision", default="auto", help="runtime precision of the timed recipe (e.g. bf16)")
+    parser.add_argument("--baseline-precision", default="auto", help="runtime precision of the baseline")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the physical cores)")
     parser.add_argument("--no-curve", action="store_true", help="skip the time-to-accuracy curve")
     parser.add_argument("--json", help="write the figures to this file")
@@ -126,19 +128,20 @@ def main() -> None:
     baseline = args.baseline or ("previous-fast" if args.preset == "fast" else "fast")
 
     threads = setup_process(RuntimeConfig(threads=args.threads))  # as `digitrec train` does
-    runtime = resolve(RuntimeConfig(precision=args.precision), threads=threads)
+    runtimes = [resolve(RuntimeConfig(precision=p), threads=threads) for p in (args.precision, args.baseline_precision)]
     env, load_start = environment(), os.getloadavg()
-    print(f"{env['cpu']}, {env['cpu_count']} CPUs, {threads} threads, {runtime.precision}, torch {env['torch']}; "
+    precisions = " and ".join(dict.fromkeys(rt.precision for rt in runtimes))
+    print(f"{env['cpu']}, {env['cpu_count']} CPUs, {threads} threads, {precisions}, torch {env['torch']}; "
           f"load average {' '.join(f'{x:.2f}' for x in load_start)}")
     candidate = args.preset + ("-modified" if overrides else "")
     if candidate == baseline:
         parser.error(f"--preset {args.preset} without --set is the baseline itself")
-    recipes = {candidate: (args.preset, overrides)}
+    recipes = {candidate: (args.preset, overrides, runtimes[0])}
     if baseline != "none":
-        recipes[baseline] = ("fast", PREVIOUS_FAST if baseline == "previous-fast" else {})
+        recipes[baseline] = ("fast", PREVIOUS_FAST if baseline == "previous-fast" else {}, runtimes[1])
     results = {name: [] for name in recipes}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for name, (preset, recipe) in recipes.items():
+        for name, (preset, recipe, runtime) in recipes.items():
             cfg = make_config(preset, **{**recipe, **common, "seed": seed})
             run = timed_job(cfg, Path(args.out) / f"{name}-{seed}", args.validation, runtime)
             results[name].append({"seed": seed, **run})
@@ -152,7 +155,7 @@ def main() -> None:
           f"wall time, median (range) | ratio of medians | training time, median |\n|---|---|---|---|---|---|"
           + ("---|" if args.validation else ""))
     base_median = statistics.median(r["seconds"] for r in results[baseline if baseline != "none" else candidate])
-    summary = {"validation": args.validation, "precision": runtime.precision, "threads": threads,
+    summary = {"validation": args.validation, "precision": precisions, "threads": threads,
                "environment": env, "load_average": {"start": load_start, "end": os.getloadavg()},
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "baseline": baseline, "recipes": {}}
     for name, runs in results.items():
@@ -163,7 +166,8 @@ def main() -> None:
               f"{', '.join(f'{100 * a:.2f}' for a in accuracies)}{tta} | {statistics.median(seconds):.1f} s "
               f"({min(seconds):.1f}-{max(seconds):.1f}) | {ratio:.2f} | "
               f"{statistics.median(r['train_seconds'] for r in runs):.1f} s |")
-        summary["recipes"][name] = {"preset": recipes[name][0], "overrides": recipes[name][1], "runs": runs,
+        summary["recipes"][name] = {"preset": recipes[name][0], "overrides": recipes[name][1],
+                                    "precision": recipes[name][2].precision, "runs": runs,
                                     "median_seconds": statistics.median(seconds), "ratio": ratio}
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
@@ -173,7 +177,7 @@ def main() -> None:
     if args.no_curve or args.validation:
         return
     print("\nTime to accuracy, seed 0 (test accuracy after each epoch; training seconds so far):")
-    for name, (preset, recipe) in recipes.items():
+    for name, (preset, recipe, _) in recipes.items():
         points = curve(make_config(preset, **recipe), Path(args.out) / f"curve-{name}")
         print(f"  {name}: " + ", ".join(f"epoch {e} {s:.0f} s {100 * a:.2f}%" for e, s, a in points))
 
