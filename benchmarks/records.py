@@ -48,6 +48,7 @@ DISTILLATION_FILES = (
     ("distill-val.json", "validation split, teacher: 3 `fast` runs"),
     ("distill.json", "test set, teacher: 3 `fast` runs"),
     ("distill-better-val.json", "validation split, teacher: 2 `better` runs"),  # not carried to the test set
+    ("distill-better.json", "test set, teacher: 3 `better` runs under bf16"),
 )
 
 
@@ -127,7 +128,8 @@ def target_3(folder: Path) -> None:
         print(f"  distillation, {scored} ({conditions(summary)}); teacher {teacher}:")
         print(f"    distilled: {describe(summary, student, summary['baseline'])}")
         if summary["baseline"] in summary["recipes"]:
-            print(f"    {summary['baseline']} (the same recipe, not distilled): "
+            same = summary["recipes"][student]["preset"] == summary["recipes"][summary["baseline"]]["preset"]
+            print(f"    {summary['baseline']} ({'the same recipe, not distilled' if same else 'beside it, for the time'}): "
                   f"{describe(summary, summary['baseline'], None)}")
         else:  # the same seeds' plain runs are in the file above (on the CPU, a recipe and seed train the same weights)
             print("    not distilled: the same recipe and seeds above")

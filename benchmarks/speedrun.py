@@ -130,7 +130,8 @@ def main() -> None:
     threads = setup_process(RuntimeConfig(threads=args.threads))  # as `digitrec train` does
     runtimes = [resolve(RuntimeConfig(precision=p), threads=threads) for p in (args.precision, args.baseline_precision)]
     env, load_start = environment(), os.getloadavg()
-    precisions = " and ".join(dict.fromkeys(rt.precision for rt in runtimes))
+    used = runtimes if baseline != "none" else runtimes[:1]
+    precisions = " and ".join(dict.fromkeys(rt.precision for rt in used))
     print(f"{env['cpu']}, {env['cpu_count']} CPUs, {threads} threads, {precisions}, torch {env['torch']}; "
           f"load average {' '.join(f'{x:.2f}' for x in load_start)}")
     candidate = args.preset + ("-modified" if overrides else "")

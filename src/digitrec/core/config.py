@@ -197,7 +197,7 @@ PRESETS: dict[str, dict] = {
 # 99.67% / 99.65% in about 6x the time; width 16 and 16 epochs 99.60% / 99.66%; `fast` 99.47% /
 # 99.57%; 12 epochs with mild elastic distortion 99.58% / 99.63% (1 seed) (benchmarks/speedrun.py;
 # docs/records.md). Under bf16 autocast (`--precision bf16`, a runtime setting) the whole training loop
-# runs 1.29x faster here with the same accuracy: 99.68% ± 0.01 on the test set (seeds 0-2) in 5.20x `fast`'s
+# runs 1.29x faster here with the same accuracy: 99.65% ± 0.03 on the test set (6 seeds) in 5.20x `fast`'s
 # time; width 32, 24 epochs or batch 64 scored within 1-2 validation errors of it.
 PRESETS["better"] = {**PRESETS["fast"], "width": 24, "epochs": 16}
 # `fast` that also learns from what reading a photo leaves behind (half of its training images; nets/augment.py):
