@@ -80,7 +80,7 @@ def timed_job(cfg, out_dir: Path, validation: bool, runtime=None) -> dict:
             "train_seconds": metrics["train_seconds"]}
 
 
-def curve(cfg, out_dir: Path) -> list[tuple[int, float, float]]:
+def curve(cfg, out_dir: Path, runtime=None) -> list[tuple[int, float, float]]:
     """(epoch, training seconds so far, test accuracy) after every epoch of one untimed run."""
     test = load_mnist("test")
     points, start, scoring = [], time.perf_counter(), 0.0
@@ -93,7 +93,7 @@ def curve(cfg, out_dir: Path) -> list[tuple[int, float, float]]:
         scoring += time.perf_counter() - began
 
     shutil.rmtree(out_dir, ignore_errors=True)
-    fit(cfg, load_mnist("train"), out_dir, quiet=True, on_epoch=score)
+    fit(cfg, load_mnist("train"), out_dir, quiet=True, on_epoch=score, runtime=runtime)
     return points
 
 
@@ -178,8 +178,8 @@ def main() -> None:
     if args.no_curve or args.validation:
         return
     print("\nTime to accuracy, seed 0 (test accuracy after each epoch; training seconds so far):")
-    for name, (preset, recipe, _) in recipes.items():
-        points = curve(make_config(preset, **recipe), Path(args.out) / f"curve-{name}")
+    for name, (preset, recipe, runtime) in recipes.items():
+        points = curve(make_config(preset, **recipe), Path(args.out) / f"curve-{name}", runtime)
         print(f"  {name}: " + ", ".join(f"epoch {e} {s:.0f} s {100 * a:.2f}%" for e, s, a in points))
 
 
