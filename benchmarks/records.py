@@ -92,7 +92,7 @@ def target_1(folder: Path) -> None:
         print(f"    {candidate}: {describe(summary, candidate, summary['baseline'])}")
         if summary["baseline"] in summary["recipes"]:
             print(f"    {summary['baseline']}: {describe(summary, summary['baseline'], None)}")
-        if scored.startswith("test set"):
+        if not summary["validation"]:
             runs = summary["recipes"][candidate]["runs"]
             mean = 100 * statistics.mean(r["accuracy"] for r in runs)
             seconds = summary["recipes"][candidate]["median_seconds"]

@@ -129,17 +129,16 @@ def main() -> None:
 
     threads = setup_process(RuntimeConfig(threads=args.threads))  # as `digitrec train` does
     runtimes = [resolve(RuntimeConfig(precision=p), threads=threads) for p in (args.precision, args.baseline_precision)]
-    env, load_start = environment(), os.getloadavg()
-    used = runtimes if baseline != "none" else runtimes[:1]
-    precisions = " and ".join(dict.fromkeys(rt.precision for rt in used))
-    print(f"{env['cpu']}, {env['cpu_count']} CPUs, {threads} threads, {precisions}, torch {env['torch']}; "
-          f"load average {' '.join(f'{x:.2f}' for x in load_start)}")
     candidate = args.preset + ("-modified" if overrides else "")
     if candidate == baseline:
         parser.error(f"--preset {args.preset} without --set is the baseline itself")
     recipes = {candidate: (args.preset, overrides, runtimes[0])}
     if baseline != "none":
         recipes[baseline] = ("fast", PREVIOUS_FAST if baseline == "previous-fast" else {}, runtimes[1])
+    env, load_start = environment(), os.getloadavg()
+    precisions = " and ".join(dict.fromkeys(runtime.precision for _, _, runtime in recipes.values()))
+    print(f"{env['cpu']}, {env['cpu_count']} CPUs, {threads} threads, {precisions}, torch {env['torch']}; "
+          f"load average {' '.join(f'{x:.2f}' for x in load_start)}")
     results = {name: [] for name in recipes}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, (preset, recipe, runtime) in recipes.items():
