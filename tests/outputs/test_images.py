@@ -965,6 +965,63 @@ def test_a_number_cropped_close_at_its_sides_loses_its_ruling(mnist_test, bundle
         assert "".join(map(str, bundled(found.digits).argmax(1))) == number
 
 
+def faded_ruling(digits: list[np.ndarray], seed: int, spans: tuple[tuple[float, float], ...] = (),
+                 height: int = 36) -> Image.Image:
+    """A number standing on a ruled line, its digits `height` px tall (36: their tops cross the line
+    above, 26 px up); that line fades out from 55% to 80% of the way along (a faint line, the rest of it lost to
+    the binarisation), or is printed only over `spans` (shares of the way along), 1 px thick, 70 grey
+    levels under the paper at its darkest."""
+    base, above = 58, 26
+    pieces = []
+    for digit in digits:
+        ys, xs = np.nonzero(digit > 40)
+        ink = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
+        width = max(3, round(height * ink.shape[1] / ink.shape[0]))
+        pieces.append(cv2.resize(ink, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1))
+    cover = np.zeros((84, sum(piece.shape[1] + 8 for piece in pieces) + 40), np.float32)
+    x = 20
+    for piece in pieces:
+        cover[base - height:base, x:x + piece.shape[1]] = piece
+        x += piece.shape[1] + 8
+    page = np.full(cover.shape, 235.0, np.float32)
+    along = np.arange(cover.shape[1]) / cover.shape[1]
+    printed = np.clip((0.8 - along) / 0.25, 0, 1)
+    if spans:
+        printed = np.any([(start <= along) & (along < end) for start, end in spans], 0).astype(np.float32)
+    page[above] -= 70 * printed
+    page[base] -= 70
+    page = page * (1 - cover) + 40 * cover
+    page = cv2.GaussianBlur(page, (0, 0), 0.6) + np.random.default_rng(seed).normal(0, 2, page.shape)
+    return Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_ruled_line_that_fades_out_over_a_number_goes_with_its_ruling(seed, mnist_test, bundled):
+    """The line across the digits' tops ends within the handwriting, so alone it could be a stroke;
+    but it is as thin as the ruled line under the number, which runs past it, and evenly spaced with
+    it. ee8ba42 kept it, and it joined the digits into one or two (5795 read 25); of the pieces of a
+    printed ruling's rows only those at the picture's side went, and a faded line's dash stayed."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(mnist_test), 4, replace=False)
+    found = preprocess(faded_ruling(list(mnist_test.images[picks]), seed), multi=True, keep_steps=True)
+    assert [v.removed for v in found.lines if v.axis == "horizontal"] == [True, True], [str(v) for v in found.lines]
+    assert "".join(map(str, bundled(found.digits).argmax(1))) == "".join(map(str, mnist_test.labels[picks]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4])
+def test_a_ruled_lines_dash_over_two_digits_goes_with_it(seed, mnist_test, bundled):
+    """Digits 28 px tall stand under the line above, which is printed on its last 40% (found, and
+    removed with the line under the number: the test above) and as a dash over a quarter of the way
+    in the middle, too short to be found: it stayed and made the digits under it one. Every piece of
+    ink along a printed ruling's rows is looked at now, not only those at the picture's side (with
+    only those, seeds 0, 1 and 4 of these misread)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(mnist_test), 4, replace=False)
+    picture = faded_ruling(list(mnist_test.images[picks]), seed, spans=((0.25, 0.5), (0.6, 1.0)), height=28)
+    found = preprocess(picture, multi=True, keep_steps=True)
+    assert "".join(map(str, bundled(found.digits).argmax(1))) == "".join(map(str, mnist_test.labels[picks]))
+
+
 def test_a_thin_one_beside_bold_digits_is_a_digit(bundled):
     """A 1 written thin between bold 8s has a fifth of their ink: it is as tall as they are, so it is a
     digit, not a speck between them (the last landed release left it out); a margin's line, taller

@@ -668,6 +668,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
     lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
              for axis, size in (("h", width), ("v", height))}
     boxes = _boxes(candidates["h"], candidates["v"])
+    box_sides: list[_Line] = []  # those removed as a box's sides
     if lines["h"] or lines["v"] or boxes:
         # a printed line is thin next to the pen's strokes and runs past the handwriting's ends: a
         # stroke that crosses a tightly cropped picture (a 1, a 7's bar, a 9's stem) is neither
@@ -692,6 +693,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         # the stem of a tightly cropped 6 runs off its left side, as its loop nearly does)
         reach = {"h": extent["v"], "v": extent["h"]}
         printed = {"h": [], "v": []}
+        within = []  # (axis, line, one of an even ruling) of those that end within the handwriting
         for axis, found in lines.items():
             for line in found:
                 ruled = any(line is other for other in rulings[axis][0])
@@ -710,7 +712,24 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                     judge(axis, line, True, f"removed: it runs from edge to edge of the picture, {line.thick} px thick "
                                             f"against the pen's {pen:.1f} px")
                 else:
-                    judge(axis, line, False, "kept: it ends within the handwriting: a stroke")
+                    within.append((axis, line, ruled))
+        for axis, line, ruled in within:
+            # one of an even ruling whose other lines were printed, thin as they are and no more than
+            # EDGE_TO_EDGE_PEN of the pen (two lines are always evenly spaced: a stroke as thick as the
+            # pen may pair with any line), that runs past the handwriting or off the picture at one
+            # end: a faint ruled line whose other end faded into dashes too short to be found (it
+            # joined a number's digits along their tops)
+            first, last = extent[axis]
+            leaves = frames[axis].leaves(line, reach=reach[axis])
+            if (ruled and line.thick <= EDGE_TO_EDGE_PEN * pen
+                    and any(other is done for other in rulings[axis][0] for done in printed[axis])
+                    and (line.start <= first - pen or leaves[0] or line.end >= last + pen or leaves[1])):
+                printed[axis].append(line)
+                judge(axis, line, True, f"removed: one of {len(rulings[axis][0])} evenly spaced lines, the others printed, "
+                                        f"{line.thick} px thick against the pen's {pen:.1f} px, and runs past the "
+                                        "handwriting at one end")
+            else:
+                judge(axis, line, False, "kept: it ends within the handwriting: a stroke")
         lines = printed
         for top, bottom, left, right in boxes:
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
@@ -727,6 +746,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                     for line in pair:
                         if not any(line is other for other in lines[axis]):
                             lines[axis].append(line)
+                            box_sides.append(line)
                             judge(axis, line, True, "removed: a side of a printed box round the handwriting")
             else:
                 for axis, pair in sides.items():
@@ -754,13 +774,16 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             band[top:top + line.pixels.shape[0], left:left + line.pixels.shape[1]] = line.pixels
             goes[rows, cols] |= _line_runs(window, band, line.thick, axis, pen)
         ruling, spacing = _ruling(found)
-        if ruling:  # the pieces of its lines that run off the picture's side go too, found or not
+        if ruling:  # the pieces of its lines that run off the picture's side go too, found or not; and
+            # where none of them is a box's side (a digit's own outline may make one), every piece along
+            # them: a faint line's dash, left between two digits where it binarised too short to be found
             beyond = frame.mask.astype(bool) & _ruled_rows(frame, ruling, spacing)
             _, labels, stats, _ = _components(beyond.astype(np.uint8))
             thick = max(l.thick for l in ruling)
             # each piece's runs across it, as far as one that goes can reach (and a pixel along)
             far = int(np.ceil(max(STUB_PEN * (thick + pen), thick + STUB_MIN))) + 1
-            for k in np.unique(labels[frame.on_border(beyond)]):
+            boxed = any(line is side for line in ruling for side in box_sides)
+            for k in np.unique(labels[frame.on_border(beyond)]) if boxed else range(1, len(stats)):
                 x, y, w, h = (int(v) for v in stats[k, :4])
                 window = ((slice(max(0, y - far), y + h + far), slice(max(0, x - 1), x + w + 1)) if axis == "h" else
                           (slice(max(0, y - 1), y + h + 1), slice(max(0, x - far), x + w + far)))
