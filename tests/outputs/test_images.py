@@ -1022,6 +1022,33 @@ def test_a_ruled_lines_dash_over_two_digits_goes_with_it(seed, mnist_test, bundl
     assert "".join(map(str, bundled(found.digits).argmax(1))) == "".join(map(str, mnist_test.labels[picks]))
 
 
+def bold_between_lines(digits: list[np.ndarray], top: int = 28, bottom: int = 84) -> np.ndarray:
+    """Ink (float32 [0, 1], (120, W)) of a number in a bold pen (MNIST's strokes thickened by 2 px a
+    side), each digit from row `top` to `bottom`: it crosses ruled lines at rows 30 and 80."""
+    ink = np.zeros((120, 40 + 80 * len(digits)), np.float32)
+    x = 20
+    for digit in digits:
+        ys, xs = np.nonzero(digit > 40)
+        piece = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        width = max(4, round((bottom - top) * piece.shape[1] / piece.shape[0]))
+        piece = cv2.dilate(cv2.resize(piece, (width, bottom - top), interpolation=cv2.INTER_CUBIC), np.ones((5, 5), np.uint8))
+        ink[top:bottom, x:x + width] = np.maximum(ink[top:bottom, x:x + width], piece / 255)
+        x += width + 12
+    return ink[:, :x + 20]
+
+
+@pytest.mark.parametrize("seed", [10, 13, 14])
+def test_two_ruled_lines_a_bold_number_joins_are_two_lines(seed, mnist_test, bundled):
+    """Bold digits that touch the lines above and below them join the two lines into one component of
+    long runs; fitted as one, they made a "line" between them, which was kept as a stroke, and neither
+    ruled line was found: 833 read as 2 (f2b37bf: 14 of 40 such numbers read as one digit). Each band
+    of rows that runs the component's length is now a line of its own."""
+    picks = np.random.default_rng(seed).choice(len(mnist_test), 3, replace=False)
+    found = preprocess(on_notebook(bold_between_lines(list(mnist_test.images[picks])), rows=(30, 80)), multi=True, keep_steps=True)
+    assert [(round(v.position / 10), v.removed) for v in found.lines] == [(3, True), (8, True)], [str(v) for v in found.lines]
+    assert "".join(map(str, bundled(found.digits).argmax(1))) == "".join(map(str, mnist_test.labels[picks]))
+
+
 def test_a_thin_one_beside_bold_digits_is_a_digit(bundled):
     """A 1 written thin between bold 8s has a fifth of their ink: it is as tall as they are, so it is a
     digit, not a speck between them (the last landed release left it out); a margin's line, taller

@@ -147,6 +147,7 @@ STROKE_DARKER = 1.3  # ... but keep what is this much darker than the line's cor
 LINE_NOISE = 4  # ... and this many robust standard deviations of the line's core above its median
 LINE_OUTLIER = 0.01  # ... and run past the handwriting's extent, leaving out this share of its ink at each end
 LINE_GAP = 0.03  # a faint line binarises into dashes: gaps up to this fraction of the image are joined
+BAND_THIN = 0.15  # ... and where two lines joined by strokes are told apart, each this thin next to the gap between them
 LINE_TILT = 10.0  # degrees off horizontal (vertical) a printed line may run: a page shot askew
 TILT_STEPS = ((1.0, 10), (0.2, 5))  # ... searched in steps of 1 degree either way, then of 0.2 round the best
 TILT_POINTS = 2_000  # ... on at most about this many pixels of the long components' ink
@@ -659,12 +660,15 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         if not runs.any():
             continue
         n, labels, stats, _ = _components(runs)
+        shortest = min(LINE_EDGE_SPAN * length, BOX_SIDE * min(width, height))
         for k in range(1, n):
             x, y, w, h = (int(v) for v in stats[k, :4])
-            if (w if axis == "h" else h) >= min(LINE_EDGE_SPAN * length, BOX_SIDE * min(width, height)):
+            if (w if axis == "h" else h) >= shortest:
                 pixels = (labels[y:y + h, x:x + w] == k) & (frame.mask[y:y + h, x:x + w] > 0)
-                if pixels.any():
-                    candidates[axis].append(_Line.fit(pixels, axis, x, y))
+                for band in _bands(labels[y:y + h, x:x + w] == k, axis, shortest):
+                    if pixels[band].any():
+                        top, left = (band[0].start or 0), (band[1].start or 0)
+                        candidates[axis].append(_Line.fit(pixels[band], axis, x + left, y + top))
     lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
              for axis, size in (("h", width), ("v", height))}
     boxes = _boxes(candidates["h"], candidates["v"])
@@ -799,6 +803,31 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         darker = max(STROKE_DARKER * level, level + LINE_NOISE * _robust_spread(cores))
         removed |= frame.undo(goes) & ((strength < darker) if darker < 255 else True)
     return np.where(removed, 0, ink).astype(np.uint8)
+
+
+def _bands(runs: np.ndarray, axis: str, shortest: float) -> list[tuple[slice, slice]]:
+    """Where in one component of long runs along `axis` (bool) its lines lie: the whole of it, or,
+    where it holds two or more bands of rows (columns, for "v") apart that each run `shortest` or
+    longer and LINE_SPAN of the component's length, each at most BAND_THIN of the least distance
+    between them thick, one slice pair each, from half-way to the band before to half-way to the
+    next. Two ruled
+    lines joined by a bold digit that touches both are one component of runs; fitted as one, they made
+    a "line" between them, and neither was found."""
+    counts = runs.sum(1 if axis == "h" else 0)
+    long = np.flatnonzero(counts >= max(shortest, LINE_SPAN * runs.shape[1 if axis == "h" else 0]))
+    if len(long) == 0:
+        return [(slice(None), slice(None))]
+    starts = np.r_[0, np.flatnonzero(np.diff(long) > 1) + 1]
+    if len(starts) < 2:
+        return [(slice(None), slice(None))]
+    ends = np.r_[starts[1:], len(long)] - 1
+    thickest = int((long[ends] - long[starts]).max()) + 1
+    if thickest > BAND_THIN * float(np.diff((long[starts] + long[ends]) / 2).min()):
+        return [(slice(None), slice(None))]  # a thick band: a digit's bars in a tight crop (a 3's), not ruled lines
+    middles = [(long[ends[i]] + long[starts[i + 1]] + 1) // 2 for i in range(len(starts) - 1)]
+    cuts = [0, *middles, len(counts)]
+    spans = [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(span, slice(None)) if axis == "h" else (slice(None), span) for span in spans]
 
 
 def _line_runs(mask: np.ndarray, band: np.ndarray, thick: float, axis: str, pen: float) -> np.ndarray:
