@@ -966,11 +966,11 @@ def test_a_number_cropped_close_at_its_sides_loses_its_ruling(mnist_test, bundle
 
 
 def faded_ruling(digits: list[np.ndarray], seed: int, spans: tuple[tuple[float, float], ...] = (),
-                 height: int = 36) -> Image.Image:
+                 height: int = 36, base_from: float = 0.0) -> Image.Image:
     """A number standing on a ruled line, its digits `height` px tall (36: their tops cross the line
     above, 26 px up); that line fades out from 55% to 80% of the way along (a faint line, the rest of it lost to
     the binarisation), or is printed only over `spans` (shares of the way along), 1 px thick, 70 grey
-    levels under the paper at its darkest."""
+    levels under the paper at its darkest; the line under it from `base_from` of the way along."""
     base, above = 58, 26
     pieces = []
     for digit in digits:
@@ -989,7 +989,7 @@ def faded_ruling(digits: list[np.ndarray], seed: int, spans: tuple[tuple[float, 
     if spans:
         printed = np.any([(start <= along) & (along < end) for start, end in spans], 0).astype(np.float32)
     page[above] -= 70 * printed
-    page[base] -= 70
+    page[base] -= 70 * (along >= base_from)
     page = page * (1 - cover) + 40 * cover
     page = cv2.GaussianBlur(page, (0, 0), 0.6) + np.random.default_rng(seed).normal(0, 2, page.shape)
     return Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
@@ -1004,6 +1004,20 @@ def test_a_ruled_line_that_fades_out_over_a_number_goes_with_its_ruling(seed, mn
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(mnist_test), 4, replace=False)
     found = preprocess(faded_ruling(list(mnist_test.images[picks]), seed), multi=True, keep_steps=True)
+    assert [v.removed for v in found.lines if v.axis == "horizontal"] == [True, True], [str(v) for v in found.lines]
+    assert "".join(map(str, bundled(found.digits).argmax(1))) == "".join(map(str, mnist_test.labels[picks]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_ruling_whose_lines_all_fade_out_within_the_number_goes(seed, mnist_test, bundled):
+    """Both lines are printed only from 35% of the way along to the picture's right side: neither runs
+    past the handwriting at its left, so neither went, and the line across the digits' tops joined
+    them (5795 read 52). Both are evenly spaced, thin next to the pen (1 px against 5, under half),
+    and run off the picture at one end: a ruling."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(mnist_test), 4, replace=False)
+    found = preprocess(faded_ruling(list(mnist_test.images[picks]), seed, spans=((0.35, 1.0),), base_from=0.35),
+                       multi=True, keep_steps=True)
     assert [v.removed for v in found.lines if v.axis == "horizontal"] == [True, True], [str(v) for v in found.lines]
     assert "".join(map(str, bundled(found.digits).argmax(1))) == "".join(map(str, mnist_test.labels[picks]))
 

@@ -718,20 +718,22 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                 else:
                     within.append((axis, line, ruled))
         for axis, line, ruled in within:
-            # one of an even ruling whose other lines were printed, thin as they are and no more than
+            # one of an even ruling whose other lines were printed, or are all as thin, no more than
             # EDGE_TO_EDGE_PEN of the pen (two lines are always evenly spaced: a stroke as thick as the
             # pen may pair with any line), that runs past the handwriting or off the picture at one
             # end: a faint ruled line whose other end faded into dashes too short to be found (it
             # joined a number's digits along their tops)
             first, last = extent[axis]
             leaves = frames[axis].leaves(line, reach=reach[axis])
+            ruling = rulings[axis][0]
             if (ruled and line.thick <= EDGE_TO_EDGE_PEN * pen
-                    and any(other is done for other in rulings[axis][0] for done in printed[axis])
+                    and (any(other is done for other in ruling for done in printed[axis])
+                         or all(other.thick <= EDGE_TO_EDGE_PEN * pen for other in ruling))
                     and (line.start <= first - pen or leaves[0] or line.end >= last + pen or leaves[1])):
                 printed[axis].append(line)
-                judge(axis, line, True, f"removed: one of {len(rulings[axis][0])} evenly spaced lines, the others printed, "
-                                        f"{line.thick} px thick against the pen's {pen:.1f} px, and runs past the "
-                                        "handwriting at one end")
+                judge(axis, line, True, f"removed: one of {len(ruling)} evenly spaced lines, {line.thick} px thick "
+                                        f"against the pen's {pen:.1f} px (under half), and runs past the handwriting "
+                                        "at one end")
             else:
                 judge(axis, line, False, "kept: it ends within the handwriting: a stroke")
         lines = printed
