@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photos import load_revision, read_all  # noqa: E402
+from photos import load_revision, numbers_read, read_all  # noqa: E402
 
 from digitrec.core.data import Digits, load_mnist  # noqa: E402
 from digitrec.nets.predict import predict_probs  # noqa: E402
@@ -97,9 +97,8 @@ def main() -> None:
     test = load_mnist("test")
     pipelines = {args.rev: load_revision(args.rev), "this tree": this_tree}
 
-    def right(found: list, truth: list) -> np.ndarray:
-        return np.array([len(d) == len(t) and bool((predict_probs(model, np.stack(d)).argmax(1) == t).all())
-                         for d, t in zip(found, truth)])
+    def classify(images: np.ndarray) -> np.ndarray:
+        return predict_probs(model, images)
 
     print(f"| seed | {' | '.join(pipelines)} | read by this tree only | by {args.rev} only |\n| ---: |" + " ---: |" * 4)
     for seed in args.seeds:
@@ -107,7 +106,7 @@ def main() -> None:
         picks = [rng.choice(len(test), int(rng.integers(2, 7)), replace=False) for _ in range(args.n)]
         files = [notebook_number(test, p, rng) for p in picks]
         truth = [test.labels[p] for p in picks]
-        old, new = (right(read_all(m, files, multi=True)[0], truth) for m in pipelines.values())
+        old, new = (numbers_read(classify, read_all(m, files, multi=True)[0], truth) for m in pipelines.values())
         print(f"| {seed} | {old.mean():.1%} | {new.mean():.1%} | {np.flatnonzero(new & ~old).tolist()} "
               f"| {np.flatnonzero(old & ~new).tolist()} |", flush=True)
 

@@ -101,10 +101,15 @@ def read_right(classify, digits: list, labels: np.ndarray) -> np.ndarray:
     return ok
 
 
+def numbers_read(classify, found: list[list[np.ndarray]], truth: list[np.ndarray]) -> np.ndarray:
+    """Per number, whether it was read exactly (bool): as many digits as written, each right."""
+    return np.array([len(d) == len(t) and bool((classify(np.stack(d)).argmax(1) == t).all())
+                     for d, t in zip(found, truth)])
+
+
 def numbers_right(classify, found: list[list[np.ndarray]], truth: list[np.ndarray]) -> float:
-    """The share of numbers read exactly: as many digits as written, each right."""
-    return float(np.mean([len(d) == len(t) and bool((classify(np.stack(d)).argmax(1) == t).all())
-                          for d, t in zip(found, truth)]))
+    """The share of numbers read exactly (`numbers_read`)."""
+    return float(numbers_read(classify, found, truth).mean())
 
 
 def phone_jpeg(megapixels: float, digit: np.ndarray) -> bytes:

@@ -965,6 +965,14 @@ def test_a_number_cropped_close_at_its_sides_loses_its_ruling(mnist_test, bundle
         assert "".join(map(str, bundled(found.digits).argmax(1))) == number
 
 
+def drawn_tall(digit: np.ndarray, height: int) -> np.ndarray:
+    """An MNIST digit cropped to its ink (over 40) and drawn `height` px tall: coverage, float32 [0, 1]."""
+    ys, xs = np.nonzero(digit > 40)
+    ink = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
+    width = max(4, round(height * ink.shape[1] / ink.shape[0]))
+    return cv2.resize(ink, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
 def faded_ruling(digits: list[np.ndarray], seed: int, spans: tuple[tuple[float, float], ...] = (),
                  height: int = 36, base_from: float = 0.0) -> Image.Image:
     """A number standing on a ruled line, its digits `height` px tall (36: their tops cross the line
@@ -972,12 +980,7 @@ def faded_ruling(digits: list[np.ndarray], seed: int, spans: tuple[tuple[float, 
     the binarisation), or is printed only over `spans` (shares of the way along), 1 px thick, 70 grey
     levels under the paper at its darkest; the line under it from `base_from` of the way along."""
     base, above = 58, 26
-    pieces = []
-    for digit in digits:
-        ys, xs = np.nonzero(digit > 40)
-        ink = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
-        width = max(3, round(height * ink.shape[1] / ink.shape[0]))
-        pieces.append(cv2.resize(ink, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1))
+    pieces = [drawn_tall(digit, height) for digit in digits]
     cover = np.zeros((84, sum(piece.shape[1] + 8 for piece in pieces) + 40), np.float32)
     x = 20
     for piece in pieces:
@@ -1042,11 +1045,9 @@ def bold_between_lines(digits: list[np.ndarray], top: int = 28, bottom: int = 84
     ink = np.zeros((120, 40 + 80 * len(digits)), np.float32)
     x = 20
     for digit in digits:
-        ys, xs = np.nonzero(digit > 40)
-        piece = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-        width = max(4, round((bottom - top) * piece.shape[1] / piece.shape[0]))
-        piece = cv2.dilate(cv2.resize(piece, (width, bottom - top), interpolation=cv2.INTER_CUBIC), np.ones((5, 5), np.uint8))
-        ink[top:bottom, x:x + width] = np.maximum(ink[top:bottom, x:x + width], piece / 255)
+        piece = cv2.dilate(drawn_tall(digit, bottom - top), np.ones((5, 5), np.uint8))
+        width = piece.shape[1]
+        ink[top:bottom, x:x + width] = np.maximum(ink[top:bottom, x:x + width], piece)
         x += width + 12
     return ink[:, :x + 20]
 

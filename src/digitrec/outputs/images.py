@@ -664,11 +664,13 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
         for k in range(1, n):
             x, y, w, h = (int(v) for v in stats[k, :4])
             if (w if axis == "h" else h) >= shortest:
-                pixels = (labels[y:y + h, x:x + w] == k) & (frame.mask[y:y + h, x:x + w] > 0)
-                for band in _bands(labels[y:y + h, x:x + w] == k, axis, shortest):
-                    if pixels[band].any():
-                        top, left = (band[0].start or 0), (band[1].start or 0)
-                        candidates[axis].append(_Line.fit(pixels[band], axis, x + left, y + top))
+                component = labels[y:y + h, x:x + w] == k
+                pixels = component & (frame.mask[y:y + h, x:x + w] > 0)
+                for start, stop in _bands(component, axis, shortest):
+                    band = pixels[start:stop] if axis == "h" else pixels[:, start:stop]
+                    if band.any():
+                        candidates[axis].append(_Line.fit(band, axis, x + (0 if axis == "h" else start),
+                                                          y + (start if axis == "h" else 0)))
     lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
              for axis, size in (("h", width), ("v", height))}
     boxes = _boxes(candidates["h"], candidates["v"])
@@ -723,13 +725,11 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             # pen may pair with any line), that runs past the handwriting or off the picture at one
             # end: a faint ruled line whose other end faded into dashes too short to be found (it
             # joined a number's digits along their tops)
-            first, last = extent[axis]
-            leaves = frames[axis].leaves(line, reach=reach[axis])
             ruling = rulings[axis][0]
             if (ruled and line.thick <= EDGE_TO_EDGE_PEN * pen
                     and (any(other is done for other in ruling for done in printed[axis])
                          or all(other.thick <= EDGE_TO_EDGE_PEN * pen for other in ruling))
-                    and (line.start <= first - pen or leaves[0] or line.end >= last + pen or leaves[1])):
+                    and any(line.past_ends(*extent[axis], pen, frames[axis].leaves(line, reach=reach[axis])))):
                 printed[axis].append(line)
                 judge(axis, line, True, f"removed: one of {len(ruling)} evenly spaced lines, {line.thick} px thick "
                                         f"against the pen's {pen:.1f} px (under half), and runs past the handwriting "
@@ -807,29 +807,25 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
     return np.where(removed, 0, ink).astype(np.uint8)
 
 
-def _bands(runs: np.ndarray, axis: str, shortest: float) -> list[tuple[slice, slice]]:
-    """Where in one component of long runs along `axis` (bool) its lines lie: the whole of it, or,
-    where it holds two or more bands of rows (columns, for "v") apart that each run `shortest` or
-    longer and LINE_SPAN of the component's length, each at most BAND_THIN of the least distance
-    between them thick, one slice pair each, from half-way to the band before to half-way to the
-    next. Two ruled
-    lines joined by a bold digit that touches both are one component of runs; fitted as one, they made
-    a "line" between them, and neither was found."""
+def _bands(runs: np.ndarray, axis: str, shortest: float) -> list[tuple[int, int]]:
+    """Where in one component of long runs along `axis` (bool) its lines lie, as (start, stop) rows
+    (columns, for "v") of it: the whole of it, or, where it holds two or more bands apart that each
+    run `shortest` or longer and LINE_SPAN of the component's length, each at most BAND_THIN of the
+    least distance between them thick, one each, from half-way to the band before to half-way to
+    the next. Two ruled lines joined by a bold digit that touches both are one component of runs;
+    fitted as one, they made a "line" between them, and neither was found."""
     counts = runs.sum(1 if axis == "h" else 0)
+    whole = [(0, len(counts))]
     long = np.flatnonzero(counts >= max(shortest, LINE_SPAN * runs.shape[1 if axis == "h" else 0]))
-    if len(long) == 0:
-        return [(slice(None), slice(None))]
     starts = np.r_[0, np.flatnonzero(np.diff(long) > 1) + 1]
-    if len(starts) < 2:
-        return [(slice(None), slice(None))]
+    if len(starts) < 2:  # one band, or none
+        return whole
     ends = np.r_[starts[1:], len(long)] - 1
     thickest = int((long[ends] - long[starts]).max()) + 1
     if thickest > BAND_THIN * float(np.diff((long[starts] + long[ends]) / 2).min()):
-        return [(slice(None), slice(None))]  # a thick band: a digit's bars in a tight crop (a 3's), not ruled lines
-    middles = [(long[ends[i]] + long[starts[i + 1]] + 1) // 2 for i in range(len(starts) - 1)]
-    cuts = [0, *middles, len(counts)]
-    spans = [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
-    return [(span, slice(None)) if axis == "h" else (slice(None), span) for span in spans]
+        return whole  # a thick band: a digit's bars in a tight crop (a 3's), not ruled lines
+    cuts = [0, *((long[ends[i]] + long[starts[i + 1]] + 1) // 2 for i in range(len(starts) - 1)), len(counts)]
+    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def _line_runs(mask: np.ndarray, band: np.ndarray, thick: float, axis: str, pen: float) -> np.ndarray:
@@ -1017,12 +1013,16 @@ class _Line:
     thinnest: int = 0  # px: where it is thinnest (BOX_SIDE_PERCENTILE of its ink across it), as a box's side is
                        # where no stroke touches it
 
+    def past_ends(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> tuple[bool, bool]:
+        """Whether it runs past the start and past the end of the handwriting's extent along it
+        (first to last) by a pen's width or more, or leaves the picture there (`leaves`: at start, at
+        end; a tilted line runs off the top or bottom)."""
+        return self.start <= first - pen or leaves[0], self.end >= last + pen or leaves[1]
+
     def runs_past(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> bool:
-        """Whether it runs past both ends of the handwriting's extent along it (first to last) by a
-        pen's width or more, or leaves the picture there (`leaves`: at start, at end; a tilted line
-        runs off the top or bottom): a ruled line runs across the page, a stroke ends where the
-        digit does."""
-        return (self.start <= first - pen or leaves[0]) and (self.end >= last + pen or leaves[1])
+        """Whether it runs past both ends of the handwriting (`past_ends`): a ruled line runs across
+        the page, a stroke ends where the digit does."""
+        return all(self.past_ends(first, last, pen, leaves))
 
     def edge_to_edge(self, size: int, leaves: tuple[bool, bool] = (False, False)) -> bool:
         """Whether it runs the whole way across the picture (of `size` along it), from edge to edge:
