@@ -162,6 +162,7 @@ BOX_SIDE_PERCENTILE = 10  # ... where they are thinnest: this percentile of the 
                           # along most of its length)
 BOX_LEVEL = 0.1  # ... and each runs within this slope (6 degrees) of the page's lines: two ruled lines, the margin
 # and a 7's slanted stem between them are no box
+DIVIDER_CLEAR = 0.25  # a box's one divider has handwriting beside it on both sides, this fraction of a box or more away
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +643,10 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
     height, width = mask.shape
     n, labels, stats, _ = _components(mask)
     slopes = {axis: _tilt(mask, labels, stats, axis) for axis in ("h", "v")}
+    for axis, other in (("h", "v"), ("v", "h")):  # unsure along one axis: the page turned as the other says
+        if not slopes[axis] and slopes[other]:
+            slopes[axis] = _tilt(mask, labels, stats, axis, hint=-slopes[other])
+    slopes = {axis: slope or 0.0 for axis, slope in slopes.items()}
     frames = {axis: _Shear.along(mask, axis, slopes[axis]) for axis in ("h", "v")}
 
     def judge(axis: str, line: _Line, removed: bool, why: str) -> None:
@@ -670,7 +675,7 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
                     band = pixels[start:stop] if axis == "h" else pixels[:, start:stop]
                     if band.any():
                         candidates[axis].append(_Line.fit(band, axis, x + (0 if axis == "h" else start),
-                                                          y + (start if axis == "h" else 0)))
+                                                          y + (start if axis == "h" else 0), frame))
     lines = {axis: [line for line in candidates[axis] if line.crosses(size)]
              for axis, size in (("h", width), ("v", height))}
     boxes = _boxes(candidates["h"], candidates["v"])
@@ -741,19 +746,26 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
             # ruled lines and two upright strokes of a number between them are not round all of it)
             # (the handwriting's extent takes in the sides' own ink: half the print's thickness, its
-            # thinnest side's, out from where they run)
+            # thinnest side's, out from where they run, and a tilted box's corners reach furthest)
             (first_x, last_x), (first_y, last_y) = extent["h"], extent["v"]
             tol = (pen + min(side.thick for side in (top, bottom, left, right)) / 2
-                   + BOX_TOLERANCE * min(right.position - left.position, bottom.position - top.position))
+                   + BOX_TOLERANCE * min(right.at - left.at, bottom.at - top.at))
             sides = {"h": (top, bottom), "v": (left, right)}
-            if (left.position - tol <= first_x and last_x <= right.position + tol
-                    and top.position - tol <= first_y and last_y <= bottom.position + tol):
+            (x0, y0), (x1, y1), (x2, y2), (x3, y3) = (_corner(h, v) for h in (top, bottom) for v in (left, right))
+            if (min(x0, x2) - tol <= first_x and last_x <= max(x1, x3) + tol
+                    and min(y0, y1) - tol <= first_y and last_y <= max(y2, y3) + tol):
                 for axis, pair in sides.items():
                     for line in pair:
                         if not any(line is other for other in lines[axis]):
                             lines[axis].append(line)
                             box_sides.append(line)
                             judge(axis, line, True, "removed: a side of a printed box round the handwriting")
+                for axis, divider in _dividers((top, bottom, left, right), candidates, tol, mask > 0, frames):
+                    if not any(divider is other for other in lines[axis]):
+                        lines[axis].append(divider)
+                        box_sides.append(divider)
+                        judge(axis, divider, True, "removed: a printed box's divider, run into both its sides, evenly "
+                                                   "spaced between its sides (a comb field: a box a digit)")
             else:
                 for axis, pair in sides.items():
                     for line in pair:
@@ -853,9 +865,12 @@ def _line_runs(mask: np.ndarray, band: np.ndarray, thick: float, axis: str, pen:
     return out if axis == "h" else out.T
 
 
-def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) -> float:
+def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str, hint: float | None = None) -> float | None:
     """The slope of the printed lines along an axis ("h": rows per column, "v": columns per row),
-    within LINE_TILT degrees; 0 where no straight ink runs LINE_SPAN of the picture along it.
+    within LINE_TILT degrees; 0 where no slope piles the ink up clearly better, None where no ink
+    runs far enough along it to tell. Given a `hint` (the other axis's lines' tilt, turned: a box's
+    upright sides, too short to be found, or piled up with its long sides), that where nothing runs
+    far enough or it piles the ink up at least as well as none.
 
     Every long component's ink is projected across the axis at each slope, and the slope whose
     projection is most peaked wins (the sum of squared counts): a straight line piles up in one
@@ -871,7 +886,7 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) ->
     long[0] = False
     span = LINE_SPAN if not pieces[1:].any() else LINE_EDGE_SPAN
     if not long.any():
-        return 0.0
+        return hint
     ys, xs = np.nonzero(long[labels])
     along, across = (xs, ys) if axis == "h" else (ys, xs)
     step = max(1, len(along) // TILT_POINTS)
@@ -895,6 +910,9 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) ->
     # clearly straighter than none (a digit's strokes, or lines across the other axis, are neither)
     if (counts[k].max() * step < span * size
             or (counts[k] ** 2).sum() < TILT_GAIN * (projections(np.zeros(1)) ** 2).sum()):
+        if hint is not None and ((projections(np.degrees(np.arctan([hint]))) ** 2).sum()
+                                 >= (projections(np.zeros(1)) ** 2).sum()):
+            return hint
         return 0.0
     return float(np.tan(np.radians(best)))
 
@@ -909,6 +927,7 @@ class _Shear:
     axis: str
     shifts: np.ndarray  # per column ("h") or row ("v"), >= 0
     size: int  # the original frame's size across the axis (rows for "h")
+    slope: float = 0.0  # of the lines it straightens, across per along
 
     @classmethod
     def along(cls, mask: np.ndarray, axis: str, slope: float) -> _Shear:
@@ -916,10 +935,10 @@ class _Shear:
         shifts = -np.round(np.arange(m.shape[1]) * slope).astype(np.int64)
         shifts -= shifts.min()
         if not shifts.any():
-            return cls(mask, axis, shifts, m.shape[0])
+            return cls(mask, axis, shifts, m.shape[0], slope)
         out = np.zeros((m.shape[0] + int(shifts.max()), m.shape[1]), m.dtype)
         out[np.arange(m.shape[0])[:, None] + shifts[None, :], np.arange(m.shape[1])[None, :]] = m
-        return cls(out if axis == "h" else out.T, axis, shifts, m.shape[0])
+        return cls(out if axis == "h" else out.T, axis, shifts, m.shape[0], slope)
 
     def undo(self, sheared: np.ndarray) -> np.ndarray:
         """An array of the sheared frame's shape, back in the original frame."""
@@ -984,9 +1003,7 @@ class LineVerdict:
 
     @classmethod
     def of(cls, line: _Line, axis: str, frame: _Shear, slope: float, removed: bool, why: str) -> LineVerdict:
-        middle = (line.start + line.end) // 2
-        shift = int(frame.shifts[middle]) if frame.shifts.any() else 0
-        return cls("horizontal" if axis == "h" else "vertical", round(line.position - shift, 1),
+        return cls("horizontal" if axis == "h" else "vertical", round(line.at, 1),
                    round(float(np.degrees(np.arctan(slope))), 1), line.thick, line.end - line.start, removed, why, line,
                    frame.undo(frame.paint([line])))
 
@@ -1012,6 +1029,18 @@ class _Line:
     slope: float = 0.0  # of its fit, across per along, in the frame it was found in (where printed lines run level)
     thinnest: int = 0  # px: where it is thinnest (BOX_SIDE_PERCENTILE of its ink across it), as a box's side is
                        # where no stroke touches it
+    origin: float = 0.0  # px: how far its frame shifted it across its axis, at its middle
+    turn: float = 0.0  # its frame's slope: the picture's lines', straightened
+
+    @property
+    def at(self) -> float:
+        """Where it lies across its axis at its middle, in the picture's pixels (its row, for "h")."""
+        return self.position - self.origin
+
+    def across(self, along: float) -> float:
+        """Where it lies across its axis at `along` (a column, for "h"), in the picture's pixels: a
+        tilted box's sides, found in two frames, meet where each says."""
+        return self.at + (self.slope + self.turn) * (along - (self.start + self.end) / 2)
 
     def past_ends(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> tuple[bool, bool]:
         """Whether it runs past the start and past the end of the handwriting's extent along it
@@ -1038,10 +1067,10 @@ class _Line:
         return length >= LINE_SPAN * size or (off_edge and length >= LINE_EDGE_SPAN * size and self.thick <= LINE_THIN * length)
 
     @classmethod
-    def fit(cls, pixels: np.ndarray, axis: str, x: int, y: int) -> _Line:
-        """The line through a run component's ink (bool (h, w) at x, y), fitted to the middle of the
-        ink in each column (row, for "v") where the line is alone, then again to every column whose
-        middle lies on that line."""
+    def fit(cls, pixels: np.ndarray, axis: str, x: int, y: int, frame: _Shear | None = None) -> _Line:
+        """The line through a run component's ink (bool (h, w) at x, y, in `frame`), fitted to the
+        middle of the ink in each column (row, for "v") where the line is alone, then again to every
+        column whose middle lies on that line."""
         ink = pixels if axis == "h" else pixels.T
         count = ink.sum(0)
         cols = np.flatnonzero(count)
@@ -1056,10 +1085,13 @@ class _Line:
         centre = np.polyval(fit, np.arange(ink.shape[1]))
         on_line = ink & (np.abs(np.arange(ink.shape[0])[:, None] - centre[None, :]) <= thick / 2 + 1)
         along, across = (x, y) if axis == "h" else (y, x)
-        return cls(along + int(cols[0]), along + int(cols[-1]) + 1, across + float(np.polyval(fit, cols.mean())), thick,
+        start, end = along + int(cols[0]), along + int(cols[-1]) + 1
+        return cls(start, end, across + float(np.polyval(fit, cols.mean())), thick,
                    on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])),
                    (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))),
-                   float(fit[0]), int(np.percentile(count[cols], BOX_SIDE_PERCENTILE)))
+                   float(fit[0]), int(np.percentile(count[cols], BOX_SIDE_PERCENTILE)),
+                   float(frame.shifts[(start + end) // 2]) if frame is not None and frame.shifts.any() else 0.0,
+                   frame.slope if frame is not None else 0.0)
 
 
 def _ruling(lines: list[_Line]) -> tuple[list[_Line], float]:
@@ -1147,27 +1179,30 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
     corners.
 
     Each pair of vertical sides first narrows the horizontal ones to those that could close a box
-    with it (spanning it, lying along it, within the widest tolerance it allows): a noisy page has
-    hundreds of candidates, and every four of them took seconds."""
-    horizontal = sorted(horizontal, key=lambda line: line.position)
-    vertical = sorted(vertical, key=lambda line: line.position)
+    with it (spanning it, lying along it, within the widest tolerance it allows, and a tilt's): a
+    noisy page has hundreds of candidates, and every four of them took seconds. Where the sides
+    meet is worked out in the picture's pixels (`_Line.across`): each axis's lines were found in a
+    frame of its own, sheared as a tilted page's lines run."""
+    horizontal = sorted(horizontal, key=lambda line: line.at)
+    vertical = sorted(vertical, key=lambda line: line.at)
     if len(horizontal) < 2 or len(vertical) < 2:
         return []
-    h_start, h_end, h_at = (np.array([getattr(h, name) for h in horizontal], np.float64) for name in ("start", "end", "position"))
+    h_start, h_end, h_at = (np.array([getattr(h, name) for h in horizontal], np.float64) for name in ("start", "end", "at"))
     boxes = []
     for left, right in itertools.combinations(vertical, 2):
-        box_w = right.position - left.position
+        box_w = right.at - left.at
         if box_w <= 0:
             continue
-        widest = BOX_TOLERANCE * box_w  # tol below is never more
-        could = np.flatnonzero((h_start <= left.position + widest) & (h_end >= right.position - widest)
+        widest = (BOX_TOLERANCE + np.tan(np.radians(LINE_TILT))) * box_w  # tol below is never more, nor a tilt's reach
+        could = np.flatnonzero((h_start <= left.at + widest) & (h_end >= right.at - widest)
                                & (h_at >= max(left.start, right.start) - widest) & (h_at <= min(left.end, right.end) + widest))
         for a, b in itertools.combinations(could, 2):
             top, bottom = horizontal[a], horizontal[b]
-            box_h = bottom.position - top.position
+            box_h = bottom.at - top.at
             if box_h <= 0:
                 continue
             tol = BOX_TOLERANCE * min(box_w, box_h)
+            corners = [_corner(h, v) for h in (top, bottom) for v in (left, right)]  # (x, y): top left, top right, ...
             # thin: BOX_THIN of the box's size at most; or one side, along which a stroke lies
             # nearly all the way (a 0's base), at most BOX_ALIKE times as thick as the other three
             sides = (top, bottom, left, right)
@@ -1177,13 +1212,59 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
                 thin[odd] = sides[odd].thinnest <= BOX_ALIKE * max(side.thinnest for k, side in enumerate(sides) if k != odd)
             # and printed alike: a margin's hairline, two ruled lines and a 9's stem are no box
             alike = max(side.thinnest for side in sides) <= BOX_ALIKE * min(side.thinnest for side in sides) + BOX_ALIKE_PX
-            if (all(thin) and alike and all(h.start <= left.position + tol and h.end >= right.position - tol for h in (top, bottom))
-                    and all(v.start <= top.position + tol and v.end >= bottom.position - tol for v in (left, right))):
+            if (all(thin) and alike
+                    and all(h.start <= corners[2 * k][0] + tol and h.end >= corners[2 * k + 1][0] - tol for k, h in enumerate((top, bottom)))
+                    and all(v.start <= corners[k][1] + tol and v.end >= corners[2 + k][1] - tol for k, v in enumerate((left, right)))):
                 # printed sides run level in the frame where the page's lines do, give or take a
                 # perspective: a stroke (a 7's stem between two ruled lines and the margin) slants
                 if all(abs(side.slope) <= BOX_LEVEL for side in (top, bottom, left, right)):
                     boxes.append((top, bottom, left, right))
     return boxes
+
+
+def _corner(h: _Line, v: _Line) -> tuple[float, float]:
+    """Where a horizontal and a vertical line (run on) cross, (x, y) in the picture's pixels."""
+    x = v.at
+    for _ in range(2):
+        x = v.across(h.across(x))
+    return x, h.across(x)
+
+
+def _dividers(box: tuple[_Line, _Line, _Line, _Line], candidates: dict[str, list[_Line]], tol: float,
+              ink: np.ndarray, frames: dict[str, _Shear]) -> list[tuple[str, _Line]]:
+    """The dividers of a printed box (its sides top, bottom, left, right; `tol` px at the corners):
+    a form's comb field, one box a digit. (axis, line) of the candidates across it that meet both
+    sides (run into them), printed like its sides (BOX_ALIKE of the thinnest, plus BOX_ALIKE_PX) and
+    level (BOX_LEVEL), that are an even ruling (`_ruling`) with the two sides they lie between (one
+    may be missing, or a side thickened by a stroke along it left out), with other ink (bool) in
+    the box beside it, DIVIDER_CLEAR of a step or more away from it: on both sides, where it is the
+    only one. A 1 that touches both sides of its box stands apart from where a divider would be, or
+    is thicker than the print, or slants, or has no other ink in its box (a step half a box's:
+    the ruling takes the 1 in): it stays."""
+    top, bottom, left, right = box
+    thinnest = min(side.thinnest for side in box)
+    found = []
+    for axis, (first, last), (low, high) in (("v", (left, right), (top, bottom)), ("h", (top, bottom), (left, right))):
+        inside = [line for line in candidates[axis]
+                  if first.position + tol < line.position < last.position - tol
+                  and line.start <= low.across(line.at) + low.thick + 1 and line.end >= high.across(line.at) - high.thick - 1
+                  and line.thinnest <= BOX_ALIKE * thinnest + BOX_ALIKE_PX and abs(line.slope) <= BOX_LEVEL]
+        ruling, step = _ruling([first, *inside, last]) if inside else ([], 0.0)
+        dividers = [line for line in inside if any(line is other for other in ruling)]
+        if dividers:
+            frame, across = frames[axis], "h" if axis == "v" else "v"
+            sides = frames[across].undo(frames[across].paint([low, high]))
+            digits = frame.at(ink & ~sides, (slice(0, frame.mask.shape[0]), slice(0, frame.mask.shape[1]))) & ~frame.paint(inside)
+            rows = slice(int(low.at + tol), int(high.at - tol))
+            digits = digits[rows] if axis == "v" else digits[:, rows].T  # along the dividers, within the box
+            clear = DIVIDER_CLEAR * step
+            beside = [[digits[:, max(0, int(a)):max(0, int(b))].any()
+                       for a, b in ((line.position - step + tol, line.position - clear),
+                                    (line.position + clear, line.position + step - tol))] for line in dividers]
+            dividers = [line for line, (before, after) in zip(dividers, beside)
+                        if (before and after) or (len(dividers) > 1 and (before or after))]
+        found += [(axis, line) for line in dividers]
+    return found
 
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
