@@ -1234,21 +1234,20 @@ def _dividers(box: tuple[_Line, _Line, _Line, _Line], candidates: dict[str, list
               ink: np.ndarray, frames: dict[str, _Shear]) -> list[tuple[str, _Line]]:
     """The dividers of a printed box (its sides top, bottom, left, right; `tol` px at the corners):
     a form's comb field, one box a digit. (axis, line) of the candidates across it that meet both
-    sides (run into them), printed like its sides (BOX_ALIKE of the thinnest, plus BOX_ALIKE_PX) and
-    level (BOX_LEVEL), that are an even ruling (`_ruling`) with the two sides they lie between (one
+    sides (run into them), printed as thin as the thinner of the two sides they lie between (within
+    RULED_THICK px, where thinnest: a stroke may touch either) and level (BOX_LEVEL), that are an even ruling (`_ruling`) with the two sides they lie between (one
     may be missing, or a side thickened by a stroke along it left out), with other ink (bool) in
     the box beside it, DIVIDER_CLEAR of a step or more away from it: on both sides, where it is the
     only one. A 1 that touches both sides of its box stands apart from where a divider would be, or
     is thicker than the print, or slants, or has no other ink in its box (a step half a box's:
     the ruling takes the 1 in): it stays."""
     top, bottom, left, right = box
-    thinnest = min(side.thinnest for side in box)
     found = []
     for axis, (first, last), (low, high) in (("v", (left, right), (top, bottom)), ("h", (top, bottom), (left, right))):
         inside = [line for line in candidates[axis]
                   if first.position + tol < line.position < last.position - tol
                   and line.start <= low.across(line.at) + low.thick + 1 and line.end >= high.across(line.at) - high.thick - 1
-                  and line.thinnest <= BOX_ALIKE * thinnest + BOX_ALIKE_PX and abs(line.slope) <= BOX_LEVEL]
+                  and abs(line.thinnest - min(first.thinnest, last.thinnest)) <= RULED_THICK and abs(line.slope) <= BOX_LEVEL]
         ruling, step = _ruling([first, *inside, last]) if inside else ([], 0.0)
         dividers = [line for line in inside if any(line is other for other in ruling)]
         if dividers:
