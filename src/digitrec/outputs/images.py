@@ -643,10 +643,6 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
     height, width = mask.shape
     n, labels, stats, _ = _components(mask)
     slopes = {axis: _tilt(mask, labels, stats, axis) for axis in ("h", "v")}
-    for axis, other in (("h", "v"), ("v", "h")):  # unsure along one axis: the page turned as the other says
-        if not slopes[axis] and slopes[other]:
-            slopes[axis] = _tilt(mask, labels, stats, axis, hint=-slopes[other])
-    slopes = {axis: slope or 0.0 for axis, slope in slopes.items()}
     frames = {axis: _Shear.along(mask, axis, slopes[axis]) for axis in ("h", "v")}
 
     def judge(axis: str, line: _Line, removed: bool, why: str) -> None:
@@ -746,14 +742,13 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             # four thin sides meeting at the corners, round the handwriting: evidence enough (two
             # ruled lines and two upright strokes of a number between them are not round all of it)
             # (the handwriting's extent takes in the sides' own ink: half the print's thickness, its
-            # thinnest side's, out from where they run, and a tilted box's corners reach furthest)
+            # thinnest side's, out from where they run)
             (first_x, last_x), (first_y, last_y) = extent["h"], extent["v"]
             tol = (pen + min(side.thick for side in (top, bottom, left, right)) / 2
-                   + BOX_TOLERANCE * min(right.at - left.at, bottom.at - top.at))
+                   + BOX_TOLERANCE * min(right.position - left.position, bottom.position - top.position))
             sides = {"h": (top, bottom), "v": (left, right)}
-            (x0, y0), (x1, y1), (x2, y2), (x3, y3) = (_corner(h, v) for h in (top, bottom) for v in (left, right))
-            if (min(x0, x2) - tol <= first_x and last_x <= max(x1, x3) + tol
-                    and min(y0, y1) - tol <= first_y and last_y <= max(y2, y3) + tol):
+            if (left.position - tol <= first_x and last_x <= right.position + tol
+                    and top.position - tol <= first_y and last_y <= bottom.position + tol):
                 for axis, pair in sides.items():
                     for line in pair:
                         if not any(line is other for other in lines[axis]):
@@ -865,12 +860,9 @@ def _line_runs(mask: np.ndarray, band: np.ndarray, thick: float, axis: str, pen:
     return out if axis == "h" else out.T
 
 
-def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str, hint: float | None = None) -> float | None:
+def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str) -> float:
     """The slope of the printed lines along an axis ("h": rows per column, "v": columns per row),
-    within LINE_TILT degrees; 0 where no slope piles the ink up clearly better, None where no ink
-    runs far enough along it to tell. Given a `hint` (the other axis's lines' tilt, turned: a box's
-    upright sides, too short to be found, or piled up with its long sides), that where nothing runs
-    far enough or it piles the ink up at least as well as none.
+    within LINE_TILT degrees; 0 where no straight ink runs LINE_SPAN of the picture along it.
 
     Every long component's ink is projected across the axis at each slope, and the slope whose
     projection is most peaked wins (the sum of squared counts): a straight line piles up in one
@@ -886,7 +878,7 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str, hi
     long[0] = False
     span = LINE_SPAN if not pieces[1:].any() else LINE_EDGE_SPAN
     if not long.any():
-        return hint
+        return 0.0
     ys, xs = np.nonzero(long[labels])
     along, across = (xs, ys) if axis == "h" else (ys, xs)
     step = max(1, len(along) // TILT_POINTS)
@@ -910,9 +902,6 @@ def _tilt(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, axis: str, hi
     # clearly straighter than none (a digit's strokes, or lines across the other axis, are neither)
     if (counts[k].max() * step < span * size
             or (counts[k] ** 2).sum() < TILT_GAIN * (projections(np.zeros(1)) ** 2).sum()):
-        if hint is not None and ((projections(np.degrees(np.arctan([hint]))) ** 2).sum()
-                                 >= (projections(np.zeros(1)) ** 2).sum()):
-            return hint
         return 0.0
     return float(np.tan(np.radians(best)))
 
@@ -1179,30 +1168,27 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
     corners.
 
     Each pair of vertical sides first narrows the horizontal ones to those that could close a box
-    with it (spanning it, lying along it, within the widest tolerance it allows, and a tilt's): a
-    noisy page has hundreds of candidates, and every four of them took seconds. Where the sides
-    meet is worked out in the picture's pixels (`_Line.across`): each axis's lines were found in a
-    frame of its own, sheared as a tilted page's lines run."""
-    horizontal = sorted(horizontal, key=lambda line: line.at)
-    vertical = sorted(vertical, key=lambda line: line.at)
+    with it (spanning it, lying along it, within the widest tolerance it allows): a noisy page has
+    hundreds of candidates, and every four of them took seconds."""
+    horizontal = sorted(horizontal, key=lambda line: line.position)
+    vertical = sorted(vertical, key=lambda line: line.position)
     if len(horizontal) < 2 or len(vertical) < 2:
         return []
-    h_start, h_end, h_at = (np.array([getattr(h, name) for h in horizontal], np.float64) for name in ("start", "end", "at"))
+    h_start, h_end, h_at = (np.array([getattr(h, name) for h in horizontal], np.float64) for name in ("start", "end", "position"))
     boxes = []
     for left, right in itertools.combinations(vertical, 2):
-        box_w = right.at - left.at
+        box_w = right.position - left.position
         if box_w <= 0:
             continue
-        widest = (BOX_TOLERANCE + np.tan(np.radians(LINE_TILT))) * box_w  # tol below is never more, nor a tilt's reach
-        could = np.flatnonzero((h_start <= left.at + widest) & (h_end >= right.at - widest)
+        widest = BOX_TOLERANCE * box_w  # tol below is never more
+        could = np.flatnonzero((h_start <= left.position + widest) & (h_end >= right.position - widest)
                                & (h_at >= max(left.start, right.start) - widest) & (h_at <= min(left.end, right.end) + widest))
         for a, b in itertools.combinations(could, 2):
             top, bottom = horizontal[a], horizontal[b]
-            box_h = bottom.at - top.at
+            box_h = bottom.position - top.position
             if box_h <= 0:
                 continue
             tol = BOX_TOLERANCE * min(box_w, box_h)
-            corners = [_corner(h, v) for h in (top, bottom) for v in (left, right)]  # (x, y): top left, top right, ...
             # thin: BOX_THIN of the box's size at most; or one side, along which a stroke lies
             # nearly all the way (a 0's base), at most BOX_ALIKE times as thick as the other three
             sides = (top, bottom, left, right)
@@ -1212,22 +1198,13 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
                 thin[odd] = sides[odd].thinnest <= BOX_ALIKE * max(side.thinnest for k, side in enumerate(sides) if k != odd)
             # and printed alike: a margin's hairline, two ruled lines and a 9's stem are no box
             alike = max(side.thinnest for side in sides) <= BOX_ALIKE * min(side.thinnest for side in sides) + BOX_ALIKE_PX
-            if (all(thin) and alike
-                    and all(h.start <= corners[2 * k][0] + tol and h.end >= corners[2 * k + 1][0] - tol for k, h in enumerate((top, bottom)))
-                    and all(v.start <= corners[k][1] + tol and v.end >= corners[2 + k][1] - tol for k, v in enumerate((left, right)))):
+            if (all(thin) and alike and all(h.start <= left.position + tol and h.end >= right.position - tol for h in (top, bottom))
+                    and all(v.start <= top.position + tol and v.end >= bottom.position - tol for v in (left, right))):
                 # printed sides run level in the frame where the page's lines do, give or take a
                 # perspective: a stroke (a 7's stem between two ruled lines and the margin) slants
                 if all(abs(side.slope) <= BOX_LEVEL for side in (top, bottom, left, right)):
                     boxes.append((top, bottom, left, right))
     return boxes
-
-
-def _corner(h: _Line, v: _Line) -> tuple[float, float]:
-    """Where a horizontal and a vertical line (run on) cross, (x, y) in the picture's pixels."""
-    x = v.at
-    for _ in range(2):
-        x = v.across(h.across(x))
-    return x, h.across(x)
 
 
 def _dividers(box: tuple[_Line, _Line, _Line, _Line], candidates: dict[str, list[_Line]], tol: float,
