@@ -162,7 +162,7 @@ BOX_SIDE_PERCENTILE = 10  # ... where they are thinnest: this percentile of the 
                           # along most of its length)
 BOX_LEVEL = 0.1  # ... and each runs within this slope (6 degrees) of the page's lines: two ruled lines, the margin
 # and a 7's slanted stem between them are no box
-DIVIDER_CLEAR = 0.25  # a box's one divider has handwriting beside it on both sides, this fraction of a box or more away
+DIVIDER_CLEAR = 0.25  # a box's divider has other ink beside it (on both sides, where it is the only one) this fraction of a box or more away
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1028,7 +1028,7 @@ class _Line:
 
     def across(self, along: float) -> float:
         """Where it lies across its axis at `along` (a column, for "h"), in the picture's pixels: a
-        tilted box's sides, found in two frames, meet where each says."""
+        line found in the other axis's frame is compared with it there (a box's divider with its sides)."""
         return self.at + (self.slope + self.turn) * (along - (self.start + self.end) / 2)
 
     def past_ends(self, first: float, last: float, pen: float, leaves: tuple[bool, bool] = (False, False)) -> tuple[bool, bool]:
@@ -1211,10 +1211,10 @@ def _dividers(box: tuple[_Line, _Line, _Line, _Line], candidates: dict[str, list
               ink: np.ndarray, frames: dict[str, _Shear]) -> list[tuple[str, _Line]]:
     """The dividers of a printed box (its sides top, bottom, left, right; `tol` px at the corners):
     a form's comb field, one box a digit. (axis, line) of the candidates across it that meet both
-    sides (run into them), printed as thin as the thinner of the two sides they lie between (within
-    RULED_THICK px, where thinnest: a stroke may touch either) and level (BOX_LEVEL), that are an even ruling (`_ruling`) with the two sides they lie between (one
-    may be missing, or a side thickened by a stroke along it left out), with other ink (bool) in
-    the box beside it, DIVIDER_CLEAR of a step or more away from it: on both sides, where it is the
+    sides (run into them), as thin as the thinner of the two sides they lie between (within
+    RULED_THICK px, where thinnest: a stroke may touch either), level (BOX_LEVEL), and an even
+    ruling (`_ruling`) with those two sides (one may be missing, or a side thickened by a stroke
+    along it left out), with other ink (bool) in the box beside each, DIVIDER_CLEAR of a step or more away from it: on both sides, where it is the
     only one. A 1 that touches both sides of its box stands apart from where a divider would be, or
     is thicker than the print, or slants, or has no other ink in its box (a step half a box's:
     the ruling takes the 1 in): it stays."""
