@@ -14,7 +14,6 @@ read right.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -24,13 +23,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from notebook_numbers import PENS  # noqa: E402
-from photos import load_revision, numbers_read, read_all  # noqa: E402
+from notebook_numbers import PENS, drawn, side_by_side  # noqa: E402
 
-from digitrec.core.data import Digits, load_mnist  # noqa: E402
-from digitrec.nets.predict import predict_probs  # noqa: E402
-from digitrec.nets.weights import load_run_model  # noqa: E402
-from digitrec.outputs import images as this_tree  # noqa: E402
+from digitrec.core.data import Digits  # noqa: E402
 
 PRINT = ((40, 40, 45), (110, 150, 220), (200, 110, 110), (140, 140, 140))
 
@@ -45,11 +40,8 @@ def comb_number(test: Digits, picks: np.ndarray, rng: np.random.Generator, open_
     rows, width = box + 2 * pad, box_w * len(picks) + 2 * pad
     cover = np.zeros((rows, width), np.float32)
     for j, i in enumerate(picks):
-        ys, xs = np.nonzero(test.images[i] > 40)
-        ink = test.images[i][ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
-        tall = min(box - 4, int(round(height * rng.uniform(0.8, 1.0))))
-        wide = max(2, min(box_w - 4, round(tall * ink.shape[1] / ink.shape[0])))
-        piece = np.clip(cv2.resize(ink, (wide, tall), interpolation=cv2.INTER_CUBIC), 0, 1)
+        piece = drawn(test.images[i], min(box - 4, int(round(height * rng.uniform(0.8, 1.0)))), box_w - 4)
+        tall, wide = piece.shape
         top = pad + int(rng.integers(1, max(2, box - tall - 1)))
         left = pad + j * box_w + int(rng.integers(1, max(2, box_w - wide - 1)))
         cover[top:top + tall, left:left + wide] = np.maximum(cover[top:top + tall, left:left + wide], piece)
@@ -77,31 +69,7 @@ def comb_number(test: Digits, picks: np.ndarray, rng: np.random.Generator, open_
     return buffer.getvalue()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--rev", default="HEAD", help="the git revision whose images.py is compared")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[901])
-    parser.add_argument("--n", type=int, default=100, help="numbers per seed and kind of comb")
-    args = parser.parse_args()
-    model, _, _ = load_run_model(args.run)
-    test = load_mnist("test")
-    pipelines = {args.rev: load_revision(args.rev), "this tree": this_tree}
-
-    def classify(images: np.ndarray) -> np.ndarray:
-        return predict_probs(model, images)
-
-    print(f"| seed | comb | {' | '.join(pipelines)} | read by this tree only | by {args.rev} only |\n| ---: | --- |" + " ---: |" * 4)
-    for seed in args.seeds:
-        for open_top in (False, True):
-            rng = np.random.default_rng(seed)
-            picks = [rng.choice(len(test), int(rng.integers(2, 7)), replace=False) for _ in range(args.n)]
-            files = [comb_number(test, p, rng, open_top) for p in picks]
-            truth = [test.labels[p] for p in picks]
-            old, new = (numbers_read(classify, read_all(m, files, multi=True)[0], truth) for m in pipelines.values())
-            print(f"| {seed} | {'open (ticks)' if open_top else 'closed'} | {old.mean():.1%} | {new.mean():.1%} "
-                  f"| {np.flatnonzero(new & ~old).tolist()} | {np.flatnonzero(old & ~new).tolist()} |", flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    side_by_side(__doc__.split("\n\n")[0], {"closed": lambda test, picks, rng: comb_number(test, picks, rng, False),
+                                             "open (ticks)": lambda test, picks, rng: comb_number(test, picks, rng, True)},
+                 [901], 100)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -37,6 +38,15 @@ LINE_COLOURS = ((110, 160, 230), (160, 160, 165), (150, 120, 200))
 PENS = ((20, 30, 110), (25, 25, 30), (70, 70, 80))
 
 
+def drawn(digit: np.ndarray, tall: int, widest: float = np.inf) -> np.ndarray:
+    """An MNIST digit cropped to its ink (over 40) and drawn `tall` px tall, at most `widest` wide:
+    coverage, float32 [0, 1]."""
+    ys, xs = np.nonzero(digit > 40)
+    ink = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
+    wide = max(2, min(widest, round(tall * ink.shape[1] / ink.shape[0])))
+    return np.clip(cv2.resize(ink, (int(wide), tall), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
 def notebook_number(test: Digits, picks: np.ndarray, rng: np.random.Generator) -> bytes:
     """The digits `picks` of `test` written on a notebook page, as a JPEG."""
     height = int(rng.integers(30, 71))
@@ -44,11 +54,7 @@ def notebook_number(test: Digits, picks: np.ndarray, rng: np.random.Generator) -
     gap = rng.uniform(0.12, 0.4) * height
     pieces = []
     for i in picks:
-        ys, xs = np.nonzero(test.images[i] > 40)
-        ink = test.images[i][ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
-        tall = int(round(height * rng.uniform(0.85, 1.1)))
-        wide = max(2, round(tall * ink.shape[1] / ink.shape[0]))
-        pieces.append(np.clip(cv2.resize(ink, (wide, tall), interpolation=cv2.INTER_CUBIC), 0, 1))
+        pieces.append(drawn(test.images[i], int(round(height * rng.uniform(0.85, 1.1)))))
     left = int(height * rng.uniform(0.3, 1.0)) + 10
     width = left + sum(p.shape[1] for p in pieces) + int(1.3 * gap) * len(pieces) + left + 10
     base = int(spacing * rng.integers(1, 3) + 0.6 * height + rng.uniform(0, 10))
@@ -86,12 +92,17 @@ def notebook_number(test: Digits, picks: np.ndarray, rng: np.random.Generator) -
     return buffer.getvalue()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def side_by_side(description: str, kinds: dict[str, Callable[[Digits, np.ndarray, np.random.Generator], bytes]],
+                 seeds: list[int], n: int) -> None:
+    """The command line of a numbers check (RUN, --rev, --seeds, --n): per seed and kind (its name:
+    the way `kinds` draws a number of 2-6 MNIST test digits as a file; with one kind, no column),
+    the share of numbers read whole by the revision's preprocessing and by this tree's, and which
+    numbers one read and the other did not. Each kind starts from the seed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("run", type=Path)
     parser.add_argument("--rev", default="HEAD", help="the git revision whose images.py is compared")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[500, 501, 502, 503, 504])
-    parser.add_argument("--n", type=int, default=200, help="numbers per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--n", type=int, default=n, help="numbers per seed" + (" and kind" if len(kinds) > 1 else ""))
     args = parser.parse_args()
     model, _, _ = load_run_model(args.run)
     test = load_mnist("test")
@@ -100,16 +111,19 @@ def main() -> None:
     def classify(images: np.ndarray) -> np.ndarray:
         return predict_probs(model, images)
 
-    print(f"| seed | {' | '.join(pipelines)} | read by this tree only | by {args.rev} only |\n| ---: |" + " ---: |" * 4)
+    kind = len(kinds) > 1
+    print(f"| seed |{' kind |' if kind else ''} {' | '.join(pipelines)} | read by this tree only | by {args.rev} only |\n"
+          f"| ---: |{' --- |' if kind else ''}" + " ---: |" * 4)
     for seed in args.seeds:
-        rng = np.random.default_rng(seed)
-        picks = [rng.choice(len(test), int(rng.integers(2, 7)), replace=False) for _ in range(args.n)]
-        files = [notebook_number(test, p, rng) for p in picks]
-        truth = [test.labels[p] for p in picks]
-        old, new = (numbers_read(classify, read_all(m, files, multi=True)[0], truth) for m in pipelines.values())
-        print(f"| {seed} | {old.mean():.1%} | {new.mean():.1%} | {np.flatnonzero(new & ~old).tolist()} "
-              f"| {np.flatnonzero(old & ~new).tolist()} |", flush=True)
+        for name, make in kinds.items():
+            rng = np.random.default_rng(seed)
+            picks = [rng.choice(len(test), int(rng.integers(2, 7)), replace=False) for _ in range(args.n)]
+            files = [make(test, p, rng) for p in picks]
+            truth = [test.labels[p] for p in picks]
+            old, new = (numbers_read(classify, read_all(m, files, multi=True)[0], truth) for m in pipelines.values())
+            print(f"| {seed} |{f' {name} |' if kind else ''} {old.mean():.1%} | {new.mean():.1%} "
+                  f"| {np.flatnonzero(new & ~old).tolist()} | {np.flatnonzero(old & ~new).tolist()} |", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    side_by_side(__doc__.split("\n\n")[0], {"notebook": notebook_number}, [500, 501, 502, 503, 504], 200)

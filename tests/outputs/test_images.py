@@ -696,10 +696,9 @@ def comb_field(digits: list[np.ndarray], seed: int, tilt: float = 0.0) -> Image.
         if digit is None:  # a 1 as thin as the print, touching both sides
             ink = np.maximum(ink, _line_mask(page.shape[:2], (centre, top), (centre, bottom), 3))
             continue
-        ys, xs = np.nonzero(digit > 40)
-        crop = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255
-        wide = max(2, round(80 * crop.shape[1] / crop.shape[0]))
-        ink[60:140, centre - wide // 2:centre - wide // 2 + wide] = cv2.resize(crop, (wide, 80), interpolation=cv2.INTER_CUBIC)
+        drawn = drawn_tall(digit, 80)
+        wide = drawn.shape[1]
+        ink[60:140, centre - wide // 2:centre - wide // 2 + wide] = drawn
     page = _darken(_darken(page, print_mask, (70, 70, 75)), np.clip(ink, 0, 1), (25, 30, 90))
     if tilt:
         turn = cv2.getRotationMatrix2D((page.shape[1] / 2, page.shape[0] / 2), tilt, 1.0)

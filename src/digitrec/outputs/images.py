@@ -642,11 +642,10 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
     mask = (ink > 0).astype(np.uint8)
     height, width = mask.shape
     n, labels, stats, _ = _components(mask)
-    slopes = {axis: _tilt(mask, labels, stats, axis) for axis in ("h", "v")}
-    frames = {axis: _Shear.along(mask, axis, slopes[axis]) for axis in ("h", "v")}
+    frames = {axis: _Shear.along(mask, axis, _tilt(mask, labels, stats, axis)) for axis in ("h", "v")}
 
     def judge(axis: str, line: _Line, removed: bool, why: str) -> None:
-        verdicts.append(LineVerdict.of(line, axis, frames[axis], slopes[axis], removed, why))
+        verdicts.append(LineVerdict.of(line, axis, frames[axis], removed, why))
     candidates = {}
     for axis, (length, across) in {"h": (width, height), "v": (height, width)}.items():
         frame = frames[axis]
@@ -749,18 +748,16 @@ def remove_lines(ink: np.ndarray, verdicts: list[LineVerdict] | None = None,
             sides = {"h": (top, bottom), "v": (left, right)}
             if (left.position - tol <= first_x and last_x <= right.position + tol
                     and top.position - tol <= first_y and last_y <= bottom.position + tol):
-                for axis, pair in sides.items():
-                    for line in pair:
-                        if not any(line is other for other in lines[axis]):
-                            lines[axis].append(line)
-                            box_sides.append(line)
-                            judge(axis, line, True, "removed: a side of a printed box round the handwriting")
-                for axis, divider in _dividers((top, bottom, left, right), candidates, tol, mask > 0, frames):
-                    if not any(divider is other for other in lines[axis]):
-                        lines[axis].append(divider)
-                        box_sides.append(divider)
-                        judge(axis, divider, True, "removed: a printed box's divider, run into both its sides, evenly "
-                                                   "spaced between its sides (a comb field: a box a digit)")
+                goes = [(axis, line, "removed: a side of a printed box round the handwriting")
+                        for axis, pair in sides.items() for line in pair]
+                goes += [(axis, line, "removed: a printed box's divider, run into both its sides, evenly spaced "
+                                      "between its sides (a comb field: a box a digit)")
+                         for axis, line in _dividers((top, bottom, left, right), candidates, tol, frames)]
+                for axis, line, why in goes:
+                    if not any(line is other for other in lines[axis]):
+                        lines[axis].append(line)
+                        box_sides.append(line)
+                        judge(axis, line, True, why)
             else:
                 for axis, pair in sides.items():
                     for line in pair:
@@ -991,9 +988,9 @@ class LineVerdict:
     pixels: np.ndarray = field(repr=False, compare=False)  # bool (H, W): the ink on the line, in the picture's frame
 
     @classmethod
-    def of(cls, line: _Line, axis: str, frame: _Shear, slope: float, removed: bool, why: str) -> LineVerdict:
+    def of(cls, line: _Line, axis: str, frame: _Shear, removed: bool, why: str) -> LineVerdict:
         return cls("horizontal" if axis == "h" else "vertical", round(line.at, 1),
-                   round(float(np.degrees(np.arctan(slope))), 1), line.thick, line.end - line.start, removed, why, line,
+                   round(float(np.degrees(np.arctan(frame.slope))), 1), line.thick, line.end - line.start, removed, why, line,
                    frame.undo(frame.paint([line])))
 
     def __str__(self) -> str:
@@ -1208,16 +1205,16 @@ def _boxes(horizontal: list[_Line], vertical: list[_Line]) -> list[tuple[_Line, 
 
 
 def _dividers(box: tuple[_Line, _Line, _Line, _Line], candidates: dict[str, list[_Line]], tol: float,
-              ink: np.ndarray, frames: dict[str, _Shear]) -> list[tuple[str, _Line]]:
+              frames: dict[str, _Shear]) -> list[tuple[str, _Line]]:
     """The dividers of a printed box (its sides top, bottom, left, right; `tol` px at the corners):
     a form's comb field, one box a digit. (axis, line) of the candidates across it that meet both
     sides (run into them), as thin as the thinner of the two sides they lie between (within
     RULED_THICK px, where thinnest: a stroke may touch either), level (BOX_LEVEL), and an even
     ruling (`_ruling`) with those two sides (one may be missing, or a side thickened by a stroke
-    along it left out), with other ink (bool) in the box beside each, DIVIDER_CLEAR of a step or more away from it: on both sides, where it is the
-    only one. A 1 that touches both sides of its box stands apart from where a divider would be, or
-    is thicker than the print, or slants, or has no other ink in its box (a step half a box's:
-    the ruling takes the 1 in): it stays."""
+    along it left out), with other ink in the box beside each, DIVIDER_CLEAR of a step or more away
+    from it: on both sides, where it is the only one. A 1 that touches both sides of its box stands
+    apart from where a divider would be, or is thicker than the print, or slants, or has no other
+    ink in its box (a step half a box's: the ruling takes the 1 in): it stays."""
     top, bottom, left, right = box
     found = []
     for axis, (first, last), (low, high) in (("v", (left, right), (top, bottom)), ("h", (top, bottom), (left, right))):
@@ -1229,8 +1226,9 @@ def _dividers(box: tuple[_Line, _Line, _Line, _Line], candidates: dict[str, list
         dividers = [line for line in inside if any(line is other for other in ruling)]
         if dividers:
             frame, across = frames[axis], "h" if axis == "v" else "v"
-            sides = frames[across].undo(frames[across].paint([low, high]))
-            digits = frame.at(ink & ~sides, (slice(0, frame.mask.shape[0]), slice(0, frame.mask.shape[1]))) & ~frame.paint(inside)
+            whole = (slice(0, frame.mask.shape[0]), slice(0, frame.mask.shape[1]))
+            sides = frame.at(frames[across].undo(frames[across].paint([low, high])), whole) > 0
+            digits = (frame.mask > 0) & ~sides & ~frame.paint(inside)  # the ink but the box's print, in this frame
             rows = slice(int(low.at + tol), int(high.at - tol))
             digits = digits[rows] if axis == "v" else digits[:, rows].T  # along the dividers, within the box
             clear = DIVIDER_CLEAR * step
