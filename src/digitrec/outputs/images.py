@@ -1053,7 +1053,7 @@ class _Line:
         return length >= LINE_SPAN * size or (off_edge and length >= LINE_EDGE_SPAN * size and self.thick <= LINE_THIN * length)
 
     @classmethod
-    def fit(cls, pixels: np.ndarray, axis: str, x: int, y: int, frame: _Shear | None = None) -> _Line:
+    def fit(cls, pixels: np.ndarray, axis: str, x: int, y: int, frame: _Shear) -> _Line:
         """The line through a run component's ink (bool (h, w) at x, y, in `frame`), fitted to the
         middle of the ink in each column (row, for "v") where the line is alone, then again to every
         column whose middle lies on that line."""
@@ -1076,8 +1076,7 @@ class _Line:
                    on_line if axis == "h" else on_line.T, (slice(y, y + pixels.shape[0]), slice(x, x + pixels.shape[1])),
                    (across + float(np.polyval(fit, cols[0])), across + float(np.polyval(fit, cols[-1]))),
                    float(fit[0]), int(np.percentile(count[cols], BOX_SIDE_PERCENTILE)),
-                   float(frame.shifts[(start + end) // 2]) if frame is not None and frame.shifts.any() else 0.0,
-                   frame.slope if frame is not None else 0.0)
+                   float(frame.shifts[(start + end) // 2]) if frame.shifts.any() else 0.0, frame.slope)
 
 
 def _ruling(lines: list[_Line]) -> tuple[list[_Line], float]:
