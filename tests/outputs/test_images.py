@@ -706,10 +706,10 @@ def comb_field(digits: list[np.ndarray], seed: int, tilt: float = 0.0) -> Image.
     return _photo(page, rng)
 
 
-# A form's comb field (one printed box a digit) read 22% of 100 numbers whole on a check of mine
-# (67c073e): the box round the number went, its dividers stayed and were read as 1s ("0528" read
-# "105161"). A divider is a line across the box that runs into both its sides, printed like them and
-# level, evenly spaced between them with any others.
+# A form's comb field (one printed box a digit) read 22% of 100 numbers whole at 67c073e (seed 900
+# of benchmarks/comb_fields.py's closed combs): the box round the number went, its dividers stayed
+# and were read as 1s ("0528" read "105161"). A divider is a line across the box that runs into both
+# its sides, as thin as the thinner side it lies between, level, evenly spaced with them and any others.
 @pytest.mark.parametrize("picks, tilt", [([3, 2, 1, 18], 0.0), ([7, 0], 0.0), ([5, 13, 21], 2.0)])
 def test_a_comb_fields_dividers_go_and_each_box_is_a_digit(picks, tilt, mnist_test, bundled):
     steps = preprocess(comb_field([mnist_test.images[i] for i in picks], sum(picks), tilt), multi=True, keep_steps=True)
